@@ -1,0 +1,12 @@
+//! queuectl: a durable background job queue for shell commands.
+//!
+//! The library holds the whole engine; `src/main.rs` only parses the command line and maps errors
+//! to exit statuses. See ARCHITECTURE.md for the map of modules and how a job flows through them.
+
+pub mod export;
+pub mod model;
+pub mod process;
+pub mod protocol;
+pub mod spool;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,538 @@
+//! Plain data types of the queue: [`Job`], [`JobState`], the enqueue specification ([`JobSpec`] ->
+//! [`NewJob`]), configuration ([`Config`], [`ConfigKey`]), the outcome of one attempt and the retry
+//! rule. Validation lives here; nothing in this module does I/O or reads the clock except
+//! [`now_ms`].
+//!
+//! Times are milliseconds since the Unix epoch ([`Millis`]) inside the program and RFC 3339 UTC
+//! with milliseconds (`2025-11-09T08:21:13.456Z`) wherever a person or another program reads them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// Longest accepted job id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Errors in user-supplied data: every variant is an invalid input (exit status 2).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("invalid job JSON: {0}")]
+    InvalidJson(String),
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    #[error("unknown state `{0}` (expected one of pending, processing, completed, failed, dead)")]
+    UnknownState(String),
+    #[error("unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms)")]
+    UnknownConfigKey(String),
+    #[error("invalid value `{value}` for {key}: {reason}")]
+    InvalidConfigValue {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("invalid time `{0}`: expected RFC 3339, e.g. 2025-11-09T08:21:13Z")]
+    InvalidTime(String),
+}
+
+/// The five states of the seed's job lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    Dead,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Pending,
+        JobState::Processing,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Dead,
+    ];
+
+    /// The lower-case name used on the command line, in JSON and in SQLite.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Processing => "processing",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ModelError::UnknownState(s.to_string()))
+    }
+}
+
+/// One job as stored: every column of the seed's `jobs` table plus what queuectl adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub command: String,
+    pub state: JobState,
+    /// Failed attempts so far (the retry rule counts these).
+    pub attempts: u32,
+    pub max_retries: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// When the job may next run; `None` once it is completed or dead.
+    pub available_at: Option<Millis>,
+    pub locked_by: Option<String>,
+    pub locked_at: Option<Millis>,
+    pub last_error: Option<String>,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Kill the attempt's process group after this long.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Enqueue order, unique per job: ties in the availability index are broken by it.
+    pub seq: u64,
+    /// Process group of the running attempt (only while `processing`).
+    #[serde(default)]
+    pub pgid: Option<i32>,
+    /// Attempts started, successful or not: names the output of each attempt.
+    #[serde(default)]
+    pub runs: u32,
+}
+
+/// The JSON a user reads (`list --json`, `show --json`): the seed's column names, RFC 3339 times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub command: String,
+    pub state: JobState,
+    pub attempts: u32,
+    pub max_retries: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub available_at: Option<String>,
+    pub locked_by: Option<String>,
+    pub locked_at: Option<String>,
+    pub last_error: Option<String>,
+    pub priority: i64,
+    /// Seconds, as given at enqueue.
+    pub timeout: Option<f64>,
+    /// Number of attempts started (each has its own output, see `queuectl logs`).
+    pub runs: u32,
+}
+
+impl From<&Job> for JobView {
+    fn from(j: &Job) -> Self {
+        JobView {
+            id: j.id.clone(),
+            command: j.command.clone(),
+            state: j.state,
+            attempts: j.attempts,
+            max_retries: j.max_retries,
+            created_at: format_ts(j.created_at),
+            updated_at: format_ts(j.updated_at),
+            available_at: j.available_at.map(format_ts),
+            locked_by: j.locked_by.clone(),
+            locked_at: j.locked_at.map(format_ts),
+            last_error: j.last_error.clone(),
+            priority: j.priority,
+            timeout: j.timeout_ms.map(|ms| ms as f64 / 1000.0),
+            runs: j.runs,
+        }
+    }
+}
+
+/// A job as a user writes it to `queuectl enqueue`. Unknown fields are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub id: Option<String>,
+    pub command: String,
+    pub max_retries: Option<u32>,
+    pub priority: Option<i64>,
+    pub run_at: Option<String>,
+    pub delay: Option<f64>,
+    pub timeout: Option<f64>,
+}
+
+/// A validated job, ready for the store: the id is fixed and every time is absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewJob {
+    pub id: String,
+    pub command: String,
+    /// `None`: take `max_retries` from the config when the job is stored.
+    pub max_retries: Option<u32>,
+    pub priority: i64,
+    /// `None`: may run as soon as it is stored.
+    pub run_at: Option<Millis>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl NewJob {
+    /// Parses and validates one job given as JSON; `now` resolves `delay`.
+    pub fn from_json(text: &str, now: Millis) -> Result<NewJob, ModelError> {
+        let spec: JobSpec = serde_json::from_str(text.trim())
+            .map_err(|e| ModelError::InvalidJson(e.to_string()))?;
+        spec.validate(now)
+    }
+}
+
+impl JobSpec {
+    /// Checks every field and resolves the id and the run time.
+    pub fn validate(self, now: Millis) -> Result<NewJob, ModelError> {
+        let bad = |m: &str| Err(ModelError::InvalidJob(m.to_string()));
+        if self.command.trim().is_empty() {
+            return bad("`command` must not be empty");
+        }
+        if self.command.contains('\0') {
+            return bad("`command` must not contain a NUL byte");
+        }
+        let id = match self.id {
+            None => ulid::Ulid::generate().to_string(),
+            Some(id) => {
+                if id.is_empty() {
+                    return bad("`id` must not be empty");
+                }
+                if id.len() > MAX_ID_LEN {
+                    return bad("`id` is longer than 256 bytes");
+                }
+                if id.chars().any(|c| c.is_control()) {
+                    return bad("`id` must not contain control characters");
+                }
+                id
+            }
+        };
+        let run_at = match (self.run_at, self.delay) {
+            (Some(_), Some(_)) => return bad("give either `run_at` or `delay`, not both"),
+            (Some(t), None) => Some(parse_ts(&t)?),
+            (None, Some(d)) => {
+                if !d.is_finite() || d < 0.0 {
+                    return bad("`delay` must be a number of seconds >= 0");
+                }
+                Some(now.saturating_add(secs_to_ms(d)))
+            }
+            (None, None) => None,
+        };
+        let timeout_ms = match self.timeout {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(secs_to_ms(t).max(1)),
+            Some(_) => return bad("`timeout` must be a number of seconds > 0"),
+        };
+        Ok(NewJob {
+            id,
+            command: self.command,
+            max_retries: self.max_retries,
+            priority: self.priority.unwrap_or(0),
+            run_at,
+            timeout_ms,
+        })
+    }
+}
+
+fn secs_to_ms(s: f64) -> u64 {
+    // `as` saturates for floats out of range, which is what we want for absurd values.
+    (s * 1000.0).round() as u64
+}
+
+/// The settings a user may change with `queuectl config set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigKey {
+    MaxRetries,
+    BackoffBase,
+    PollIntervalMs,
+}
+
+impl ConfigKey {
+    pub const ALL: [ConfigKey; 3] = [
+        ConfigKey::MaxRetries,
+        ConfigKey::BackoffBase,
+        ConfigKey::PollIntervalMs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigKey::MaxRetries => "max_retries",
+            ConfigKey::BackoffBase => "backoff_base",
+            ConfigKey::PollIntervalMs => "poll_interval_ms",
+        }
+    }
+
+    pub fn default_value(self) -> u64 {
+        match self {
+            ConfigKey::MaxRetries => 3,
+            ConfigKey::BackoffBase => 2,
+            ConfigKey::PollIntervalMs => 500,
+        }
+    }
+
+    /// Checks a value typed by a user and returns it in canonical form.
+    pub fn parse_value(self, value: &str) -> Result<u64, ModelError> {
+        let invalid = |reason| ModelError::InvalidConfigValue {
+            key: self.as_str(),
+            value: value.to_string(),
+            reason,
+        };
+        let n: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| invalid("expected a whole number >= 0"))?;
+        match self {
+            ConfigKey::MaxRetries if n > u64::from(u32::MAX) => Err(invalid("too large")),
+            ConfigKey::BackoffBase if n < 1 => Err(invalid("must be at least 1")),
+            ConfigKey::BackoffBase if n > 1_000_000 => Err(invalid("must be at most 1000000")),
+            ConfigKey::PollIntervalMs if n < 1 => Err(invalid("must be at least 1")),
+            ConfigKey::PollIntervalMs if n > 3_600_000 => {
+                Err(invalid("must be at most 3600000 (one hour)"))
+            }
+            _ => Ok(n),
+        }
+    }
+}
+
+impl FromStr for ConfigKey {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        ConfigKey::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| ModelError::UnknownConfigKey(s.to_string()))
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub max_retries: u32,
+    pub backoff_base: u64,
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_retries: ConfigKey::MaxRetries.default_value() as u32,
+            backoff_base: ConfigKey::BackoffBase.default_value(),
+            poll_interval_ms: ConfigKey::PollIntervalMs.default_value(),
+        }
+    }
+}
+
+impl Config {
+    pub fn get(&self, key: ConfigKey) -> u64 {
+        match key {
+            ConfigKey::MaxRetries => u64::from(self.max_retries),
+            ConfigKey::BackoffBase => self.backoff_base,
+            ConfigKey::PollIntervalMs => self.poll_interval_ms,
+        }
+    }
+
+    /// Sets a value already checked by [`ConfigKey::parse_value`].
+    pub fn set(&mut self, key: ConfigKey, value: u64) {
+        match key {
+            ConfigKey::MaxRetries => self.max_retries = u32::try_from(value).unwrap_or(u32::MAX),
+            ConfigKey::BackoffBase => self.backoff_base = value,
+            ConfigKey::PollIntervalMs => self.poll_interval_ms = value,
+        }
+    }
+
+    /// Every key with its value, in documentation order.
+    pub fn entries(&self) -> Vec<(&'static str, u64)> {
+        ConfigKey::ALL
+            .into_iter()
+            .map(|k| (k.as_str(), self.get(k)))
+            .collect()
+    }
+}
+
+/// What the retry rule decides after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Run again at this time (the delay in seconds is given for the log).
+    Retry { at: Millis, delay_secs: u64 },
+    /// Move to the dead letter queue.
+    Dead,
+}
+
+/// The seed's rule: with `attempts` already incremented, `dead` when attempts >= max_retries,
+/// else retry after backoff_base ^ attempts seconds (saturating).
+pub fn retry_decision(attempts: u32, max_retries: u32, backoff_base: u64, now: Millis) -> RetryDecision {
+    if attempts >= max_retries {
+        return RetryDecision::Dead;
+    }
+    let delay_secs = backoff_base.saturating_pow(attempts);
+    RetryDecision::Retry {
+        at: now.saturating_add(delay_secs.saturating_mul(1000)),
+        delay_secs,
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The shell exited with this status.
+    Exited(i32),
+    /// The shell was killed by this signal.
+    Signaled(i32),
+    /// The attempt ran past the job's timeout and its process group was killed.
+    TimedOut { after_ms: u64 },
+    /// The command could not be started.
+    SpawnFailed(String),
+    /// The worker process running it died.
+    WorkerLost,
+    /// The supervisor stopped without recording the end of the attempt.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Exited(0))
+    }
+
+    /// A short description for `last_error` and the log.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Exited(code) => format!("exit code {code}"),
+            Outcome::Signaled(sig) => format!("killed by signal {sig}"),
+            Outcome::TimedOut { after_ms } => {
+                format!("timed out after {:.3}s", *after_ms as f64 / 1000.0)
+            }
+            Outcome::SpawnFailed(e) => format!("could not start: {e}"),
+            Outcome::WorkerLost => "worker exited unexpectedly".to_string(),
+            Outcome::Interrupted => {
+                "interrupted: the supervisor stopped during this attempt".to_string()
+            }
+        }
+    }
+}
+
+/// The current time.
+pub fn now_ms() -> Millis {
+    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// `2025-11-09T08:21:13.456Z`.
+pub fn format_ts(ms: Millis) -> String {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    match DateTime::<Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => "+262143-12-31T23:59:59.999Z".to_string(),
+    }
+}
+
+/// Parses an RFC 3339 time (any offset) at or after the epoch.
+pub fn parse_ts(s: &str) -> Result<Millis, ModelError> {
+    let t = DateTime::parse_from_rfc3339(s.trim()).map_err(|_| ModelError::InvalidTime(s.into()))?;
+    u64::try_from(t.timestamp_millis()).map_err(|_| ModelError::InvalidTime(s.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for st in JobState::ALL {
+            assert_eq!(st.as_str().parse::<JobState>(), Ok(st));
+        }
+        assert!(matches!("done".parse::<JobState>(), Err(ModelError::UnknownState(_))));
+    }
+
+    #[test]
+    fn spec_defaults_and_fields() {
+        let j = NewJob::from_json(r#"{"command":"echo hi"}"#, 1000).unwrap();
+        assert_eq!(j.command, "echo hi");
+        assert_eq!(j.id.len(), 26, "a ULID");
+        assert_eq!((j.priority, j.run_at, j.max_retries, j.timeout_ms), (0, None, None, None));
+        let j = NewJob::from_json(
+            r#"{"id":"a","command":"x","priority":-3,"delay":1.5,"timeout":2,"max_retries":0}"#,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(j.id, "a");
+        assert_eq!(j.priority, -3);
+        assert_eq!(j.run_at, Some(2500));
+        assert_eq!(j.timeout_ms, Some(2000));
+        assert_eq!(j.max_retries, Some(0));
+        let j = NewJob::from_json(r#"{"command":"x","run_at":"1970-01-01T00:00:01.5+00:00"}"#, 0).unwrap();
+        assert_eq!(j.run_at, Some(1500));
+    }
+
+    #[test]
+    fn spec_rejections() {
+        let cases = [
+            "not json",
+            "{}",
+            r#"{"command":""}"#,
+            r#"{"command":"   "}"#,
+            r#"{"command":"a\u0000b"}"#,
+            r#"{"command":5}"#,
+            r#"{"command":"x","id":""}"#,
+            r#"{"command":"x","max_retries":-1}"#,
+            r#"{"command":"x","max_retries":1.5}"#,
+            r#"{"command":"x","colour":"red"}"#,
+            r#"{"command":"x","timeout":0}"#,
+            r#"{"command":"x","delay":-1}"#,
+            r#"{"command":"x","delay":1,"run_at":"2025-01-01T00:00:00Z"}"#,
+            r#"{"command":"x","run_at":"tomorrow"}"#,
+            r#"[{"command":"x"}]"#,
+        ];
+        for c in cases {
+            let err = NewJob::from_json(c, 0).expect_err(c);
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn config_validation() {
+        assert_eq!(ConfigKey::BackoffBase.parse_value("3"), Ok(3));
+        assert!(ConfigKey::BackoffBase.parse_value("0").is_err());
+        assert!(ConfigKey::PollIntervalMs.parse_value("0").is_err());
+        assert!(ConfigKey::MaxRetries.parse_value("-1").is_err());
+        assert!(ConfigKey::MaxRetries.parse_value("abc").is_err());
+        assert_eq!(ConfigKey::MaxRetries.parse_value("0"), Ok(0));
+        assert!("colour".parse::<ConfigKey>().is_err());
+    }
+
+    #[test]
+    fn retry_rule_follows_the_seed() {
+        assert_eq!(
+            retry_decision(1, 3, 2, 0),
+            RetryDecision::Retry { at: 2000, delay_secs: 2 }
+        );
+        assert_eq!(
+            retry_decision(2, 3, 2, 0),
+            RetryDecision::Retry { at: 4000, delay_secs: 4 }
+        );
+        assert_eq!(retry_decision(3, 3, 2, 0), RetryDecision::Dead);
+        assert_eq!(retry_decision(1, 0, 2, 0), RetryDecision::Dead);
+        // Huge exponents saturate instead of overflowing.
+        assert!(matches!(retry_decision(200, 1000, 1000, 5), RetryDecision::Retry { .. }));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(format_ts(1_762_676_473_456), "2025-11-09T08:21:13.456Z");
+        assert_eq!(parse_ts("2025-11-09T08:21:13.456Z"), Ok(1_762_676_473_456));
+        assert_eq!(parse_ts("2025-11-09T09:21:13.456+01:00"), Ok(1_762_676_473_456));
+        assert!(parse_ts("1969-12-31T23:59:59Z").is_err());
+    }
+}
