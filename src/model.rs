@@ -27,7 +27,9 @@ pub enum ModelError {
     InvalidJob(String),
     #[error("unknown state `{0}` (expected one of pending, processing, completed, failed, dead)")]
     UnknownState(String),
-    #[error("unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms)")]
+    #[error(
+        "unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms)"
+    )]
     UnknownConfigKey(String),
     #[error("invalid value `{value}` for {key}: {reason}")]
     InvalidConfigValue {
@@ -374,7 +376,12 @@ pub enum RetryDecision {
 
 /// The seed's rule: with `attempts` already incremented, `dead` when attempts >= max_retries,
 /// else retry after backoff_base ^ attempts seconds (saturating).
-pub fn retry_decision(attempts: u32, max_retries: u32, backoff_base: u64, now: Millis) -> RetryDecision {
+pub fn retry_decision(
+    attempts: u32,
+    max_retries: u32,
+    backoff_base: u64,
+    now: Millis,
+) -> RetryDecision {
     if attempts >= max_retries {
         return RetryDecision::Dead;
     }
@@ -440,7 +447,8 @@ pub fn format_ts(ms: Millis) -> String {
 
 /// Parses an RFC 3339 time (any offset) at or after the epoch.
 pub fn parse_ts(s: &str) -> Result<Millis, ModelError> {
-    let t = DateTime::parse_from_rfc3339(s.trim()).map_err(|_| ModelError::InvalidTime(s.into()))?;
+    let t =
+        DateTime::parse_from_rfc3339(s.trim()).map_err(|_| ModelError::InvalidTime(s.into()))?;
     u64::try_from(t.timestamp_millis()).map_err(|_| ModelError::InvalidTime(s.into()))
 }
 
@@ -453,7 +461,10 @@ mod tests {
         for st in JobState::ALL {
             assert_eq!(st.as_str().parse::<JobState>(), Ok(st));
         }
-        assert!(matches!("done".parse::<JobState>(), Err(ModelError::UnknownState(_))));
+        assert!(matches!(
+            "done".parse::<JobState>(),
+            Err(ModelError::UnknownState(_))
+        ));
     }
 
     #[test]
@@ -461,7 +472,10 @@ mod tests {
         let j = NewJob::from_json(r#"{"command":"echo hi"}"#, 1000).unwrap();
         assert_eq!(j.command, "echo hi");
         assert_eq!(j.id.len(), 26, "a ULID");
-        assert_eq!((j.priority, j.run_at, j.max_retries, j.timeout_ms), (0, None, None, None));
+        assert_eq!(
+            (j.priority, j.run_at, j.max_retries, j.timeout_ms),
+            (0, None, None, None)
+        );
         let j = NewJob::from_json(
             r#"{"id":"a","command":"x","priority":-3,"delay":1.5,"timeout":2,"max_retries":0}"#,
             1000,
@@ -472,7 +486,11 @@ mod tests {
         assert_eq!(j.run_at, Some(2500));
         assert_eq!(j.timeout_ms, Some(2000));
         assert_eq!(j.max_retries, Some(0));
-        let j = NewJob::from_json(r#"{"command":"x","run_at":"1970-01-01T00:00:01.5+00:00"}"#, 0).unwrap();
+        let j = NewJob::from_json(
+            r#"{"command":"x","run_at":"1970-01-01T00:00:01.5+00:00"}"#,
+            0,
+        )
+        .unwrap();
         assert_eq!(j.run_at, Some(1500));
     }
 
@@ -516,23 +534,35 @@ mod tests {
     fn retry_rule_follows_the_seed() {
         assert_eq!(
             retry_decision(1, 3, 2, 0),
-            RetryDecision::Retry { at: 2000, delay_secs: 2 }
+            RetryDecision::Retry {
+                at: 2000,
+                delay_secs: 2
+            }
         );
         assert_eq!(
             retry_decision(2, 3, 2, 0),
-            RetryDecision::Retry { at: 4000, delay_secs: 4 }
+            RetryDecision::Retry {
+                at: 4000,
+                delay_secs: 4
+            }
         );
         assert_eq!(retry_decision(3, 3, 2, 0), RetryDecision::Dead);
         assert_eq!(retry_decision(1, 0, 2, 0), RetryDecision::Dead);
         // Huge exponents saturate instead of overflowing.
-        assert!(matches!(retry_decision(200, 1000, 1000, 5), RetryDecision::Retry { .. }));
+        assert!(matches!(
+            retry_decision(200, 1000, 1000, 5),
+            RetryDecision::Retry { .. }
+        ));
     }
 
     #[test]
     fn timestamps() {
         assert_eq!(format_ts(1_762_676_473_456), "2025-11-09T08:21:13.456Z");
         assert_eq!(parse_ts("2025-11-09T08:21:13.456Z"), Ok(1_762_676_473_456));
-        assert_eq!(parse_ts("2025-11-09T09:21:13.456+01:00"), Ok(1_762_676_473_456));
+        assert_eq!(
+            parse_ts("2025-11-09T09:21:13.456+01:00"),
+            Ok(1_762_676_473_456)
+        );
         assert!(parse_ts("1969-12-31T23:59:59Z").is_err());
     }
 }
