@@ -431,6 +431,58 @@ impl Outcome {
     }
 }
 
+/// The captured output of one attempt, as kept with the job (`queuectl logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptOutput {
+    /// Which run of the job (1-based, counts every attempt started).
+    pub run: u32,
+    pub outcome: Outcome,
+    pub finished_at: Millis,
+    pub duration_ms: u64,
+    /// The last 64 KiB of standard output.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// The last 64 KiB of standard error.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+}
+
+/// Job counts per state, plus who is running them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub processing: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+impl Counts {
+    pub fn get(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Pending => self.pending,
+            JobState::Processing => self.processing,
+            JobState::Completed => self.completed,
+            JobState::Failed => self.failed,
+            JobState::Dead => self.dead,
+        }
+    }
+
+    pub fn set(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Pending => self.pending = n,
+            JobState::Processing => self.processing = n,
+            JobState::Completed => self.completed = n,
+            JobState::Failed => self.failed = n,
+            JobState::Dead => self.dead = n,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        JobState::ALL.into_iter().map(|s| self.get(s)).sum()
+    }
+}
+
 /// The current time.
 pub fn now_ms() -> Millis {
     u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
