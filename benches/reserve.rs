@@ -1,1 +1,332 @@
-fn main() {}
+//! The storage comparison: one reserve + complete cycle against a queue of due jobs, in the sled
+//! store queuectl uses and in SQLite laid out like the Node.js seed.
+//!
+//! Run: `cargo bench --bench reserve` (a few minutes; add a filter such as
+//! `cargo bench --bench reserve -- queue_10000/` to run part of it). The databases live under
+//! Cargo's target tmp directory, or under `QUEUECTL_BENCH_DIR` if set; keep them off tmpfs, or
+//! every fsync is free and the durable variants mean nothing.
+//!
+//! One group per queue size (`queue_10000`, `queue_100000`: that many due jobs pre-loaded, all
+//! priority 0 with increasing `available_at` in the past, except every 1000th at priority 5).
+//! Each function measures one cycle: take the next due job (moving it to `processing`), then
+//! mark it `completed`.
+//!
+//! - `sled/unflushed`: `Store::reserve` + `Store::complete`, no flush (sled writes its log in the
+//!   background; a crash may lose the last moments).
+//! - `sled/flushed`: the same plus `Store::flush()` every cycle, so the completion is on disk
+//!   when the cycle ends.
+//! - `sqlite_seed/(a)`: the seed's storage: index `(state, available_at)`, WAL,
+//!   `synchronous=NORMAL`. `BEGIN IMMEDIATE; SELECT id ... WHERE state='pending' AND
+//!   available_at <= now ORDER BY priority DESC, available_at LIMIT 1; UPDATE ... 'processing';
+//!   COMMIT`, then the `UPDATE ... 'completed'` in its own transaction. The index cannot serve
+//!   the ORDER BY, so every reserve reads and sorts all pending jobs: slow (about 20 cycles/s at
+//!   100,000), hence few samples and flat sampling.
+//! - `sqlite_indexed/(b)-full`, `(b)-normal`, `(b)-off`: the same statements with the index
+//!   `(state, priority DESC, available_at)`, which the ORDER BY walks, at WAL
+//!   `synchronous=FULL`, `NORMAL` and `OFF`.
+//!
+//! Equal durability: `sled/flushed` ≈ `(b)-full` (each cycle is on disk when it returns);
+//! `sled/unflushed` ≈ `(b)-normal` / `(b)-off` (commits survive a process crash but the last ones
+//! may be lost on power failure; `(b)-off` also risks the WAL itself). Not quite equal:
+//! `(b)-full` syncs twice per cycle (reserve and completion commit separately, as in the seed)
+//! where `sled/flushed` syncs once, after the completion.
+//!
+//! Every SQLite database uses WAL and the exact exported schema (`queuectl::export::SCHEMA_SQL`)
+//! plus its index; rows are loaded in one transaction before timing.
+//!
+//! Keeping the queue full: each function gets its own store, built and pre-loaded once per
+//! size, outside the timing. Timing uses `iter_custom`: the cycles run in chunks, and between
+//! chunks (not timed) the jobs consumed are enqueued again in one batch whenever 1% of the queue
+//! has been used, so the queue never runs dry however many iterations criterion asks for, and
+//! its size stays within 1% of the nominal one. Completed jobs stay in the store, as in real use.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
+use queuectl::export::SCHEMA_SQL;
+use queuectl::model::{format_ts, Config, Millis, NewJob};
+use queuectl::store::Store;
+use rusqlite::{params, Connection, TransactionBehavior};
+
+/// Queue sizes: one benchmark group each.
+const SIZES: [u64; 2] = [10_000, 100_000];
+/// The clock of the benchmark: every job is due before it.
+const NOW: Millis = 1_800_000_000_000;
+/// Job `seq` is due at `FIRST_DUE + seq` ms: increasing, and in the past for 10^9 jobs.
+const FIRST_DUE: Millis = NOW - 1_000_000_000;
+const WORKER: &str = "bench-worker";
+
+fn priority_of(seq: u64) -> i64 {
+    if seq % 1000 == 0 {
+        5
+    } else {
+        0
+    }
+}
+
+fn job_id(seq: u64) -> String {
+    format!("job-{seq:012}")
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("QUEUECTL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    tempfile::Builder::new()
+        .prefix("bench-reserve-")
+        .tempdir_in(base)
+        .unwrap()
+}
+
+/// A queue under test.
+trait Queue {
+    /// Enqueues jobs `seqs` (due, pending). Never timed.
+    fn add(&mut self, seqs: Range<u64>);
+    /// One reserve + complete cycle. Panics if no job is due.
+    fn cycle(&mut self);
+}
+
+/// Keeps a [`Queue`] at its nominal size while criterion runs cycles on it.
+struct Fed<Q> {
+    queue: Q,
+    next_seq: u64,
+    /// Refill once this many jobs have been consumed.
+    batch: u64,
+    consumed: u64,
+}
+
+impl<Q: Queue> Fed<Q> {
+    fn new(mut queue: Q, size: u64) -> Self {
+        const CHUNK: u64 = 10_000;
+        let mut seq = 0;
+        while seq < size {
+            let end = (seq + CHUNK).min(size);
+            queue.add(seq..end);
+            seq = end;
+        }
+        Fed {
+            queue,
+            next_seq: size,
+            batch: (size / 100).max(1),
+            consumed: 0,
+        }
+    }
+
+    /// For `iter_custom`: runs `iters` cycles, timing only the cycles.
+    fn run(&mut self, iters: u64) -> Duration {
+        let mut timed = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            if self.consumed == self.batch {
+                self.queue.add(self.next_seq..self.next_seq + self.batch);
+                self.next_seq += self.batch;
+                self.consumed = 0;
+            }
+            let chunk = left.min(self.batch - self.consumed);
+            let start = Instant::now();
+            for _ in 0..chunk {
+                self.queue.cycle();
+            }
+            timed += start.elapsed();
+            self.consumed += chunk;
+            left -= chunk;
+        }
+        timed
+    }
+}
+
+// ---- sled: queuectl's store ---------------------------------------------------------------
+
+struct SledQueue {
+    store: Store,
+    flush: bool,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+impl SledQueue {
+    fn new(flush: bool) -> Self {
+        let dir = bench_dir();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        SledQueue {
+            store,
+            flush,
+            config: Config::default(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Queue for SledQueue {
+    fn add(&mut self, seqs: Range<u64>) {
+        let jobs: Vec<NewJob> = seqs
+            .map(|seq| NewJob {
+                id: job_id(seq),
+                command: "true".to_string(),
+                max_retries: None,
+                priority: priority_of(seq),
+                run_at: Some(FIRST_DUE + seq),
+                timeout_ms: None,
+            })
+            .collect();
+        self.store.enqueue(&jobs, &self.config, NOW, None).unwrap();
+        // Start every timed chunk from the same state, whatever the variant.
+        self.store.flush().unwrap();
+    }
+
+    fn cycle(&mut self) {
+        let job = self
+            .store
+            .reserve(WORKER, NOW)
+            .unwrap()
+            .expect("the queue ran dry");
+        self.store.complete(&job.id, NOW).unwrap();
+        if self.flush {
+            self.store.flush().unwrap();
+        }
+    }
+}
+
+// ---- SQLite: the seed's layout --------------------------------------------------------------
+
+const SEED_INDEX: &str = "CREATE INDEX idx_jobs_state_available ON jobs(state, available_at)";
+const PRIORITY_INDEX: &str =
+    "CREATE INDEX idx_jobs_state_priority_available ON jobs(state, priority DESC, available_at)";
+
+const INSERT: &str = "INSERT INTO jobs(id, command, state, attempts, max_retries, created_at, \
+     updated_at, available_at, priority) VALUES (?1, 'true', 'pending', 0, 3, ?2, ?2, ?3, ?4)";
+const SELECT_NEXT: &str = "SELECT id FROM jobs WHERE state='pending' AND available_at <= ?1 \
+     ORDER BY priority DESC, available_at LIMIT 1";
+const MARK_PROCESSING: &str = "UPDATE jobs SET state='processing', locked_by=?1, locked_at=?2, \
+     updated_at=?2 WHERE id=?3";
+const MARK_COMPLETED: &str = "UPDATE jobs SET state='completed', locked_by=NULL, \
+     locked_at=NULL, available_at=NULL, updated_at=?1 WHERE id=?2";
+
+struct SqliteQueue {
+    conn: Connection,
+    now: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SqliteQueue {
+    fn new(index: &str, synchronous: &str) -> Self {
+        let dir = bench_dir();
+        let conn = Connection::open(dir.path().join("queue.db")).unwrap();
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.pragma_update(None, "synchronous", synchronous)
+            .unwrap();
+        conn.execute_batch(SCHEMA_SQL).unwrap();
+        conn.execute_batch(index).unwrap();
+        SqliteQueue {
+            conn,
+            now: format_ts(NOW),
+            _dir: dir,
+        }
+    }
+}
+
+impl Queue for SqliteQueue {
+    fn add(&mut self, seqs: Range<u64>) {
+        let tx = self.conn.transaction().unwrap();
+        {
+            let mut insert = tx.prepare_cached(INSERT).unwrap();
+            for seq in seqs {
+                let due = format_ts(FIRST_DUE + seq);
+                insert
+                    .execute(params![job_id(seq), due, due, priority_of(seq)])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    fn cycle(&mut self) {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        let id: String = tx
+            .prepare_cached(SELECT_NEXT)
+            .unwrap()
+            .query_row(params![self.now], |r| r.get(0))
+            .expect("the queue ran dry");
+        tx.prepare_cached(MARK_PROCESSING)
+            .unwrap()
+            .execute(params![WORKER, self.now, id])
+            .unwrap();
+        tx.commit().unwrap();
+
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        tx.prepare_cached(MARK_COMPLETED)
+            .unwrap()
+            .execute(params![self.now, id])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+// ---- the benchmarks -------------------------------------------------------------------------
+
+/// Benchmarks the cycle of the queue `make` builds. The queue is built and pre-loaded (not
+/// timed) on first use, so a filtered-out benchmark costs nothing, and dropped afterwards.
+fn bench_queue<Q: Queue>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    size: u64,
+    make: impl FnOnce() -> Q,
+) {
+    let mut make = Some(make);
+    let mut fed = None;
+    group.bench_function(name, |b| {
+        let fed = fed.get_or_insert_with(|| {
+            let make = make.take().expect("built once");
+            Fed::new(make(), size)
+        });
+        b.iter_custom(|iters| fed.run(iters))
+    });
+}
+
+fn reserve(c: &mut Criterion) {
+    for size in SIZES {
+        let mut group = c.benchmark_group(format!("queue_{size}"));
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+
+        bench_queue(&mut group, "sled/unflushed", size, || SledQueue::new(false));
+        bench_queue(&mut group, "sled/flushed", size, || SledQueue::new(true));
+
+        group
+            .sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .measurement_time(Duration::from_secs(3));
+        bench_queue(&mut group, "sqlite_seed/(a)", size, || {
+            SqliteQueue::new(SEED_INDEX, "NORMAL")
+        });
+
+        group.sample_size(20).sampling_mode(SamplingMode::Auto);
+        for (name, synchronous) in [
+            ("sqlite_indexed/(b)-full", "FULL"),
+            ("sqlite_indexed/(b)-normal", "NORMAL"),
+            ("sqlite_indexed/(b)-off", "OFF"),
+        ] {
+            bench_queue(&mut group, name, size, || {
+                SqliteQueue::new(PRIORITY_INDEX, synchronous)
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, reserve);
+criterion_main!(benches);
