@@ -1,0 +1,252 @@
+//! What a command asks of the store's owner ([`Request`]), the answer ([`Reply`]), their
+//! encoding in spool files (MessagePack), and the one handler, [`apply`], that both a command
+//! working directly and the supervisor run: so a request gives the same answer either way.
+//!
+//! A write request carries everything that must not change if it is applied again after a crash
+//! (job ids are chosen by the client), and [`apply`] records the request id in the same
+//! transaction, so a request found again in the spool is not applied twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob};
+use crate::store::{Store, StoreError};
+
+/// One thing a command asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Enqueue { jobs: Vec<NewJob> },
+    DlqRetry { id: String },
+    ConfigSet { key: String, value: u64 },
+    Status,
+    List {
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    },
+    Show { id: String },
+    Logs { id: String, run: Option<u32> },
+    Config,
+    /// Every job and the config, read at one instant (for export).
+    Dump,
+}
+
+impl Request {
+    /// Whether the request changes the store (and so must be flushed before it is answered).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Enqueue { .. } | Request::DlqRetry { .. } | Request::ConfigSet { .. }
+        )
+    }
+}
+
+/// The live state of the owner, for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub counts: Counts,
+    pub workers: u32,
+    pub busy_workers: u32,
+    pub supervisor_pid: Option<u32>,
+}
+
+/// Who is answering: a supervisor (with its workers) or a command working directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnerInfo {
+    pub workers: u32,
+    pub busy_workers: u32,
+    pub supervisor_pid: Option<u32>,
+}
+
+/// How a request failed, which decides the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The user's input was refused (exit status 2).
+    Invalid,
+    /// Something went wrong on our side (exit status 1).
+    Internal,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A write was applied and is durable.
+    Done,
+    Retried(Job),
+    Status(StatusInfo),
+    Jobs(Vec<Job>),
+    Job(Job),
+    Logs {
+        job: Job,
+        run: u32,
+        output: Option<AttemptOutput>,
+    },
+    Config(Config),
+    Dump { jobs: Vec<Job>, config: Config },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Reply {
+    fn from_store_error(e: StoreError) -> Reply {
+        let kind = if e.is_user_error() {
+            ErrorKind::Invalid
+        } else {
+            ErrorKind::Internal
+        };
+        Reply::Error {
+            kind,
+            message: e.to_string(),
+        }
+    }
+
+    fn invalid(message: String) -> Reply {
+        Reply::Error {
+            kind: ErrorKind::Invalid,
+            message,
+        }
+    }
+}
+
+/// Errors of encoding and decoding requests and replies.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("could not encode: {0}")]
+    Encode(String),
+    #[error("could not decode: {0}")]
+    Decode(String),
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    rmp_serde::to_vec_named(v).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, CodecError> {
+    rmp_serde::from_slice(b).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
+/// Runs one request against the store. Writes are not flushed here: the caller flushes before
+/// it hands out the reply. `request_id` is the spool id of the request, if it came that way.
+pub fn apply(
+    store: &Store,
+    req: &Request,
+    owner: OwnerInfo,
+    now: Millis,
+    request_id: Option<&str>,
+) -> Reply {
+    let result = match req {
+        Request::Enqueue { jobs } => store
+            .config()
+            .and_then(|cfg| store.enqueue(jobs, &cfg, now, request_id))
+            .map(|()| Reply::Done),
+        Request::DlqRetry { id } => store.dlq_retry(id, now, request_id).map(Reply::Retried),
+        Request::ConfigSet { key, value } => match key.parse::<ConfigKey>() {
+            Err(e) => return Reply::invalid(e.to_string()),
+            Ok(k) => match k.parse_value(&value.to_string()) {
+                Err(e) => return Reply::invalid(e.to_string()),
+                Ok(v) => store.config_set(k, v, request_id).map(|()| Reply::Done),
+            },
+        },
+        Request::Status => store.counts().map(|counts| {
+            Reply::Status(StatusInfo {
+                counts,
+                workers: owner.workers,
+                busy_workers: owner.busy_workers,
+                supervisor_pid: owner.supervisor_pid,
+            })
+        }),
+        Request::List {
+            state,
+            offset,
+            limit,
+        } => store.list(*state, *offset, *limit).map(Reply::Jobs),
+        Request::Show { id } => match store.get(id) {
+            Ok(Some(job)) => Ok(Reply::Job(job)),
+            Ok(None) => Err(StoreError::NotFound(id.clone())),
+            Err(e) => Err(e),
+        },
+        Request::Logs { id, run } => match store.get(id) {
+            Ok(Some(job)) => {
+                let run = run.unwrap_or(job.runs);
+                if run == 0 || run > job.runs {
+                    return Reply::invalid(format!(
+                        "job `{id}` has no attempt {run} (it has run {} time{})",
+                        job.runs,
+                        if job.runs == 1 { "" } else { "s" }
+                    ));
+                }
+                store
+                    .output(id, run)
+                    .map(|output| Reply::Logs { job, run, output })
+            }
+            Ok(None) => Err(StoreError::NotFound(id.clone())),
+            Err(e) => Err(e),
+        },
+        Request::Config => store.config().map(Reply::Config),
+        Request::Dump => store.config().and_then(|config| {
+            let jobs = store.all_jobs().collect::<Result<Vec<_>, _>>()?;
+            Ok(Reply::Dump { jobs, config })
+        }),
+    };
+    result.unwrap_or_else(Reply::from_store_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let reqs = [
+            Request::Enqueue { jobs: vec![] },
+            Request::List {
+                state: Some(JobState::Dead),
+                offset: 3,
+                limit: usize::MAX,
+            },
+            Request::Logs {
+                id: "x".into(),
+                run: Some(2),
+            },
+        ];
+        for r in reqs {
+            let back: Request = decode(&encode(&r).unwrap()).unwrap();
+            assert_eq!(back, r);
+        }
+        let rep = Reply::Error {
+            kind: ErrorKind::Invalid,
+            message: "no".into(),
+        };
+        assert_eq!(decode::<Reply>(&encode(&rep).unwrap()).unwrap(), rep);
+        assert!(decode::<Request>(b"\xc1garbage").is_err());
+    }
+
+    #[test]
+    fn apply_answers_like_the_store() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let job = NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0).unwrap();
+        let enq = Request::Enqueue { jobs: vec![job] };
+        assert_eq!(apply(&store, &enq, OwnerInfo::default(), 0, None), Reply::Done);
+        let again = apply(&store, &enq, OwnerInfo::default(), 0, None);
+        assert!(matches!(again, Reply::Error { kind: ErrorKind::Invalid, .. }), "{again:?}");
+        let set = Request::ConfigSet {
+            key: "backoff_base".into(),
+            value: 0,
+        };
+        assert!(matches!(
+            apply(&store, &set, OwnerInfo::default(), 0, None),
+            Reply::Error { kind: ErrorKind::Invalid, .. }
+        ));
+        let logs = Request::Logs {
+            id: "a".into(),
+            run: None,
+        };
+        assert!(matches!(
+            apply(&store, &logs, OwnerInfo::default(), 0, None),
+            Reply::Error { kind: ErrorKind::Invalid, .. }
+        ));
+        match apply(&store, &Request::Status, OwnerInfo::default(), 0, None) {
+            Reply::Status(s) => assert_eq!((s.counts.pending, s.workers, s.supervisor_pid), (1, 0, None)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
