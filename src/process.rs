@@ -1,1 +1,1288 @@
-//! (to be written)
+//! Every child process queuectl starts: a job's shell ([`run_command`]), a worker
+//! ([`spawn_worker`]) and the detached supervisor daemon ([`spawn_detached`]), plus signalling a
+//! job's process group ([`kill_group`]). This is the only module that builds a
+//! [`std::process::Command`].
+//!
+//! Invariants of [`run_command`]:
+//! - the shell runs in a new process group whose id is the shell's pid, and nothing of that group
+//!   survives the call: when the shell exits, times out or is cancelled, the whole group gets
+//!   SIGKILL, always while the shell is still unreaped, so the group id cannot have been reused
+//!   (every kill goes through [`Target`], which [`Job::finish`] disarms before reaping);
+//! - it never blocks forever on the output pipes: once the shell has exited, only what is already
+//!   buffered in them is read, whoever else still holds them open;
+//! - it waits on real events only, never on a timer: the calling thread blocks in `waitid` on
+//!   the shell; one helper thread per running job (a "collector", taken from a pool because
+//!   starting a thread costs more than everything else here) reads both pipes with `poll(2)`,
+//!   whose timeout is the job's deadline; a cancel receiver is watched by one thread shared by
+//!   every call, which only wakes when a receiver it did not watch yet is registered;
+//! - only the last [`TAIL_BYTES`] of each output stream are kept, in buffers that grow only as
+//!   output arrives.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::{getpgrp, pipe2, setsid, Pid};
+
+use crate::model::Outcome;
+
+/// Bytes kept from the end of each of a job's stdout and stderr.
+pub const TAIL_BYTES: usize = 64 * 1024;
+
+/// The shell that runs job commands.
+const SHELL: &str = "/bin/sh";
+
+/// Bytes read from an output pipe at a time (a stack buffer).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// After the shell exits, at most this many reads per pipe collect what is still buffered, so
+/// that an escaped process writing without pause cannot keep us reading.
+const MAX_DRAIN_READS: usize = 64;
+
+/// Stack of a collector thread.
+const COLLECTOR_STACK: usize = 256 * 1024;
+
+/// A child process could not be started or handled.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("could not start {SHELL}: {cause}")]
+    Spawn { cause: io::Error },
+    #[error("could not {action} for the shell (pid {pid}): {cause}")]
+    Setup {
+        action: &'static str,
+        pid: u32,
+        cause: io::Error,
+    },
+    #[error("lost track of the shell (pid {pid}): {cause}")]
+    Wait { pid: u32, cause: io::Error },
+    #[error("refusing to signal process group {0}: not a job's group")]
+    InvalidGroup(i32),
+    #[error("refusing to signal process group {0}: it is our own")]
+    OwnGroup(i32),
+    #[error("the {pipe} of child {pid} was not piped")]
+    NotPiped { pipe: &'static str, pid: u32 },
+}
+
+/// How a job's command ended, with the end of its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    pub outcome: Outcome,
+    /// Wall time from spawning the shell to its exit.
+    pub duration_ms: u64,
+    pub stdout_tail: Vec<u8>,
+    pub stderr_tail: Vec<u8>,
+}
+
+/// Runs `sh -c command` in a new process group and waits for it.
+///
+/// `on_start(pgid)` is called once the shell is running. The shell's stdin is `/dev/null`; the
+/// last [`TAIL_BYTES`] of its stdout and stderr are returned. When `timeout` passes, or `cancel`
+/// delivers a message or disconnects, the whole group is killed with SIGKILL (outcome `TimedOut`,
+/// or `Signaled(9)` for a cancel). When the shell exits, whatever is left of its group is killed.
+/// A cancel message is consumed by the job it kills; one pending when the call starts cancels it.
+pub fn run_command(
+    command: &str,
+    timeout: Option<Duration>,
+    cancel: &Receiver<()>,
+    on_start: impl FnOnce(i32),
+) -> CommandResult {
+    let started = Instant::now();
+    // No `pre_exec` here, so std can use posix_spawn (vfork-like), much cheaper than fork.
+    let spawned = Command::new(SHELL)
+        .arg("-c")
+        .arg(command)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(cause) => return CommandResult::failed(ProcessError::Spawn { cause }, started),
+    };
+    // A timeout too large to represent as an instant is no timeout.
+    let deadline = timeout.and_then(|t| started.checked_add(t));
+    let mut job = match Job::start(child, deadline, started, cancel) {
+        Ok(job) => job,
+        Err(e) => return CommandResult::failed(e, started),
+    };
+    on_start(job.pgid);
+    job.finish(started)
+}
+
+impl CommandResult {
+    fn failed(e: ProcessError, started: Instant) -> CommandResult {
+        CommandResult {
+            outcome: Outcome::SpawnFailed(e.to_string()),
+            duration_ms: millis(started.elapsed()),
+            stdout_tail: Vec::new(),
+            stderr_tail: Vec::new(),
+        }
+    }
+}
+
+/// Sends `signal` to every process in group `pgid`. A group that no longer exists is not an
+/// error; group ids <= 1 and our own group are refused.
+pub fn kill_group(pgid: i32, signal: Signal) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            ProcessError::InvalidGroup(pgid),
+        ));
+    }
+    let group = Pid::from_raw(pgid);
+    if group == getpgrp() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            ProcessError::OwnGroup(pgid),
+        ));
+    }
+    match killpg(group, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A worker process and the two pipes the supervisor talks to it over.
+#[derive(Debug)]
+pub struct WorkerChild {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    pub stdout: ChildStdout,
+}
+
+/// Starts a worker: `exe args...` with stdin and stdout piped and stderr inherited.
+pub fn spawn_worker(exe: &Path, args: &[OsString]) -> io::Result<WorkerChild> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    match (child.stdin.take(), child.stdout.take()) {
+        (Some(stdin), Some(stdout)) => Ok(WorkerChild {
+            child,
+            stdin,
+            stdout,
+        }),
+        (None, _) => Err(abandon_unpiped(child, "stdin")),
+        (_, None) => Err(abandon_unpiped(child, "stdout")),
+    }
+}
+
+/// Starts a daemon: `exe args...` in a new session, stdin and stderr on `/dev/null`, stdout piped
+/// back to the caller (for a readiness line).
+pub fn spawn_detached(exe: &Path, args: &[OsString]) -> io::Result<(Child, ChildStdout)> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec. It only calls setsid(2), which
+    // is async-signal-safe, and builds an `io::Error` from a raw errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(|| setsid().map(drop).map_err(io::Error::from));
+    }
+    let mut child = cmd.spawn()?;
+    match child.stdout.take() {
+        Some(stdout) => Ok((child, stdout)),
+        None => Err(abandon_unpiped(child, "stdout")),
+    }
+}
+
+/// Kills and reaps a child whose pipe is missing (cannot happen with the `Stdio` set above).
+fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
+    let pid = child.id();
+    let _ = child.kill();
+    let _ = child.wait();
+    io::Error::other(ProcessError::NotPiped { pipe, pid })
+}
+
+/// A job's process group, for everyone who may kill it: `Some` from the spawn until
+/// [`Job::finish`] disarms it, which happens before the shell is reaped. Killing under this lock
+/// therefore never hits a group id that was reused.
+struct Target {
+    pgid: Mutex<Option<i32>>,
+}
+
+impl Target {
+    fn kill(&self, why: &'static str) {
+        if let Some(pgid) = *lock(&self.pgid) {
+            if let Err(e) = kill_group(pgid, Signal::SIGKILL) {
+                tracing::warn!(pgid, error = %e, "could not kill a job ({why})");
+            }
+        }
+    }
+
+    fn disarm(&self) {
+        lock(&self.pgid).take();
+    }
+
+    fn is_armed(&self) -> bool {
+        lock(&self.pgid).is_some()
+    }
+}
+
+/// A spawned shell supervised by [`run_command`].
+struct Job {
+    child: Child,
+    pgid: i32,
+    target: Arc<Target>,
+    /// Write end of the collector's stop pipe: closing it tells the collector the shell is gone.
+    stop: Option<OwnedFd>,
+    collected: Arc<Slot<Collected>>,
+    finished: bool,
+}
+
+impl Job {
+    /// Registers the cancel watch and hands the pipes to a collector; on failure the shell's
+    /// group is killed and the shell reaped.
+    fn start(
+        mut child: Child,
+        deadline: Option<Instant>,
+        started: Instant,
+        cancel: &Receiver<()>,
+    ) -> Result<Job, ProcessError> {
+        let pid = child.id();
+        let fail =
+            |action: &'static str, cause: io::Error| ProcessError::Setup { action, pid, cause };
+        let pgid = match i32::try_from(pid) {
+            Ok(pgid) if pgid > 1 => pgid,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail("use the pid", ErrorKind::InvalidData.into()));
+            }
+        };
+        let target = Arc::new(Target {
+            pgid: Mutex::new(Some(pgid)),
+        });
+        let prepared = (|| {
+            let out = Capture::new(child.stdout.take().map(OwnedFd::from))
+                .map_err(|e| fail("prepare stdout", e))?;
+            let err = Capture::new(child.stderr.take().map(OwnedFd::from))
+                .map_err(|e| fail("prepare stderr", e))?;
+            let (stop_rx, stop) =
+                pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("create a pipe", e.into()))?;
+            watch_cancel(cancel, &target).map_err(|e| fail("watch for cancellation", e))?;
+            let collected = Arc::new(Slot::default());
+            let work = Collect {
+                out,
+                err,
+                stop: stop_rx,
+                deadline,
+                started,
+                target: Arc::clone(&target),
+                reply: Arc::clone(&collected),
+            };
+            start_collector(work).map_err(|e| fail("start a collector thread", e))?;
+            Ok((stop, collected))
+        })();
+        match prepared {
+            Ok((stop, collected)) => Ok(Job {
+                child,
+                pgid,
+                target,
+                stop: Some(stop),
+                collected,
+                finished: false,
+            }),
+            Err(e) => {
+                target.kill("set-up failed");
+                target.disarm();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the shell to exit, kills its leftovers, collects the output and reaps it.
+    fn finish(&mut self, started: Instant) -> CommandResult {
+        // WNOWAIT: learn of the exit but leave the shell a zombie, so that its pid keeps naming
+        // the group until everything below is done with it.
+        // Any error but EINTR (ECHILD: someone else reaped it) means there is nothing to wait for.
+        let shell = Pid::from_raw(self.pgid);
+        while waitid(Id::Pid(shell), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+            == Err(Errno::EINTR)
+        {}
+        let exited_at = Instant::now();
+        self.target.kill("leftovers");
+        self.target.disarm();
+        self.stop = None;
+        let collected = self.collected.take();
+        let status = self.child.wait();
+        self.finished = true;
+        let outcome = match status {
+            Ok(status) => outcome_of(status, collected.timed_out_after),
+            Err(cause) => {
+                let pid = self.child.id();
+                Outcome::SpawnFailed(ProcessError::Wait { pid, cause }.to_string())
+            }
+        };
+        CommandResult {
+            outcome,
+            duration_ms: millis(exited_at.saturating_duration_since(started)),
+            stdout_tail: collected.stdout,
+            stderr_tail: collected.stderr,
+        }
+    }
+}
+
+impl Drop for Job {
+    /// Only when `on_start` panicked: never leave the job running unsupervised.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.target.kill("abandoned");
+            self.target.disarm();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn outcome_of(status: ExitStatus, timed_out_after: Option<u64>) -> Outcome {
+    match (status.code(), status.signal(), timed_out_after) {
+        // Killed by our timeout SIGKILL; a shell that exited on its own just in time keeps its
+        // own status.
+        (_, Some(sig), Some(after_ms)) if sig == Signal::SIGKILL as i32 => {
+            Outcome::TimedOut { after_ms }
+        }
+        (Some(code), _, _) => Outcome::Exited(code),
+        (None, Some(sig), _) => Outcome::Signaled(sig),
+        // `wait` reports only exits and deaths by signal.
+        (None, None, _) => Outcome::Exited(-1),
+    }
+}
+
+/// What a collector does for one job: read both pipes until they close and no deadline is
+/// pending, or until told the shell is gone; kill the group at the deadline.
+struct Collect {
+    out: Capture,
+    err: Capture,
+    /// Hangs up when [`Job::finish`] has seen the shell exit.
+    stop: OwnedFd,
+    deadline: Option<Instant>,
+    started: Instant,
+    target: Arc<Target>,
+    reply: Arc<Slot<Collected>>,
+}
+
+/// What a collector hands back.
+#[derive(Default)]
+struct Collected {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// Milliseconds from the spawn to the timeout kill, if there was one.
+    timed_out_after: Option<u64>,
+}
+
+impl Collect {
+    fn run(mut self) -> Collected {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut deadline = self.deadline;
+        let mut timed_out_after = None;
+        // Once both pipes are closed only a deadline is left to keep; without one the shell's
+        // exit is Job::finish's business alone.
+        while self.out.is_open() || self.err.is_open() || deadline.is_some() {
+            let wait = deadline.map_or(PollTimeout::NONE, poll_timeout_until);
+            let fds = [self.out.fd(), self.err.fd(), Some(self.stop.as_fd())];
+            match wait_readable(fds, wait) {
+                Ok([out, err, stop]) => {
+                    if out {
+                        self.out.read_once(&mut buf);
+                    }
+                    if err {
+                        self.err.read_once(&mut buf);
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // Cannot happen with valid descriptors; never leave a job unsupervised.
+                    tracing::warn!(error = %e, "poll failed; killing the job");
+                    self.target.kill("poll failed");
+                    break;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                deadline = None;
+                timed_out_after = Some(millis(self.started.elapsed()));
+                self.target.kill("timed out");
+            }
+        }
+        // Only what is already in the pipes: a process outside the group may hold them open.
+        self.out.drain(&mut buf);
+        self.err.drain(&mut buf);
+        Collected {
+            stdout: self.out.tail.into_vec(),
+            stderr: self.err.tail.into_vec(),
+            timed_out_after,
+        }
+    }
+}
+
+/// Collector threads with nothing to do, as the slots that hand them a job.
+static IDLE_COLLECTORS: Mutex<Vec<Arc<Slot<Collect>>>> = Mutex::new(Vec::new());
+
+/// Hands `work` to an idle collector thread, or to a new one.
+fn start_collector(work: Collect) -> io::Result<()> {
+    let idle = lock(&IDLE_COLLECTORS).pop();
+    if let Some(slot) = idle {
+        slot.put(work);
+        return Ok(());
+    }
+    let slot = Arc::new(Slot::default());
+    slot.put(work);
+    let mine = Arc::clone(&slot);
+    thread::Builder::new()
+        .name("queuectl-collect".into())
+        .stack_size(COLLECTOR_STACK)
+        .spawn(move || collector(mine))?;
+    Ok(())
+}
+
+/// A pooled collector thread: one job at a time, forever.
+fn collector(slot: Arc<Slot<Collect>>) {
+    loop {
+        let work = slot.take();
+        let reply = Arc::clone(&work.reply);
+        // `run` does not panic; if it ever did, the job still gets an answer.
+        let collected = panic::catch_unwind(AssertUnwindSafe(|| work.run())).unwrap_or_default();
+        // Back to the pool before replying, so a caller running jobs one after the other finds
+        // this thread idle; work handed over early just waits in the slot.
+        lock(&IDLE_COLLECTORS).push(Arc::clone(&slot));
+        reply.put(collected);
+    }
+}
+
+/// A one-value hand-over between two threads. A mutex and a condition variable rather than a
+/// channel: crossbeam's blocking receive yields the CPU a few times before sleeping, which on a
+/// busy machine costs context switches on every job.
+struct Slot<T> {
+    value: Mutex<Option<T>>,
+    filled: Condvar,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            value: Mutex::new(None),
+            filled: Condvar::new(),
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    fn put(&self, value: T) {
+        *lock(&self.value) = Some(value);
+        self.filled.notify_one();
+    }
+
+    fn take(&self) -> T {
+        let mut value = lock(&self.value);
+        loop {
+            if let Some(v) = value.take() {
+                return v;
+            }
+            value = self
+                .filled
+                .wait(value)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Waits until one of the present descriptors is readable or hung up, or the timeout passes.
+fn wait_readable(fds: [Option<BorrowedFd<'_>>; 3], timeout: PollTimeout) -> nix::Result<[bool; 3]> {
+    let Some(first) = fds.iter().flatten().next().copied() else {
+        return Ok([false; 3]);
+    };
+    let mut polled: [PollFd<'_>; 3] =
+        std::array::from_fn(|_| PollFd::new(first, PollFlags::POLLIN));
+    let mut slot_of = [0usize; 3];
+    let mut n = 0;
+    for (slot, fd) in fds.iter().enumerate() {
+        if let Some(fd) = fd {
+            polled[n] = PollFd::new(*fd, PollFlags::POLLIN);
+            slot_of[n] = slot;
+            n += 1;
+        }
+    }
+    poll(&mut polled[..n], timeout)?;
+    let mut ready = [false; 3];
+    for (pfd, &slot) in polled[..n].iter().zip(&slot_of) {
+        // Unknown event bits: let the read find out.
+        ready[slot] = pfd.any().unwrap_or(true);
+    }
+    Ok(ready)
+}
+
+/// Poll timeout until `deadline`, rounded up so that we never wake before it.
+fn poll_timeout_until(deadline: Instant) -> PollTimeout {
+    let left = deadline.saturating_duration_since(Instant::now());
+    PollTimeout::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One output pipe of the shell (non-blocking) and the tail of what came through it.
+struct Capture {
+    /// `None` once the pipe reached end of file (or failed).
+    pipe: Option<File>,
+    tail: Tail,
+}
+
+impl Capture {
+    fn new(pipe: Option<OwnedFd>) -> io::Result<Capture> {
+        let pipe = pipe.map(File::from);
+        if let Some(file) = &pipe {
+            fcntl(file, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        }
+        Ok(Capture {
+            pipe,
+            tail: Tail::default(),
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pipe.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Reads once; returns whether it is worth reading again right away.
+    fn read_once(&mut self, buf: &mut [u8]) -> bool {
+        let Some(pipe) = &mut self.pipe else {
+            return false;
+        };
+        match pipe.read(buf) {
+            Ok(0) => {
+                self.pipe = None;
+                false
+            }
+            Ok(n) => {
+                self.tail.push(&buf[..n]);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read a job's output");
+                self.pipe = None;
+                false
+            }
+        }
+    }
+
+    /// Reads what is already buffered in the pipe, without waiting for more.
+    fn drain(&mut self, buf: &mut [u8]) {
+        for _ in 0..MAX_DRAIN_READS {
+            if !self.read_once(buf) {
+                break;
+            }
+        }
+    }
+}
+
+/// The last [`TAIL_BYTES`] of a byte stream.
+#[derive(Default)]
+struct Tail(VecDeque<u8>);
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+        let excess = (self.0.len() + bytes.len()).saturating_sub(TAIL_BYTES);
+        self.0.drain(..excess);
+        self.0.extend(bytes);
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        self.0.into()
+    }
+}
+
+/// One cancel receiver and the jobs it cancels.
+struct Watched {
+    cancel: Receiver<()>,
+    jobs: Vec<Weak<Target>>,
+    /// A message is pending while no job runs: left out of the watcher's select (it would be
+    /// ready at once, forever) until a job registers.
+    parked: bool,
+}
+
+/// The receivers the cancel watcher thread selects on, and how to wake it.
+struct Watchers {
+    watched: Vec<Watched>,
+    wake: Option<Sender<()>>,
+}
+
+static WATCHERS: Mutex<Watchers> = Mutex::new(Watchers {
+    watched: Vec::new(),
+    wake: None,
+});
+
+/// Has the cancel watcher kill `target`'s group when `cancel` delivers or disconnects while the
+/// job runs. A receiver already watched costs no wake-up; the thread starts on first use.
+fn watch_cancel(cancel: &Receiver<()>, target: &Arc<Target>) -> io::Result<()> {
+    let job = Arc::downgrade(target);
+    let mut watchers = lock(&WATCHERS);
+    let wake_needed = match watchers
+        .watched
+        .iter_mut()
+        .find(|w| w.cancel.same_channel(cancel))
+    {
+        Some(w) => {
+            w.jobs.retain(|j| j.strong_count() > 0);
+            w.jobs.push(job);
+            std::mem::take(&mut w.parked)
+        }
+        None => {
+            // Forget receivers without jobs, so that one-off receivers do not pile up.
+            watchers
+                .watched
+                .retain(|w| w.jobs.iter().any(|j| j.strong_count() > 0));
+            watchers.watched.push(Watched {
+                cancel: cancel.clone(),
+                jobs: vec![job],
+                parked: false,
+            });
+            true
+        }
+    };
+    if !wake_needed {
+        return Ok(());
+    }
+    if let Some(wake) = &watchers.wake {
+        match wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) => return Ok(()),
+            // The watcher thread is gone (it cannot panic, but be safe): start another.
+            Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+    let (wake, woken) = crossbeam_channel::bounded(1);
+    thread::Builder::new()
+        .name("queuectl-cancel".into())
+        .spawn(move || cancel_watcher(woken))?;
+    watchers.wake = Some(wake);
+    Ok(())
+}
+
+/// The cancel watcher thread: blocks until a watched receiver is ready or it is woken to
+/// select on a new set.
+fn cancel_watcher(woken: Receiver<()>) {
+    loop {
+        let receivers: Vec<Receiver<()>> = lock(&WATCHERS)
+            .watched
+            .iter()
+            .filter(|w| !w.parked)
+            .map(|w| w.cancel.clone())
+            .collect();
+        let ready = {
+            let mut select = Select::new();
+            select.recv(&woken);
+            for r in &receivers {
+                select.recv(r);
+            }
+            select.ready()
+        };
+        if ready == 0 {
+            if woken.try_recv() == Err(TryRecvError::Disconnected) {
+                return;
+            }
+        } else {
+            cancel_jobs(&receivers[ready - 1]);
+        }
+    }
+}
+
+/// Acts on a receiver that looks ready: a message kills one running job (the oldest), a
+/// disconnection kills them all.
+fn cancel_jobs(cancel: &Receiver<()>) {
+    let mut watchers = lock(&WATCHERS);
+    let Some(pos) = watchers
+        .watched
+        .iter()
+        .position(|w| w.cancel.same_channel(cancel))
+    else {
+        return; // forgotten since the select began
+    };
+    let w = &mut watchers.watched[pos];
+    w.jobs.retain(|j| j.upgrade().is_some_and(|t| t.is_armed()));
+    if w.jobs.is_empty() {
+        // Nothing to cancel: keep a pending message for the next job, but stop selecting on it.
+        if cancel.is_empty() {
+            watchers.watched.swap_remove(pos); // disconnected
+        } else {
+            w.parked = true;
+        }
+        return;
+    }
+    match cancel.try_recv() {
+        Err(TryRecvError::Empty) => {} // a spurious wake-up
+        Ok(()) => {
+            if let Some(target) = w.jobs.remove(0).upgrade() {
+                target.kill("cancelled");
+            }
+        }
+        Err(TryRecvError::Disconnected) => {
+            for target in w.jobs.drain(..).filter_map(|j| j.upgrade()) {
+                target.kill("cancelled");
+            }
+            watchers.watched.swap_remove(pos);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{bounded, never};
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::PathBuf;
+
+    const PROMPT: Duration = Duration::from_secs(5);
+
+    fn run(command: &str) -> CommandResult {
+        run_command(command, None, &never(), |_| {})
+    }
+
+    /// Whether `pid` is gone; a zombie counts as gone.
+    fn gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    /// Polls until `pid` is gone, for at most [`PROMPT`].
+    fn wait_gone(pid: i32) -> bool {
+        let deadline = Instant::now() + PROMPT;
+        while Instant::now() < deadline {
+            if gone(pid) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        gone(pid)
+    }
+
+    fn read_pid(path: &Path) -> i32 {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("pid in {text:?}"))
+    }
+
+    /// Polls until the shell has written a pid to `path`, for at most [`PROMPT`].
+    fn wait_pid_file(path: &Path) -> i32 {
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.ends_with('\n') {
+                return text.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no pid written to {path:?}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn pid_file() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pid");
+        (dir, path)
+    }
+
+    #[test]
+    fn exit_codes_and_start_callback() {
+        let mut seen = None;
+        let r = run_command("exit 3", None, &never(), |pgid| seen = Some(pgid));
+        assert_eq!(r.outcome, Outcome::Exited(3));
+        assert!(seen.is_some_and(|pgid| pgid > 1), "{seen:?}");
+        assert_eq!(run("true").outcome, Outcome::Exited(0));
+        assert_eq!(run("no-such-command-xyz").outcome, Outcome::Exited(127));
+    }
+
+    #[test]
+    fn shell_runs_in_its_own_group_with_dev_null_stdin() {
+        let mut pgid = 0;
+        let r = run_command(
+            "read -r stat < /proc/self/stat; echo \"$stat\"; cat; echo end",
+            None,
+            &never(),
+            |g| pgid = g,
+        );
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        let out = String::from_utf8(r.stdout_tail).unwrap();
+        let (stat, rest) = out.split_once('\n').unwrap();
+        let (pid, fields) = stat.split_once(' ').unwrap();
+        let fields: Vec<&str> = fields
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // state ppid pgrp
+        assert_eq!(pid, pgid.to_string());
+        assert_eq!(fields[2], pid, "{stat}");
+        assert_eq!(rest, "end\n", "cat read nothing");
+    }
+
+    #[test]
+    fn death_by_signal() {
+        assert_eq!(run("kill -TERM $$").outcome, Outcome::Signaled(15));
+    }
+
+    #[test]
+    fn small_output_is_kept_whole() {
+        let r = run("printf 'out\\n'; printf 'err' >&2; printf 'more'");
+        assert_eq!(r.stdout_tail, b"out\nmore");
+        assert_eq!(r.stderr_tail, b"err");
+    }
+
+    #[test]
+    fn only_the_tail_of_large_output_is_kept() {
+        let r = run("seq 1 40000; seq 50000 90000 >&2");
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        let expect = |from: u32, to: u32| -> Vec<u8> {
+            let all: String = (from..=to).map(|n| format!("{n}\n")).collect();
+            assert!(all.len() > TAIL_BYTES);
+            all.as_bytes()[all.len() - TAIL_BYTES..].to_vec()
+        };
+        assert_eq!(r.stdout_tail.len(), TAIL_BYTES);
+        assert_eq!(r.stdout_tail, expect(1, 40000));
+        assert!(r.stdout_tail.ends_with(b"\n39999\n40000\n"));
+        assert_eq!(r.stderr_tail, expect(50000, 90000));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::default();
+        t.push(&[1; 10]);
+        t.push(&vec![2; TAIL_BYTES - 5]);
+        t.push(&[3; 2]);
+        let v = t.into_vec();
+        assert_eq!(v.len(), TAIL_BYTES);
+        assert_eq!(&v[..3], &[1, 1, 1]);
+        assert_eq!(&v[TAIL_BYTES - 3..], &[2, 3, 3]);
+        let mut t = Tail::default();
+        let big: Vec<u8> = (0..TAIL_BYTES * 2).map(|i| i as u8).collect();
+        t.push(b"old");
+        t.push(&big);
+        assert_eq!(t.into_vec(), big[TAIL_BYTES..].to_vec());
+    }
+
+    #[test]
+    fn duration_is_measured() {
+        let r = run("sleep 0.2");
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        assert!((200..5000).contains(&r.duration_ms), "{}", r.duration_ms);
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let (_dir, file) = pid_file();
+        let t0 = Instant::now();
+        let r = run_command(
+            &format!("sleep 30 & echo $! > {}; wait", file.display()),
+            Some(Duration::from_millis(300)),
+            &never(),
+            |_| {},
+        );
+        let took = t0.elapsed();
+        match r.outcome {
+            Outcome::TimedOut { after_ms } => assert!((300..5000).contains(&after_ms)),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(took < PROMPT, "took {took:?}");
+        assert!(took >= Duration::from_millis(300), "took {took:?}");
+        assert!(wait_gone(read_pid(&file)), "background child survived");
+    }
+
+    #[test]
+    fn huge_timeout_is_no_timeout() {
+        let r = run_command("exit 7", Some(Duration::MAX), &never(), |_| {});
+        assert_eq!(r.outcome, Outcome::Exited(7));
+        let r = run_command(
+            "exit 8",
+            Some(Duration::from_millis(u64::MAX)),
+            &never(),
+            |_| {},
+        );
+        assert_eq!(r.outcome, Outcome::Exited(8));
+    }
+
+    #[test]
+    fn output_before_a_timeout_is_kept() {
+        let r = run_command(
+            "echo before; exec sleep 30",
+            Some(Duration::from_millis(100)),
+            &never(),
+            |_| {},
+        );
+        assert!(
+            matches!(r.outcome, Outcome::TimedOut { .. }),
+            "{:?}",
+            r.outcome
+        );
+        assert_eq!(r.stdout_tail, b"before\n");
+    }
+
+    #[test]
+    fn timeout_applies_after_the_pipes_are_closed() {
+        let t0 = Instant::now();
+        let r = run_command(
+            "exec >&- 2>&-; sleep 30",
+            Some(Duration::from_millis(200)),
+            &never(),
+            |_| {},
+        );
+        assert!(t0.elapsed() < PROMPT, "took {:?}", t0.elapsed());
+        assert!(
+            matches!(r.outcome, Outcome::TimedOut { after_ms } if after_ms >= 200),
+            "{:?}",
+            r.outcome
+        );
+    }
+
+    #[test]
+    fn shell_outliving_its_pipes_is_waited_for() {
+        let r = run("echo hi; exec >&- 2>&-; sleep 0.2; exit 5");
+        assert_eq!(r.outcome, Outcome::Exited(5));
+        assert_eq!(r.stdout_tail, b"hi\n");
+        assert!(r.duration_ms >= 200, "{}", r.duration_ms);
+    }
+
+    #[test]
+    fn background_child_holding_the_pipes_does_not_hang() {
+        let (_dir, file) = pid_file();
+        let t0 = Instant::now();
+        let mut pgid = 0;
+        let r = run_command(
+            &format!("sleep 30 & echo $! > {}; echo done", file.display()),
+            None,
+            &never(),
+            |g| pgid = g,
+        );
+        assert!(t0.elapsed() < PROMPT, "took {:?}", t0.elapsed());
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        assert_eq!(r.stdout_tail, b"done\n");
+        assert!(wait_gone(read_pid(&file)), "background child survived");
+        assert!(wait_gone(pgid));
+    }
+
+    #[test]
+    fn process_outside_the_group_holding_the_pipes_does_not_hang() {
+        // setsid moves the sleep out of the job's group: it cannot be killed with the group, but
+        // it must not keep run_command waiting either.
+        if !Path::new("/usr/bin/setsid").exists() && !Path::new("/bin/setsid").exists() {
+            return;
+        }
+        let (_dir, file) = pid_file();
+        let t0 = Instant::now();
+        let f = file.display();
+        let r = run(&format!(
+            "setsid sh -c 'echo $$ > {f}.tmp; mv {f}.tmp {f}; exec sleep 30' &
+             while [ ! -e {f} ]; do sleep 0.01; done; echo done"
+        ));
+        let took = t0.elapsed();
+        let pid = wait_pid_file(&file);
+        kill_group(pid, Signal::SIGKILL).unwrap();
+        assert!(took < PROMPT, "took {took:?}");
+        assert_eq!(r.outcome, Outcome::Exited(0));
+        assert_eq!(r.stdout_tail, b"done\n");
+        assert!(wait_gone(pid));
+    }
+
+    #[test]
+    fn cancel_message_kills_promptly() {
+        let (_dir, file) = pid_file();
+        let (cancel_tx, cancel_rx) = bounded::<()>(1);
+        let (started_tx, started_rx) = bounded::<i32>(1);
+        let canceller = thread::spawn(move || {
+            let pgid = started_rx.recv().unwrap();
+            cancel_tx.send(()).unwrap();
+            (pgid, cancel_tx)
+        });
+        let t0 = Instant::now();
+        let r = run_command(
+            &format!("sleep 30 & echo $! > {}; wait", file.display()),
+            None,
+            &cancel_rx,
+            |pgid| started_tx.send(pgid).unwrap(),
+        );
+        assert!(t0.elapsed() < PROMPT, "took {:?}", t0.elapsed());
+        assert_eq!(r.outcome, Outcome::Signaled(9));
+        let (pgid, _keep_connected) = canceller.join().unwrap();
+        assert!(wait_gone(pgid));
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(pid) = text.trim().parse() {
+                assert!(wait_gone(pid), "background child survived");
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_by_disconnect_kills_promptly() {
+        let (cancel_tx, cancel_rx) = bounded::<()>(0);
+        let (started_tx, started_rx) = bounded::<i32>(1);
+        let canceller = thread::spawn(move || {
+            let pgid = started_rx.recv().unwrap();
+            drop(cancel_tx);
+            pgid
+        });
+        let t0 = Instant::now();
+        let r = run_command("sleep 30", None, &cancel_rx, |pgid| {
+            started_tx.send(pgid).unwrap()
+        });
+        assert!(t0.elapsed() < PROMPT, "took {:?}", t0.elapsed());
+        assert_eq!(r.outcome, Outcome::Signaled(9));
+        assert!(wait_gone(canceller.join().unwrap()));
+    }
+
+    #[test]
+    fn already_cancelled_job_is_killed_at_once() {
+        let (_, cancel_rx) = bounded::<()>(0);
+        let t0 = Instant::now();
+        let r = run_command("sleep 30", None, &cancel_rx, |_| {});
+        assert!(t0.elapsed() < PROMPT);
+        assert_eq!(r.outcome, Outcome::Signaled(9));
+    }
+
+    #[test]
+    fn message_arriving_between_jobs_cancels_the_next_one() {
+        let (cancel_tx, cancel_rx) = bounded::<()>(1);
+        assert_eq!(
+            run_command("true", None, &cancel_rx, |_| {}).outcome,
+            Outcome::Exited(0)
+        );
+        cancel_tx.send(()).unwrap();
+        let t0 = Instant::now();
+        let r = run_command("sleep 30", None, &cancel_rx, |_| {});
+        assert!(t0.elapsed() < PROMPT);
+        assert_eq!(r.outcome, Outcome::Signaled(9));
+        assert!(cancel_rx.is_empty(), "the message was used");
+        assert_eq!(
+            run_command("true", None, &cancel_rx, |_| {}).outcome,
+            Outcome::Exited(0)
+        );
+    }
+
+    #[test]
+    fn one_message_cancels_one_of_the_jobs_sharing_a_receiver() {
+        let (cancel_tx, cancel_rx) = bounded::<()>(1);
+        let (started_tx, started_rx) = bounded::<i32>(2);
+        let jobs: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = cancel_rx.clone();
+                let started = started_tx.clone();
+                thread::spawn(move || {
+                    run_command("sleep 30", Some(Duration::from_secs(1)), &rx, |pgid| {
+                        started.send(pgid).unwrap()
+                    })
+                })
+            })
+            .collect();
+        started_rx.recv().unwrap();
+        started_rx.recv().unwrap();
+        cancel_tx.send(()).unwrap();
+        let mut outcomes: Vec<String> = jobs
+            .into_iter()
+            .map(|j| format!("{:?}", j.join().unwrap().outcome))
+            .collect();
+        outcomes.sort();
+        assert_eq!(outcomes[0], "Signaled(9)");
+        assert!(outcomes[1].starts_with("TimedOut"), "{outcomes:?}");
+    }
+
+    #[test]
+    fn concurrent_jobs_keep_their_own_output() {
+        let (_tx, cancel_rx) = bounded::<()>(0);
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let rx = cancel_rx.clone();
+                thread::spawn(move || {
+                    let r = run_command(&format!("echo {i}; exit {i}"), None, &rx, |_| {});
+                    (i, r)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (i, r) = h.join().unwrap();
+            assert_eq!(r.outcome, Outcome::Exited(i));
+            assert_eq!(r.stdout_tail, format!("{i}\n").into_bytes());
+        }
+    }
+
+    #[test]
+    fn spawn_failure_is_reported() {
+        let mut called = false;
+        let r = run_command("echo a\0b", None, &never(), |_| called = true);
+        match &r.outcome {
+            Outcome::SpawnFailed(msg) => assert!(msg.starts_with("could not start"), "{msg}"),
+            other => panic!("expected a spawn failure, got {other:?}"),
+        }
+        assert!(!called, "on_start must not run");
+    }
+
+    #[test]
+    fn kill_group_rules() {
+        let mut pgid = 0;
+        assert_eq!(
+            run_command("true", None, &never(), |g| pgid = g).outcome,
+            Outcome::Exited(0)
+        );
+        assert!(wait_gone(pgid));
+        kill_group(pgid, Signal::SIGTERM).unwrap();
+        for bad in [-5, 0, 1] {
+            let e = kill_group(bad, Signal::SIGTERM).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        }
+        let own = getpgrp().as_raw();
+        if own > 1 {
+            let e = kill_group(own, Signal::SIGTERM).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            assert!(e.to_string().contains("our own"), "{e}");
+        }
+    }
+
+    #[test]
+    fn worker_child_is_piped() {
+        let mut w = spawn_worker(Path::new("/bin/cat"), &[]).unwrap();
+        w.stdin.write_all(b"ping\n").unwrap();
+        drop(w.stdin);
+        let mut echoed = String::new();
+        BufReader::new(w.stdout).read_line(&mut echoed).unwrap();
+        assert_eq!(echoed, "ping\n");
+        assert!(w.child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn detached_child_leads_a_new_session() {
+        let script = "read -r stat < /proc/self/stat; echo \"$stat\"";
+        let args = ["-c".into(), script.into()];
+        let (mut child, stdout) = spawn_detached(Path::new("/bin/sh"), &args).unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(child.wait().unwrap().success());
+        let fields: Vec<&str> = line
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // state ppid pgrp session
+        let pid = child.id().to_string();
+        assert_eq!(fields.get(2), Some(&pid.as_str()), "{line}");
+        assert_eq!(fields.get(3), Some(&pid.as_str()), "{line}");
+    }
+
+    #[test]
+    fn missing_executables_are_errors() {
+        let nowhere = Path::new("/nonexistent/queuectl");
+        assert!(spawn_worker(nowhere, &[]).is_err());
+        assert!(spawn_detached(nowhere, &[]).is_err());
+    }
+
+    fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+
+    fn plain_spawn() {
+        let status = Command::new(SHELL).args(["-c", "true"]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// What std offers for capturing output (it would hang on a background child).
+    fn std_output() {
+        let out = Command::new(SHELL)
+            .args(["-c", "true"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+
+    fn ours(cancel: &Receiver<()>) {
+        let r = run_command("true", None, cancel, |_| {});
+        assert_eq!(r.outcome, Outcome::Exited(0));
+    }
+
+    /// Per-job cost of run_command against a bare spawn-and-wait of the same shell, one job at a
+    /// time (median) and four threads at a time (total). Run with
+    /// `cargo test --release --lib -- process::tests::per_job_cost --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement, not a check"]
+    fn per_job_cost() {
+        const N: usize = 500;
+        let (_tx, cancel) = bounded::<()>(0);
+        let mut serial: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..N {
+            for (i, times) in serial.iter_mut().enumerate() {
+                let t = Instant::now();
+                match i {
+                    0 => plain_spawn(),
+                    1 => std_output(),
+                    _ => ours(&cancel),
+                }
+                times.push(t.elapsed());
+            }
+        }
+        let [p, s, o] = serial.map(median);
+        let ratio = |d: Duration| d.as_secs_f64() / p.as_secs_f64();
+        println!(
+            "one at a time, median of {N}: plain spawn {p:?}, std output() {s:?} ({:.3}), \
+             run_command {o:?} ({:.3})",
+            ratio(s),
+            ratio(o)
+        );
+        let parallel = |job: fn(&Receiver<()>)| {
+            let t = Instant::now();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let cancel = cancel.clone();
+                    thread::spawn(move || (0..N / 2).for_each(|_| job(&cancel)))
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            t.elapsed()
+        };
+        for _ in 0..3 {
+            let p = parallel(|_| plain_spawn());
+            let s = parallel(|_| std_output());
+            let o = parallel(ours);
+            println!(
+                "4 threads x {}: plain spawn {p:?}, std output() {s:?} ({:.3}), \
+                 run_command {o:?} ({:.3})",
+                N / 2,
+                s.as_secs_f64() / p.as_secs_f64(),
+                o.as_secs_f64() / p.as_secs_f64()
+            );
+        }
+    }
+}
