@@ -31,7 +31,10 @@ pub enum DataDirError {
     NotADirectory { path: PathBuf },
 }
 
-fn io_err(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+fn io_err<'a>(
+    doing: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DataDirError + 'a {
     move |source| DataDirError::Io {
         doing,
         path: path.to_path_buf(),
@@ -253,7 +256,11 @@ mod tests {
         lock.write_pid().unwrap();
         assert_eq!(dd.holder().unwrap(), Holder::Supervisor(std::process::id()));
         drop(lock);
-        assert_eq!(dd.holder().unwrap(), Holder::Free, "a stale pid means nothing");
+        assert_eq!(
+            dd.holder().unwrap(),
+            Holder::Free,
+            "a stale pid means nothing"
+        );
         assert!(dd.wait_for_old_workers(Duration::from_millis(10)).unwrap());
     }
 
@@ -262,6 +269,9 @@ mod tests {
         let tmp = tempfile::TempDir::new().unwrap();
         let f = tmp.path().join("f");
         fs::write(&f, "x").unwrap();
-        assert!(matches!(DataDir::open(&f), Err(DataDirError::NotADirectory { .. })));
+        assert!(matches!(
+            DataDir::open(&f),
+            Err(DataDirError::NotADirectory { .. })
+        ));
     }
 }

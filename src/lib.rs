@@ -3,10 +3,18 @@
 //! The library holds the whole engine; `src/main.rs` only parses the command line and maps errors
 //! to exit statuses. See ARCHITECTURE.md for the map of modules and how a job flows through them.
 
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod datadir;
 pub mod export;
+pub mod logging;
 pub mod model;
+pub mod owner;
 pub mod process;
 pub mod protocol;
+pub mod request;
 pub mod spool;
 pub mod store;
+pub mod supervisor;
 pub mod worker;

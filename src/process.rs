@@ -166,10 +166,13 @@ pub struct WorkerChild {
     pub stdout: ChildStdout,
 }
 
-/// Starts a worker: `exe args...` with stdin and stdout piped and stderr inherited.
+/// Starts a worker: `exe args...` with stdin and stdout piped and stderr inherited, in a process
+/// group of its own so that a Ctrl-C meant for a foreground supervisor (which stops gracefully)
+/// does not kill the workers under their running jobs.
 pub fn spawn_worker(exe: &Path, args: &[OsString]) -> io::Result<WorkerChild> {
     let mut child = Command::new(exe)
         .args(args)
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -14,17 +14,29 @@ use crate::store::{Store, StoreError};
 /// One thing a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Enqueue { jobs: Vec<NewJob> },
-    DlqRetry { id: String },
-    ConfigSet { key: String, value: u64 },
+    Enqueue {
+        jobs: Vec<NewJob>,
+    },
+    DlqRetry {
+        id: String,
+    },
+    ConfigSet {
+        key: String,
+        value: u64,
+    },
     Status,
     List {
         state: Option<JobState>,
         offset: usize,
         limit: usize,
     },
-    Show { id: String },
-    Logs { id: String, run: Option<u32> },
+    Show {
+        id: String,
+    },
+    Logs {
+        id: String,
+        run: Option<u32>,
+    },
     Config,
     /// Every job and the config, read at one instant (for export).
     Dump,
@@ -81,8 +93,14 @@ pub enum Reply {
         output: Option<AttemptOutput>,
     },
     Config(Config),
-    Dump { jobs: Vec<Job>, config: Config },
-    Error { kind: ErrorKind, message: String },
+    Dump {
+        jobs: Vec<Job>,
+        config: Config,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Reply {
@@ -225,16 +243,31 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let job = NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0).unwrap();
         let enq = Request::Enqueue { jobs: vec![job] };
-        assert_eq!(apply(&store, &enq, OwnerInfo::default(), 0, None), Reply::Done);
+        assert_eq!(
+            apply(&store, &enq, OwnerInfo::default(), 0, None),
+            Reply::Done
+        );
         let again = apply(&store, &enq, OwnerInfo::default(), 0, None);
-        assert!(matches!(again, Reply::Error { kind: ErrorKind::Invalid, .. }), "{again:?}");
+        assert!(
+            matches!(
+                again,
+                Reply::Error {
+                    kind: ErrorKind::Invalid,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
         let set = Request::ConfigSet {
             key: "backoff_base".into(),
             value: 0,
         };
         assert!(matches!(
             apply(&store, &set, OwnerInfo::default(), 0, None),
-            Reply::Error { kind: ErrorKind::Invalid, .. }
+            Reply::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }
         ));
         let logs = Request::Logs {
             id: "a".into(),
@@ -242,10 +275,16 @@ mod tests {
         };
         assert!(matches!(
             apply(&store, &logs, OwnerInfo::default(), 0, None),
-            Reply::Error { kind: ErrorKind::Invalid, .. }
+            Reply::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }
         ));
         match apply(&store, &Request::Status, OwnerInfo::default(), 0, None) {
-            Reply::Status(s) => assert_eq!((s.counts.pending, s.workers, s.supervisor_pid), (1, 0, None)),
+            Reply::Status(s) => assert_eq!(
+                (s.counts.pending, s.workers, s.supervisor_pid),
+                (1, 0, None)
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -424,7 +424,12 @@ impl Store {
     }
 
     /// Moves a dead job back to `pending` with attempts = 0 (`queuectl dlq retry`).
-    pub fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError> {
+    pub fn dlq_retry(
+        &self,
+        id: &str,
+        now: Millis,
+        request: Option<&str>,
+    ) -> Result<Job, StoreError> {
         let trees = [
             self.tree(JobState::Dead),
             self.tree(JobState::Pending),
@@ -494,7 +499,11 @@ impl Store {
                     let Some((state, id)) = keys::decode_index_value(value) else {
                         continue;
                     };
-                    let tree = if state == JobState::Failed { &t[3] } else { &t[2] };
+                    let tree = if state == JobState::Failed {
+                        &t[3]
+                    } else {
+                        &t[2]
+                    };
                     let Some(raw) = tree.get(id.as_bytes())? else {
                         continue;
                     };

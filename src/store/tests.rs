@@ -37,17 +37,26 @@ fn enqueue_reserve_complete() {
     let (_d, s) = open();
     s.enqueue(&[new_job("a")], &CFG, 100, None).unwrap();
     let a = s.get("a").unwrap().unwrap();
-    assert_eq!((a.state, a.attempts, a.max_retries), (JobState::Pending, 0, 3));
+    assert_eq!(
+        (a.state, a.attempts, a.max_retries),
+        (JobState::Pending, 0, 3)
+    );
     assert_eq!(a.available_at, Some(100));
     let r = s.reserve("w1", 200).unwrap().unwrap();
     assert_eq!(r.state, JobState::Processing);
     assert_eq!(r.locked_by.as_deref(), Some("w1"));
     assert_eq!(r.locked_at, Some(200));
     assert_eq!(r.runs, 1);
-    assert!(s.reserve("w1", 200).unwrap().is_none(), "nothing else is due");
+    assert!(
+        s.reserve("w1", 200).unwrap().is_none(),
+        "nothing else is due"
+    );
     let c = s.complete("a", 300).unwrap();
     assert_eq!(c.state, JobState::Completed);
-    assert_eq!((c.locked_by, c.available_at, c.updated_at), (None, None, 300));
+    assert_eq!(
+        (c.locked_by, c.available_at, c.updated_at),
+        (None, None, 300)
+    );
     assert_eq!(s.counts().unwrap().completed, 1);
     assert_consistent(&s);
 }
@@ -56,10 +65,17 @@ fn enqueue_reserve_complete() {
 fn duplicates_are_refused_and_change_nothing() {
     let (_d, s) = open();
     s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
-    let err = s.enqueue(&[new_job("b"), new_job("a")], &CFG, 0, None).unwrap_err();
-    assert!(matches!(err, StoreError::Duplicate(ref id) if id == "a"), "{err}");
+    let err = s
+        .enqueue(&[new_job("b"), new_job("a")], &CFG, 0, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Duplicate(ref id) if id == "a"),
+        "{err}"
+    );
     assert!(s.get("b").unwrap().is_none(), "all or nothing");
-    let err = s.enqueue(&[new_job("c"), new_job("c")], &CFG, 0, None).unwrap_err();
+    let err = s
+        .enqueue(&[new_job("c"), new_job("c")], &CFG, 0, None)
+        .unwrap_err();
     assert!(matches!(err, StoreError::DuplicateInBatch(_)), "{err}");
     // A job that moved on is still a duplicate.
     s.reserve("w", 0).unwrap();
@@ -78,7 +94,8 @@ fn priority_then_time_then_fifo() {
     let mut early = new_job("early-low");
     early.run_at = Some(5);
     s.enqueue(&[early], &CFG, 10, None).unwrap();
-    let order: Vec<String> = std::iter::from_fn(|| s.reserve("w", 20).unwrap().map(|j| j.id)).collect();
+    let order: Vec<String> =
+        std::iter::from_fn(|| s.reserve("w", 20).unwrap().map(|j| j.id)).collect();
     assert_eq!(order, ["high", "early-low", "low1", "low2"]);
 }
 
@@ -112,7 +129,13 @@ fn fail_follows_the_retry_rule_then_dlq_retry() {
         assert_eq!(r.job.last_error.as_deref(), Some("exit code 1"));
         if attempt < 3 {
             let delay = 2u64.pow(attempt) * 1000;
-            assert_eq!(r.decision, RetryDecision::Retry { at: now + delay, delay_secs: delay / 1000 });
+            assert_eq!(
+                r.decision,
+                RetryDecision::Retry {
+                    at: now + delay,
+                    delay_secs: delay / 1000
+                }
+            );
             assert_eq!(r.job.state, JobState::Failed);
             assert_eq!(s.next_scheduled_at().unwrap(), Some(now + delay));
             // Not before its time.
@@ -139,22 +162,33 @@ fn dlq_retry_of_a_job_that_is_not_dead() {
     s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
     assert!(matches!(
         s.dlq_retry("a", 0, None),
-        Err(StoreError::WrongState { actual: JobState::Pending, .. })
+        Err(StoreError::WrongState {
+            actual: JobState::Pending,
+            ..
+        })
     ));
-    assert!(matches!(s.dlq_retry("zz", 0, None), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.dlq_retry("zz", 0, None),
+        Err(StoreError::NotFound(_))
+    ));
     assert_consistent(&s);
 }
 
 #[test]
 fn release_returns_without_counting_an_attempt() {
     let (_d, s) = open();
-    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None).unwrap();
+    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None)
+        .unwrap();
     s.reserve("w", 5).unwrap();
     s.set_pgid("a", 4242).unwrap();
     assert_eq!(s.get("a").unwrap().unwrap().pgid, Some(4242));
     let j = s.release("a", 10).unwrap();
     assert_eq!((j.state, j.attempts, j.pgid), (JobState::Pending, 0, None));
-    assert_eq!(s.reserve("w", 10).unwrap().unwrap().id, "a", "keeps its place");
+    assert_eq!(
+        s.reserve("w", 10).unwrap().unwrap().id,
+        "a",
+        "keeps its place"
+    );
     assert_consistent(&s);
 }
 
@@ -180,7 +214,8 @@ fn applied_requests_are_not_applied_twice() {
     s.enqueue(&[new_job("a")], &CFG, 0, Some("REQ1")).unwrap();
     s.enqueue(&[new_job("a")], &CFG, 0, Some("REQ1")).unwrap();
     assert_eq!(s.counts().unwrap().pending, 1);
-    s.config_set(ConfigKey::BackoffBase, 5, Some("REQ2")).unwrap();
+    s.config_set(ConfigKey::BackoffBase, 5, Some("REQ2"))
+        .unwrap();
     s.forget_applied().unwrap();
     assert!(s.enqueue(&[new_job("a")], &CFG, 0, Some("REQ1")).is_err());
 }
@@ -192,7 +227,10 @@ fn config_defaults_and_set() {
     s.config_set(ConfigKey::MaxRetries, 7, None).unwrap();
     s.config_set(ConfigKey::PollIntervalMs, 300, None).unwrap();
     let c = s.config().unwrap();
-    assert_eq!((c.max_retries, c.backoff_base, c.poll_interval_ms), (7, 2, 300));
+    assert_eq!(
+        (c.max_retries, c.backoff_base, c.poll_interval_ms),
+        (7, 2, 300)
+    );
     // New jobs take max_retries from the config they are given.
     s.enqueue(&[new_job("a")], &c, 0, None).unwrap();
     assert_eq!(s.get("a").unwrap().unwrap().max_retries, 7);
@@ -204,8 +242,14 @@ fn list_is_ordered_and_paginated() {
     let jobs: Vec<NewJob> = (0..10).map(|i| new_job(&format!("j{i}"))).collect();
     s.enqueue(&jobs, &CFG, 0, None).unwrap();
     let ids = |v: Vec<Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list(Some(JobState::Pending), 0, 3).unwrap()), ["j0", "j1", "j2"]);
-    assert_eq!(ids(s.list(Some(JobState::Pending), 8, 5).unwrap()), ["j8", "j9"]);
+    assert_eq!(
+        ids(s.list(Some(JobState::Pending), 0, 3).unwrap()),
+        ["j0", "j1", "j2"]
+    );
+    assert_eq!(
+        ids(s.list(Some(JobState::Pending), 8, 5).unwrap()),
+        ["j8", "j9"]
+    );
     assert!(s.list(Some(JobState::Dead), 0, 5).unwrap().is_empty());
     assert_eq!(s.list(None, 0, usize::MAX).unwrap().len(), 10);
 }
@@ -234,7 +278,8 @@ fn everything_survives_a_reopen() {
     let path = dir.path().join("db");
     {
         let s = Store::open(&path).unwrap();
-        s.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None).unwrap();
+        s.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None)
+            .unwrap();
         s.reserve("w", 0).unwrap();
         s.flush().unwrap();
     }
@@ -259,7 +304,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (1u8..4, 0u16..3000, -2i8..3).prop_map(|(n, delay, priority)| Op::Enqueue { n, delay, priority }),
+        (1u8..4, 0u16..3000, -2i8..3).prop_map(|(n, delay, priority)| Op::Enqueue {
+            n,
+            delay,
+            priority
+        }),
         Just(Op::Reserve),
         Just(Op::Reserve),
         any::<u8>().prop_map(Op::Complete),

@@ -1,0 +1,67 @@
+//! How a command reaches the store: directly when nobody owns it, else as a request through
+//! the spool to the supervisor, waiting for its reply.
+//!
+//! While it waits, the command keeps trying the lock: if the supervisor has gone away (stopped,
+//! or killed), the command takes the store over itself and drains the spool, its own request
+//! included. A request is therefore answered by whoever owns the store next, never lost.
+
+use std::time::{Duration, Instant};
+
+use crate::datadir::DataDir;
+use crate::owner::{Owner, OwnerError};
+use crate::request::{self, CodecError, Reply, Request};
+use crate::spool::{Spool, SpoolError};
+
+/// How long to wait for each look at the reply before trying the lock again.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Errors of reaching the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("the supervisor did not answer within {waited_secs}s; request {request_id} is queued and will be applied when it does (or by the next command once it stops)")]
+    Queued {
+        request_id: String,
+        waited_secs: u64,
+    },
+    #[error("the supervisor did not answer within {waited_secs}s")]
+    NoAnswer { waited_secs: u64 },
+}
+
+/// Runs `req` against the store, wherever it is, and returns the reply.
+pub fn call(dir: &DataDir, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    if let Some(owner) = Owner::try_acquire(dir)? {
+        return Ok(owner.run(req)?);
+    }
+    let spool = Spool::open(dir.root())?;
+    let id = Spool::new_request_id();
+    let waiter = spool.reply_waiter(&id)?;
+    spool.submit(&id, &request::encode(req)?)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(body) = waiter.wait(WAIT_SLICE)? {
+            return Ok(request::decode(&body)?);
+        }
+        // Nobody answering: if the owner is gone, take over (which answers our request).
+        if let Some(owner) = Owner::try_acquire(dir)? {
+            drop(owner);
+            continue;
+        }
+        if Instant::now() >= deadline {
+            let waited_secs = timeout.as_secs();
+            return Err(if req.is_write() {
+                ClientError::Queued {
+                    request_id: id,
+                    waited_secs,
+                }
+            } else {
+                ClientError::NoAnswer { waited_secs }
+            });
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Owning the store: what every process does when it takes the data directory's lock, whether
+//! it is a supervisor or a command working directly.
+//!
+//! Taking ownership, in order: the exclusive lock; open sled; wait until the previous
+//! supervisor's workers are gone (`workers.lock`); kill the process group of every attempt left
+//! in `processing` and count those attempts as failed (the retry rule); drain the request spool.
+//! Only then does the owner do its own work. So a request written while a supervisor was
+//! stopping, or after it was killed, is applied by whoever owns the store next.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::datadir::{DataDir, DataDirError, StoreLock};
+use crate::model::{now_ms, Outcome, RetryDecision};
+use crate::process;
+use crate::request::{self, ErrorKind, OwnerInfo, Reply, Request};
+use crate::spool::{Spool, SpoolError};
+use crate::store::{Store, StoreError};
+
+/// How long a new owner waits for the previous supervisor's workers to exit.
+const OLD_WORKERS_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors of taking and using ownership.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// The process that holds the lock, with the store open.
+pub struct Owner {
+    pub dir: DataDir,
+    pub store: Store,
+    pub spool: Spool,
+    lock: StoreLock,
+}
+
+/// What a drain of the spool did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub requests: usize,
+    pub writes: usize,
+}
+
+impl Owner {
+    /// Takes ownership if nobody holds the store; `None` if someone does.
+    pub fn try_acquire(dir: &DataDir) -> Result<Option<Owner>, OwnerError> {
+        let Some(lock) = dir.try_lock()? else {
+            return Ok(None);
+        };
+        let store = Store::open(&dir.store_path())?;
+        let spool = Spool::open(dir.root())?;
+        let owner = Owner {
+            dir: dir.clone(),
+            store,
+            spool,
+            lock,
+        };
+        owner.recover()?;
+        owner.drain(OwnerInfo::default())?;
+        owner.store.forget_applied()?;
+        Ok(Some(owner))
+    }
+
+    /// The held lock (a supervisor writes its pid into it).
+    pub fn lock(&self) -> &StoreLock {
+        &self.lock
+    }
+
+    /// Counts every attempt left in `processing` as failed, after making sure nothing of it
+    /// still runs.
+    fn recover(&self) -> Result<(), OwnerError> {
+        let interrupted =
+            self.store
+                .list(Some(crate::model::JobState::Processing), 0, usize::MAX)?;
+        if interrupted.is_empty() {
+            return Ok(());
+        }
+        if !self.dir.wait_for_old_workers(OLD_WORKERS_GRACE)? {
+            tracing::warn!("workers of a previous supervisor are still running; recovering anyway");
+        }
+        for job in &interrupted {
+            if let Some(pgid) = job.pgid {
+                if let Err(e) = process::kill_group(pgid, Signal::SIGKILL) {
+                    tracing::warn!("could not kill process group {pgid} of job {}: {e}", job.id);
+                }
+            }
+        }
+        let cfg = self.store.config()?;
+        let results = self.store.recover_interrupted(
+            &Outcome::Interrupted.describe(),
+            cfg.backoff_base,
+            now_ms(),
+        )?;
+        self.store.flush()?;
+        for r in results {
+            log_failure(
+                &r.job,
+                r.decision,
+                "was interrupted by a stopped supervisor",
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies every request in the spool, oldest first: a refused file is set aside and
+    /// answered with an error; writes are flushed once before any reply goes out.
+    pub fn drain(&self, info: OwnerInfo) -> Result<Drained, OwnerError> {
+        let pending = self.spool.pending()?;
+        if pending.is_empty() {
+            return Ok(Drained::default());
+        }
+        let mut done = Drained::default();
+        let mut answers = Vec::with_capacity(pending.len());
+        for req in pending {
+            let reply = match self.spool.read(&req) {
+                Err(e) if e.is_not_found() => continue, // answered meanwhile
+                Err(e) => Err(e.to_string()),
+                Ok(body) => match request::decode::<Request>(&body) {
+                    Err(e) => Err(format!("corrupt request: {e}")),
+                    Ok(r) => {
+                        done.writes += usize::from(r.is_write());
+                        Ok(request::apply(
+                            &self.store,
+                            &r,
+                            info,
+                            now_ms(),
+                            Some(&req.id),
+                        ))
+                    }
+                },
+            };
+            let reply = reply.unwrap_or_else(|reason| {
+                tracing::warn!("request {} set aside: {reason}", req.id);
+                if let Err(e) = self.spool.reject(&req, &reason) {
+                    tracing::error!("could not set request {} aside: {e}", req.id);
+                }
+                Reply::Error {
+                    kind: ErrorKind::Invalid,
+                    message: format!("the request was refused: {reason}"),
+                }
+            });
+            done.requests += 1;
+            answers.push((req, reply));
+        }
+        if done.writes > 0 {
+            self.store.flush()?;
+        }
+        for (req, reply) in answers {
+            match request::encode(&reply) {
+                Ok(body) => {
+                    if let Err(e) = self.spool.reply(&req.id, &body) {
+                        tracing::warn!("could not answer request {}: {e}", req.id);
+                    }
+                }
+                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
+            }
+            if let Err(e) = self.spool.finish(&req) {
+                if !e.is_not_found() {
+                    tracing::warn!("could not remove request {}: {e}", req.id);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Runs one request of this process's own, after the spool (flushing a write before
+    /// returning its reply).
+    pub fn run(&self, req: &Request) -> Result<Reply, OwnerError> {
+        let reply = request::apply(&self.store, req, OwnerInfo::default(), now_ms(), None);
+        if req.is_write() {
+            self.store.flush()?;
+        }
+        Ok(reply)
+    }
+}
+
+/// Logs a failed attempt in the seed's words.
+pub fn log_failure(job: &crate::model::Job, decision: RetryDecision, what: &str) {
+    match decision {
+        RetryDecision::Retry { delay_secs, .. } => tracing::warn!(
+            "Job {} {what} (attempt {}/{}) - retrying in {delay_secs}s",
+            job.id,
+            job.attempts,
+            job.max_retries
+        ),
+        RetryDecision::Dead => tracing::error!(
+            "Job {} {what} after {} attempts - moved to DLQ",
+            job.id,
+            job.attempts
+        ),
+    }
+}
