@@ -114,7 +114,11 @@ impl Env {
     pub fn verify_store(&self) {
         let store = queuectl::store::Store::open(&self.path().join("db")).expect("open store");
         let report = store.verify().expect("verify");
-        assert!(report.problems.is_empty(), "store invariants: {:?}", report.problems);
+        assert!(
+            report.problems.is_empty(),
+            "store invariants: {:?}",
+            report.problems
+        );
     }
 
     /// Pids of live processes whose command line names this test's directory.
@@ -133,7 +137,10 @@ impl Env {
             }
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
             if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
                 pids.push(pid);
             }
@@ -173,7 +180,10 @@ pub fn kill(pid: i32, sig: i32) {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -187,7 +197,10 @@ pub fn wait_until_for(what: &str, limit: Duration, cond: &mut dyn FnMut() -> boo
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(5);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -222,7 +235,11 @@ impl Supervisor<'_> {
     /// Graceful stop; asserts it worked.
     pub fn stop(self) {
         self.env.ok(&["worker", "stop", "--timeout", "60"]);
-        assert!(!alive(self.pid), "supervisor {} still alive after stop", self.pid);
+        assert!(
+            !alive(self.pid),
+            "supervisor {} still alive after stop",
+            self.pid
+        );
         std::mem::forget(self);
     }
 }
@@ -230,7 +247,11 @@ impl Supervisor<'_> {
 impl Drop for Supervisor<'_> {
     fn drop(&mut self) {
         if alive(self.pid) {
-            let _ = self.env.cmd().args(["worker", "stop", "--force", "--timeout", "10"]).output();
+            let _ = self
+                .env
+                .cmd()
+                .args(["worker", "stop", "--force", "--timeout", "10"])
+                .output();
             if alive(self.pid) {
                 kill(self.pid, 9);
             }
