@@ -158,6 +158,18 @@ pub fn kill_group(pgid: i32, signal: Signal) -> io::Result<()> {
     }
 }
 
+/// Sends `signal` to one process (not a group). A process that is already gone is not an error.
+pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))?;
+    match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
 /// A worker process and the two pipes the supervisor talks to it over.
 #[derive(Debug)]
 pub struct WorkerChild {

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::model::{now_ms, AttemptOutput, Config, Job, Outcome};
@@ -52,7 +51,7 @@ pub enum SupervisorError {
     #[error("supervisor {pid} is still running after {secs}s (its running jobs have not finished; `worker stop --force` kills them)")]
     StopTimeout { pid: u32, secs: u64 },
     #[error("cannot signal supervisor {pid}: {source}")]
-    Signal { pid: u32, source: nix::Error },
+    Signal { pid: u32, source: std::io::Error },
     #[error("cannot {doing}: {source}")]
     Io {
         doing: &'static str,
@@ -165,11 +164,8 @@ pub fn stop(dir: &DataDir, timeout: Duration, force: bool) -> Result<String, Sup
         Holder::Free | Holder::Busy => return Ok("No supervisor is running".into()),
     };
     let signal = |pid: u32| {
-        let target = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        match nix::sys::signal::kill(target, Signal::SIGTERM) {
-            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-            Err(source) => Err(SupervisorError::Signal { pid, source }),
-        }
+        process::signal_process(pid, Signal::SIGTERM)
+            .map_err(|source| SupervisorError::Signal { pid, source })
     };
     signal(pid)?;
     let deadline = Instant::now() + timeout;
@@ -276,11 +272,18 @@ struct Supervisor {
 /// Runs the supervisor in this process until it is stopped.
 fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), SupervisorError> {
     crate::logging::init(&dir.log_path(), console);
-    let Some(owner) = Owner::try_acquire(dir)? else {
-        return Err(match dir.holder()? {
-            Holder::Supervisor(pid) => SupervisorError::AlreadyRunning { pid },
-            _ => SupervisorError::Busy,
-        });
+    // A command working directly may hold the store for a moment: wait for it, not for a
+    // supervisor.
+    let deadline = Instant::now() + START_TIMEOUT;
+    let owner = loop {
+        if let Some(owner) = Owner::try_acquire(dir)? {
+            break owner;
+        }
+        match dir.holder()? {
+            Holder::Supervisor(pid) => return Err(SupervisorError::AlreadyRunning { pid }),
+            _ if Instant::now() >= deadline => return Err(SupervisorError::Busy),
+            _ => thread::sleep(Duration::from_millis(20)),
+        }
     };
     owner.lock().write_pid()?;
     if let Err(e) = owner.spool.remove_stale_replies(Duration::from_secs(300)) {
