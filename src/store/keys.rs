@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! state trees   pending | processing | completed | failed | dead
-//!               key   = job id (UTF-8)          value = Job record (MessagePack, named fields)
+//!               key   = job id (UTF-8)          value = Job record (MessagePack array in
+//!                       the field order of model::Job; new fields last)
 //!
 //! due           jobs that may run now, in the order they run
 //!               key   = [0..8)   priority, as (p XOR 1<<63) then bit-inverted: higher sorts first
@@ -19,7 +20,7 @@
 //!
 //! output        the captured output of each attempt
 //!               key   = [0..2) id length (u16)  [2..2+len) id  [2+len..+4) run number (u32)
-//!               value = AttemptOutput (MessagePack)
+//!               value = AttemptOutput (MessagePack array)
 //!
 //! config        key = config key name (UTF-8)  value = decimal text
 //! meta          key = name (UTF-8)             value = per key (schema_version: u32)

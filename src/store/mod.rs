@@ -89,8 +89,11 @@ fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
+/// Records are MessagePack arrays in field order (not maps with field names): about a third
+/// of the size, and sled's writes cost grows with value size. New fields go last, with
+/// `#[serde(default)]`, so older records still decode.
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
+    rmp_serde::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -437,7 +440,7 @@ impl Store {
             &self.scheduled,
             &self.applied,
         ];
-        let job = trees[..].transaction(|t| {
+        let res = trees[..].transaction(|t| {
             if let Some(req) = request {
                 if t[4].get(req)?.is_some() {
                     return Ok(None);
@@ -445,7 +448,10 @@ impl Store {
                 t[4].insert(req, &[])?;
             }
             let Some(raw) = t[0].remove(id.as_bytes())? else {
-                return abort(self.not_in_state(id, JobState::Dead));
+                // Which error (not found, or the actual state) is worked out after the
+                // transaction: sled holds its write lock while this closure runs, so reading
+                // the store outside the transaction here would deadlock.
+                return abort(StoreError::NotFound(id.to_string()));
             };
             let mut job = tx_decode_job(JobState::Dead, &raw)?;
             job.state = JobState::Pending;
@@ -455,7 +461,13 @@ impl Store {
             t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
             insert_index(&t[2], &t[3], &job, now)?;
             Ok(Some(job))
-        })?;
+        });
+        let job = match res {
+            Err(TransactionError::Abort(StoreError::NotFound(_))) => {
+                return Err(self.not_in_state(id, JobState::Dead))
+            }
+            res => res?,
+        };
         match job {
             Some(job) => Ok(job),
             None => self.get(id)?.ok_or_else(|| StoreError::NotFound(id.into())),
