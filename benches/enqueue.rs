@@ -36,12 +36,18 @@ fn enqueue(c: &mut Criterion) {
         let dir = bench_dir();
         let store = Store::open(&dir.path().join("db")).expect("open");
         let mut next = 0u64;
-        let name = if flush { "single/flushed" } else { "single/unflushed" };
+        let name = if flush {
+            "single/flushed"
+        } else {
+            "single/unflushed"
+        };
         g.throughput(Throughput::Elements(1));
         g.bench_function(name, |b| {
             b.iter(|| {
                 next += 1;
-                store.enqueue(&[job(next)], &cfg, next, None).expect("enqueue");
+                store
+                    .enqueue(&[job(next)], &cfg, next, None)
+                    .expect("enqueue");
                 if flush {
                     store.flush().expect("flush");
                 }

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use queuectl::model::parse_ts;
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn queuectl(dir: &Path) -> Command {
@@ -76,9 +79,18 @@ fn queuectl_round(jobs: usize) -> f64 {
     }
     let out = run_ok(queuectl(&dir).args(["list", "--state", "completed", "--json"]));
     let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("list JSON");
-    let ts = |v: &serde_json::Value, k: &str| parse_ts(v[k].as_str().expect("time")).expect("rfc3339");
-    let first = list.iter().map(|j| ts(j, "created_at")).min().expect("jobs");
-    let last = list.iter().map(|j| ts(j, "updated_at")).max().expect("jobs");
+    let ts =
+        |v: &serde_json::Value, k: &str| parse_ts(v[k].as_str().expect("time")).expect("rfc3339");
+    let first = list
+        .iter()
+        .map(|j| ts(j, "created_at"))
+        .min()
+        .expect("jobs");
+    let last = list
+        .iter()
+        .map(|j| ts(j, "updated_at"))
+        .max()
+        .expect("jobs");
     jobs as f64 / ((last - first).max(1) as f64 / 1000.0)
 }
 

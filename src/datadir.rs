@@ -231,11 +231,6 @@ impl StoreLock {
     pub fn write_pid(&self) -> Result<(), DataDirError> {
         self.write_content(&format!("{}\n", std::process::id()))
     }
-
-    /// Removes the pid before letting go (a clean stop).
-    pub fn clear(&self) -> Result<(), DataDirError> {
-        self.write_content("")
-    }
 }
 
 #[cfg(test)]

@@ -256,6 +256,9 @@ enum Phase {
 }
 
 struct Supervisor {
+    /// Declared before `owner`, so dropped first: its handle on the store is gone before the
+    /// owner's lock is released.
+    dirty: Flusher,
     owner: Owner,
     exe: PathBuf,
     root: PathBuf,
@@ -263,7 +266,6 @@ struct Supervisor {
     slots: Vec<Slot>,
     next_gen: u64,
     tx: Sender<Event>,
-    dirty: Sender<()>,
     phase: Phase,
     signals: u32,
     spawn_failures: u32,
@@ -344,10 +346,27 @@ fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Event>, make: fn() -> 
     });
 }
 
+/// The flusher thread, which holds a handle on the store. Dropping this waits for the thread to
+/// end, so that the store is closed (sled's own lock on it released) before the owner lets go of
+/// the data directory's lock: the next owner must be able to open it.
+struct Flusher {
+    tx: Option<Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.tx = None; // ends the thread's loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Flushes the store at most `GROUP_COMMIT` after it was last marked dirty; idle otherwise.
-fn start_flusher(store: Store) -> Sender<()> {
+fn start_flusher(store: Store) -> Flusher {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    thread::spawn(move || {
+    let thread = thread::spawn(move || {
         while rx.recv().is_ok() {
             thread::sleep(GROUP_COMMIT);
             let _ = rx.try_recv();
@@ -356,7 +375,10 @@ fn start_flusher(store: Store) -> Sender<()> {
             }
         }
     });
-    tx
+    Flusher {
+        tx: Some(tx),
+        thread: Some(thread),
+    }
 }
 
 impl Supervisor {
@@ -371,7 +393,9 @@ impl Supervisor {
     }
 
     fn mark_dirty(&self) {
-        let _ = self.dirty.try_send(());
+        if let Some(tx) = &self.dirty.tx {
+            let _ = tx.try_send(());
+        }
     }
 
     /// Starts (or restarts) the worker of slot `i`.
@@ -468,7 +492,9 @@ impl Supervisor {
         self.finish(pid)
     }
 
-    /// The last steps of a stop: answer late requests, flush, let go of the lock.
+    /// The last steps of a stop: answer late requests, flush. The lock keeps naming this
+    /// process until it is let go (when the supervisor is dropped), so `worker stop` waits until
+    /// the store is really free.
     fn finish(&mut self, pid: u32) -> Result<(), SupervisorError> {
         let info = OwnerInfo {
             workers: 0,
@@ -483,7 +509,6 @@ impl Supervisor {
             tracing::warn!("could not forget applied requests: {e}");
         }
         self.owner.store.flush().map_err(OwnerError::from)?;
-        self.owner.lock().clear()?;
         tracing::info!("Supervisor {pid} stopped");
         Ok(())
     }
