@@ -146,5 +146,10 @@ pub enum ConfigCommand {
     /// Print one setting
     Get { key: String },
     /// Change one setting (a running supervisor uses it at once)
-    Set { key: String, value: String },
+    Set {
+        key: String,
+        // A negative number is a value to refuse with a reason, not an unknown flag.
+        #[arg(allow_negative_numbers = true)]
+        value: String,
+    },
 }

@@ -433,7 +433,8 @@ fn config(dir: &DataDir, c: ConfigCommand, out: &mut impl Write) -> Result<()> {
 }
 
 fn export(dir: &DataDir, path: &Path, force: bool, out: &mut impl Write) -> Result<()> {
-    if !force && path.exists() {
+    // A directory is refused by the export itself: "use --force" would be wrong advice.
+    if !force && path.exists() && !path.is_dir() {
         return Err(ExportError::Exists {
             path: path.to_path_buf(),
         }

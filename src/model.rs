@@ -192,8 +192,18 @@ pub struct NewJob {
 impl NewJob {
     /// Parses and validates one job given as JSON; `now` resolves `delay`.
     pub fn from_json(text: &str, now: Millis) -> Result<NewJob, ModelError> {
-        let spec: JobSpec = serde_json::from_str(text.trim())
-            .map_err(|e| ModelError::InvalidJson(e.to_string()))?;
+        let text = text.trim();
+        if !text.starts_with('{') {
+            // serde reads a struct from an array too (`["id","cmd",null,...]`): a job is an
+            // object, and anything else is refused with that reason (or the syntax error).
+            let reason = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => "expected a JSON object, e.g. {\"command\":\"echo hi\"}".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(ModelError::InvalidJson(reason));
+        }
+        let spec: JobSpec =
+            serde_json::from_str(text).map_err(|e| ModelError::InvalidJson(e.to_string()))?;
         spec.validate(now)
     }
 }

@@ -183,6 +183,9 @@ pub fn apply(
         },
         Request::Logs { id, run } => match store.get(id) {
             Ok(Some(job)) => {
+                if job.runs == 0 {
+                    return Reply::invalid(format!("job `{id}` has not run yet"));
+                }
                 let run = run.unwrap_or(job.runs);
                 if run == 0 || run > job.runs {
                     return Reply::invalid(format!(

@@ -31,6 +31,9 @@ use crate::model::{
 /// sled's page cache: enough for a busy queue, far below sled's 1 GiB default.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long `open` waits for a previous owner's sled threads to let go of the database.
+const SLED_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Jobs moved from `scheduled` to `due` per transaction.
 const PROMOTE_BATCH: usize = 512;
 
@@ -146,14 +149,28 @@ impl Store {
     /// Opens (creating if needed) the store in directory `path`. Only one process may have it
     /// open; callers hold the data directory's lock first.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
+        // Callers own the data directory's lock, so sled's own file lock can only be held by
+        // a previous owner that is still closing (its background threads let go a moment after
+        // the last handle is dropped): wait for it rather than fail.
+        let deadline = std::time::Instant::now() + SLED_LOCK_GRACE;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        };
         let tree = |name: &str| db.open_tree(name);
         let states = [
             tree(keys::state_tree_name(JobState::Pending))?,
