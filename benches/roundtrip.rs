@@ -109,8 +109,12 @@ impl Supervisor {
             .split("pid ")
             .nth(1)
             .and_then(|s| s.split(')').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in {text:?}"));
+            .and_then(|s| s.parse().ok());
+        let Some(pid) = pid else {
+            // Started, but we cannot tell its pid: still stop it before failing.
+            let _ = command(dir, &["worker", "stop", "--force", "--timeout", "20"]).output();
+            panic!("no pid in {text:?}");
+        };
         Supervisor {
             dir: dir.to_path_buf(),
             pid,
