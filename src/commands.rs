@@ -349,11 +349,10 @@ fn logs(dir: &DataDir, id: String, run: Option<u32>, out: &mut impl Write) -> Re
         return Err(CommandError::Unexpected);
     };
     match output {
-        None => writeln!(
-            out,
-            "(no output recorded for attempt {run} of job {}: it is still running or ended without reporting)",
-            job.id
-        )?,
+        None if job.state == JobState::Processing && run == job.runs => {
+            writeln!(out, "(attempt {run} of job {} is still running)", job.id)?
+        }
+        None => writeln!(out, "(attempt {run} of job {} left no output)", job.id)?,
         Some(o) => {
             writeln!(
                 out,

@@ -310,55 +310,131 @@ impl Store {
     /// moves it to `processing` and marks it locked by `worker`.
     pub fn reserve(&self, worker: &str, now: Millis) -> Result<Option<Job>, StoreError> {
         loop {
-            let Some((key, value)) = self.due.first()? else {
+            let Some(next) = self.peek_due()? else {
                 return Ok(None);
             };
-            let Some((src_state, id)) = keys::decode_index_value(&value) else {
-                // A malformed entry names no job: drop it rather than block the queue.
-                tracing::warn!("dropping a malformed entry from the due index");
-                self.due.remove(&key)?;
-                continue;
-            };
-            let src = self.tree(src_state);
-            let trees = [&self.due, src, self.tree(JobState::Processing)];
-            let taken = trees[..].transaction(|t| {
-                if t[0].remove(&key)?.is_none() {
-                    return Ok(None); // taken meanwhile: look again
-                }
-                let Some(raw) = t[1].remove(id.as_bytes())? else {
-                    // The index named a job that is not there: the entry is dropped.
-                    return Ok(Some(None));
-                };
-                let mut job = tx_decode_job(src_state, &raw)?;
-                job.state = JobState::Processing;
-                job.locked_by = Some(worker.to_string());
-                job.locked_at = Some(now);
-                job.updated_at = now;
-                job.runs = job.runs.saturating_add(1);
-                job.pgid = None;
-                t[2].insert(id.as_bytes(), tx_encode(&job)?)?;
-                Ok(Some(Some(job)))
-            })?;
-            match taken {
-                Some(Some(job)) => return Ok(Some(job)),
-                Some(None) => tracing::warn!(id, "dropped a due entry for a missing job"),
-                None => {}
+            let trees = [
+                &self.due,
+                self.tree(next.state),
+                self.tree(JobState::Processing),
+            ];
+            let taken =
+                trees[..].transaction(|t| tx_take(&t[0], &t[1], &t[2], &next, worker, now))?;
+            if let Some(job) = self.taken(taken, &next) {
+                return Ok(Some(job));
             }
         }
     }
 
+    /// Ends the attempt of processing job `id` (completed, or the retry rule) and, in the same
+    /// transaction, reserves the next due job for `worker`: one commit where the separate
+    /// calls would make two. `None` for the next job when nothing is due.
+    pub fn finish_and_reserve(
+        &self,
+        id: &str,
+        end: &AttemptEnd<'_>,
+        worker: &str,
+        now: Millis,
+    ) -> Result<(FailOrDone, Option<Job>), StoreError> {
+        let Some(next) = self.peek_due()? else {
+            return Ok((self.finish(id, end, now)?, None));
+        };
+        let [p, pr, c, f, d] = &self.states;
+        let trees = [pr, c, f, d, &self.due, &self.scheduled, p];
+        let (done, taken) = trees[..].transaction(|t| {
+            let done = match end {
+                AttemptEnd::Succeeded => FailOrDone::Done(tx_complete(&t[0], &t[1], id, now)?),
+                AttemptEnd::Failed {
+                    error,
+                    backoff_base,
+                } => FailOrDone::Failed(tx_fail(
+                    &t[0],
+                    &t[2],
+                    &t[3],
+                    &t[4],
+                    &t[5],
+                    id,
+                    error,
+                    *backoff_base,
+                    now,
+                )?),
+            };
+            let src = if next.state == JobState::Failed {
+                &t[2]
+            } else {
+                &t[6]
+            };
+            let taken = tx_take(&t[4], src, &t[0], &next, worker, now)?;
+            Ok((done, taken))
+        })?;
+        Ok((done, self.taken(taken, &next)))
+    }
+
+    /// Ends an attempt without reserving anything.
+    pub fn finish(
+        &self,
+        id: &str,
+        end: &AttemptEnd<'_>,
+        now: Millis,
+    ) -> Result<FailOrDone, StoreError> {
+        Ok(match end {
+            AttemptEnd::Succeeded => FailOrDone::Done(self.complete(id, now)?),
+            AttemptEnd::Failed {
+                error,
+                backoff_base,
+            } => FailOrDone::Failed(self.fail(id, error, *backoff_base, now)?),
+        })
+    }
+
+    /// The first entry of `due`, skipping (and dropping) malformed ones.
+    fn peek_due(&self) -> Result<Option<DueEntry>, StoreError> {
+        loop {
+            let Some((key, value)) = self.due.first()? else {
+                return Ok(None);
+            };
+            match keys::decode_index_value(&value) {
+                Some((state, id)) => {
+                    return Ok(Some(DueEntry {
+                        id: id.to_string(),
+                        key,
+                        state,
+                    }))
+                }
+                None => {
+                    // A malformed entry names no job: drop it rather than block the queue.
+                    tracing::warn!("dropping a malformed entry from the due index");
+                    self.due.remove(&key)?;
+                }
+            }
+        }
+    }
+
+    fn taken(&self, taken: Taken, next: &DueEntry) -> Option<Job> {
+        match taken {
+            Taken::Job(job) => Some(job),
+            Taken::Missing => {
+                tracing::warn!(id = next.id, "dropped a due entry for a missing job");
+                None
+            }
+            Taken::Raced => None,
+        }
+    }
+
     /// Records the process group of a running attempt, so that a later owner can kill it.
+    /// One key of one tree changes, which sled does atomically without a transaction.
     pub fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError> {
         let processing = self.tree(JobState::Processing);
-        processing.transaction(|t| {
-            let Some(raw) = t.get(id.as_bytes())? else {
-                return abort(StoreError::NotFound(id.to_string()));
-            };
-            let mut job = tx_decode_job(JobState::Processing, &raw)?;
-            job.pgid = Some(pgid);
-            t.insert(id.as_bytes(), tx_encode(&job)?)?;
-            Ok(())
-        })?;
+        let Some(raw) = processing.get(id.as_bytes())? else {
+            return Err(StoreError::NotFound(id.to_string()));
+        };
+        let mut job: Job = decode(keys::state_tree_name(JobState::Processing), &raw)?;
+        job.pgid = Some(pgid);
+        // Only if the job is still there unchanged (it cannot be otherwise while the one
+        // writer, the caller, is here; the swap makes that explicit).
+        let swapped = processing.compare_and_swap(id.as_bytes(), Some(raw), Some(encode(&job)?))?;
+        if swapped.is_err() {
+            tracing::debug!(id, "job changed while recording its process group");
+        }
         Ok(())
     }
 
@@ -368,15 +444,7 @@ impl Store {
             self.tree(JobState::Processing),
             self.tree(JobState::Completed),
         ];
-        let job = trees[..].transaction(|t| {
-            let mut job = take_processing(&t[0], id)?;
-            job.state = JobState::Completed;
-            unlock(&mut job, now);
-            job.available_at = None;
-            t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
-            Ok(job)
-        })?;
-        Ok(job)
+        Ok(trees[..].transaction(|t| tx_complete(&t[0], &t[1], id, now))?)
     }
 
     /// A processing job's attempt failed: the retry rule moves it to `failed` (scheduled for
@@ -395,31 +463,19 @@ impl Store {
             &self.due,
             &self.scheduled,
         ];
-        let res = trees[..].transaction(|t| {
-            let mut job = take_processing(&t[0], id)?;
-            job.attempts = job.attempts.saturating_add(1);
-            job.last_error = Some(error.to_string());
-            unlock(&mut job, now);
-            let decision = retry_decision(job.attempts, job.max_retries, backoff_base, now);
-            match decision {
-                RetryDecision::Dead => {
-                    job.state = JobState::Dead;
-                    job.available_at = None;
-                    t[2].insert(id.as_bytes(), tx_encode(&job)?)?;
-                }
-                RetryDecision::Retry { at, .. } => {
-                    job.state = JobState::Failed;
-                    job.available_at = Some(at);
-                    t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
-                    insert_index(&t[3], &t[4], &job, now)?;
-                }
-            }
-            Ok(FailResult {
-                job: job.clone(),
-                decision,
-            })
-        })?;
-        Ok(res)
+        Ok(trees[..].transaction(|t| {
+            tx_fail(
+                &t[0],
+                &t[1],
+                &t[2],
+                &t[3],
+                &t[4],
+                id,
+                error,
+                backoff_base,
+                now,
+            )
+        })?)
     }
 
     /// Returns a processing job to `pending` without counting an attempt (a forced stop). It
@@ -762,6 +818,109 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// How an attempt ended, for [`Store::finish_and_reserve`].
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptEnd<'a> {
+    Succeeded,
+    Failed { error: &'a str, backoff_base: u64 },
+}
+
+/// The job after its attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOrDone {
+    Done(Job),
+    Failed(FailResult),
+}
+
+/// The first `due` entry, read before the transaction that takes it.
+struct DueEntry {
+    key: sled::IVec,
+    state: JobState,
+    id: String,
+}
+
+/// What taking a `due` entry found.
+enum Taken {
+    Job(Job),
+    /// Someone took the entry first.
+    Raced,
+    /// The entry named a job that is not there; the entry is dropped.
+    Missing,
+}
+
+/// Moves the job of `next` from its state tree to `processing`, locked by `worker`.
+fn tx_take(
+    due: &TransactionalTree,
+    src: &TransactionalTree,
+    processing: &TransactionalTree,
+    next: &DueEntry,
+    worker: &str,
+    now: Millis,
+) -> TxResult<Taken> {
+    if due.remove(&next.key)?.is_none() {
+        return Ok(Taken::Raced);
+    }
+    let Some(raw) = src.remove(next.id.as_bytes())? else {
+        return Ok(Taken::Missing);
+    };
+    let mut job = tx_decode_job(next.state, &raw)?;
+    job.state = JobState::Processing;
+    job.locked_by = Some(worker.to_string());
+    job.locked_at = Some(now);
+    job.updated_at = now;
+    job.runs = job.runs.saturating_add(1);
+    job.pgid = None;
+    processing.insert(next.id.as_bytes(), tx_encode(&job)?)?;
+    Ok(Taken::Job(job))
+}
+
+fn tx_complete(
+    processing: &TransactionalTree,
+    completed: &TransactionalTree,
+    id: &str,
+    now: Millis,
+) -> TxResult<Job> {
+    let mut job = take_processing(processing, id)?;
+    job.state = JobState::Completed;
+    unlock(&mut job, now);
+    job.available_at = None;
+    completed.insert(id.as_bytes(), tx_encode(&job)?)?;
+    Ok(job)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tx_fail(
+    processing: &TransactionalTree,
+    failed: &TransactionalTree,
+    dead: &TransactionalTree,
+    due: &TransactionalTree,
+    scheduled: &TransactionalTree,
+    id: &str,
+    error: &str,
+    backoff_base: u64,
+    now: Millis,
+) -> TxResult<FailResult> {
+    let mut job = take_processing(processing, id)?;
+    job.attempts = job.attempts.saturating_add(1);
+    job.last_error = Some(error.to_string());
+    unlock(&mut job, now);
+    let decision = retry_decision(job.attempts, job.max_retries, backoff_base, now);
+    match decision {
+        RetryDecision::Dead => {
+            job.state = JobState::Dead;
+            job.available_at = None;
+            dead.insert(id.as_bytes(), tx_encode(&job)?)?;
+        }
+        RetryDecision::Retry { at, .. } => {
+            job.state = JobState::Failed;
+            job.available_at = Some(at);
+            failed.insert(id.as_bytes(), tx_encode(&job)?)?;
+            insert_index(due, scheduled, &job, now)?;
+        }
+    }
+    Ok(FailResult { job, decision })
 }
 
 /// Where a job goes in the availability index.

@@ -157,6 +157,45 @@ fn fail_follows_the_retry_rule_then_dlq_retry() {
 }
 
 #[test]
+fn finish_and_reserve_is_one_step() {
+    let (_d, s) = open();
+    s.enqueue(&[new_job("a"), new_job("b"), new_job("c")], &CFG, 0, None)
+        .unwrap();
+    s.reserve("w", 0).unwrap();
+    let (done, next) = s
+        .finish_and_reserve("a", &AttemptEnd::Succeeded, "w", 5)
+        .unwrap();
+    assert!(matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed));
+    let next = next.expect("b is due");
+    assert_eq!(
+        (next.id.as_str(), next.state, next.locked_at),
+        ("b", JobState::Processing, Some(5))
+    );
+    let end = AttemptEnd::Failed {
+        error: "exit code 1",
+        backoff_base: 2,
+    };
+    let (done, next) = s.finish_and_reserve("b", &end, "w", 6).unwrap();
+    match done {
+        FailOrDone::Failed(r) => assert_eq!((r.job.state, r.job.attempts), (JobState::Failed, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next.unwrap().id, "c");
+    // Nothing left due: the attempt still ends.
+    let (done, next) = s
+        .finish_and_reserve("c", &AttemptEnd::Succeeded, "w", 7)
+        .unwrap();
+    assert!(matches!(done, FailOrDone::Done(_)));
+    assert!(next.is_none());
+    // A job that is not processing is refused and nothing changes.
+    assert!(s
+        .finish_and_reserve("c", &AttemptEnd::Succeeded, "w", 8)
+        .is_err());
+    assert_eq!(s.counts().unwrap().completed, 2);
+    assert_consistent(&s);
+}
+
+#[test]
 fn dlq_retry_of_a_job_that_is_not_dead() {
     let (_d, s) = open();
     s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
@@ -295,6 +334,7 @@ enum Op {
     Reserve,
     Complete(u8),
     Fail(u8),
+    FinishAndReserve(u8, bool),
     Release(u8),
     DlqRetry(u8),
     Advance(u16),
@@ -313,6 +353,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Reserve),
         any::<u8>().prop_map(Op::Complete),
         any::<u8>().prop_map(Op::Fail),
+        (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::FinishAndReserve(i, ok)),
         any::<u8>().prop_map(Op::Release),
         any::<u8>().prop_map(Op::DlqRetry),
         (0u16..5000).prop_map(Op::Advance),
@@ -368,6 +409,19 @@ proptest! {
                 },
                 Op::Fail(i) => if let Some(id) = pick(&store, JobState::Processing, i) {
                     store.fail(&id, "boom", cfg.backoff_base, now).unwrap();
+                },
+                Op::FinishAndReserve(i, ok) => if let Some(id) = pick(&store, JobState::Processing, i) {
+                    store.promote_due(now).unwrap();
+                    let end = if ok {
+                        AttemptEnd::Succeeded
+                    } else {
+                        AttemptEnd::Failed { error: "boom", backoff_base: cfg.backoff_base }
+                    };
+                    let (_, next) = store.finish_and_reserve(&id, &end, "w", now).unwrap();
+                    if let Some(j) = next {
+                        prop_assert_eq!(j.state, JobState::Processing);
+                        prop_assert!(j.id != id);
+                    }
                 },
                 Op::Release(i) => if let Some(id) = pick(&store, JobState::Processing, i) {
                     store.release(&id, now).unwrap();

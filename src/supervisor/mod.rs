@@ -29,11 +29,15 @@ use crate::owner::{log_failure, Owner, OwnerError};
 use crate::process;
 use crate::protocol::{self, FromWorker, ToWorker};
 use crate::request::OwnerInfo;
-use crate::store::Store;
+use crate::store::{AttemptEnd, FailOrDone, Store};
 use crate::worker;
 
 /// How long completions may wait before they are flushed.
 const GROUP_COMMIT: Duration = Duration::from_millis(10);
+/// A process group is written to the store once its job has run this long. It only matters
+/// to a later owner after a crash, and a crash sooner than this after the start would also
+/// lose the unflushed reservation (the group commit is longer), so short jobs skip the write.
+const PGID_RECORD_AFTER: Duration = Duration::from_millis(5);
 /// How long `worker start` waits for the supervisor and its workers to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A worker that dies this many times in a row before it is ready stops the supervisor.
@@ -229,10 +233,20 @@ enum Event {
     Signal,
 }
 
+/// How an attempt ended, as the worker reported it.
+struct AttemptRecord {
+    outcome: Outcome,
+    duration_ms: u64,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
 /// One running attempt.
 struct Running {
     job: Job,
     pgid: Option<i32>,
+    /// When the worker reported the process group, until it is written to the store.
+    pgid_unrecorded_since: Option<Instant>,
 }
 
 /// One worker process.
@@ -451,11 +465,14 @@ impl Supervisor {
         loop {
             let now = now_ms();
             let next = self.owner.store.next_scheduled_at().unwrap_or(None);
-            let wait = if self.phase == Phase::Running {
+            let mut wait = if self.phase == Phase::Running {
                 schedule::sleep_for(now, next, self.config.poll_interval_ms)
             } else {
                 Duration::from_millis(self.config.poll_interval_ms.max(1))
             };
+            if let Some(due) = self.record_pgids() {
+                wait = wait.min(due);
+            }
             match rx.recv_timeout(wait) {
                 Ok(ev) => {
                     self.handle(ev);
@@ -556,10 +573,7 @@ impl Supervisor {
                     return;
                 }
                 run.pgid = Some(pgid);
-                if let Err(e) = self.owner.store.set_pgid(&job_id, pgid) {
-                    tracing::warn!("cannot record the process group of job {job_id}: {e}");
-                }
-                self.mark_dirty();
+                run.pgid_unrecorded_since = Some(Instant::now());
             }
             FromWorker::Finished(f) => {
                 let matches = self.slots[i]
@@ -572,13 +586,17 @@ impl Supervisor {
                 let Some(run) = self.slots[i].running.take() else {
                     return;
                 };
-                self.record(
-                    run.job,
-                    f.outcome,
-                    f.duration_ms,
-                    f.stdout_tail,
-                    f.stderr_tail,
-                );
+                let end = AttemptRecord {
+                    outcome: f.outcome,
+                    duration_ms: f.duration_ms,
+                    stdout: f.stdout_tail,
+                    stderr: f.stderr_tail,
+                };
+                let next_for =
+                    (self.phase == Phase::Running && self.slots[i].stdin.is_some()).then_some(i);
+                if let Some(next) = self.record(run.job, end, next_for) {
+                    self.send_run(i, next);
+                }
                 if self.phase != Phase::Running {
                     self.shut_down_worker(i);
                 }
@@ -586,45 +604,95 @@ impl Supervisor {
         }
     }
 
-    /// Stores the end of an attempt and logs it.
-    fn record(
-        &mut self,
-        job: Job,
-        outcome: Outcome,
-        duration_ms: u64,
-        stdout: Vec<u8>,
-        stderr: Vec<u8>,
-    ) {
+    /// Writes the process groups of jobs that have run for `PGID_RECORD_AFTER`; returns how
+    /// soon the next one is due, if any.
+    fn record_pgids(&mut self) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        let mut wrote = false;
+        for slot in &mut self.slots {
+            let Some(run) = slot.running.as_mut() else {
+                continue;
+            };
+            let (Some(pgid), Some(since)) = (run.pgid, run.pgid_unrecorded_since) else {
+                continue;
+            };
+            let age = since.elapsed();
+            if age < PGID_RECORD_AFTER {
+                let left = PGID_RECORD_AFTER - age;
+                next = Some(next.map_or(left, |n| n.min(left)));
+                continue;
+            }
+            run.pgid_unrecorded_since = None;
+            if let Err(e) = self.owner.store.set_pgid(&run.job.id, pgid) {
+                tracing::warn!("cannot record the process group of job {}: {e}", run.job.id);
+            }
+            wrote = true;
+        }
+        if wrote {
+            self.mark_dirty();
+        }
+        next
+    }
+
+    /// Stores the end of an attempt and logs it. With `next_for`, the next due job is
+    /// reserved for that worker in the same transaction and returned.
+    fn record(&mut self, job: Job, end: AttemptRecord, next_for: Option<usize>) -> Option<Job> {
         let now = now_ms();
         let store = &self.owner.store;
-        let error = schedule::last_error(&outcome, &stderr);
-        let output = AttemptOutput {
-            run: job.runs,
-            outcome: outcome.clone(),
-            finished_at: now,
-            duration_ms,
-            stdout,
-            stderr,
-        };
-        if let Err(e) = store.put_output(&job.id, &output) {
-            tracing::warn!("cannot store the output of job {}: {e}", job.id);
+        let error = schedule::last_error(&end.outcome, &end.stderr);
+        let success = end.outcome.is_success();
+        // A successful attempt that printed nothing leaves nothing to keep.
+        if !(success && end.stdout.is_empty() && end.stderr.is_empty()) {
+            let output = AttemptOutput {
+                run: job.runs,
+                outcome: end.outcome,
+                finished_at: now,
+                duration_ms: end.duration_ms,
+                stdout: end.stdout,
+                stderr: end.stderr,
+            };
+            if let Err(e) = store.put_output(&job.id, &output) {
+                tracing::warn!("cannot store the output of job {}: {e}", job.id);
+            }
         }
-        if outcome.is_success() {
-            match store.complete(&job.id, now) {
-                Ok(_) => tracing::info!(
+        let attempt = if success {
+            AttemptEnd::Succeeded
+        } else {
+            AttemptEnd::Failed {
+                error: &error,
+                backoff_base: self.config.backoff_base,
+            }
+        };
+        let result = match next_for {
+            Some(i) => {
+                if let Err(e) = store.promote_due(now) {
+                    tracing::error!("cannot promote scheduled jobs: {e}");
+                }
+                store.finish_and_reserve(&job.id, &attempt, &self.slots[i].name, now)
+            }
+            None => store
+                .finish(&job.id, &attempt, now)
+                .map(|done| (done, None)),
+        };
+        self.mark_dirty();
+        match result {
+            Ok((FailOrDone::Done(_), next)) => {
+                tracing::info!(
                     "Job {} completed successfully in {:.2}s",
                     job.id,
-                    duration_ms as f64 / 1000.0
-                ),
-                Err(e) => tracing::error!("cannot record the completion of job {}: {e}", job.id),
+                    end.duration_ms as f64 / 1000.0
+                );
+                next
             }
-        } else {
-            match store.fail(&job.id, &error, self.config.backoff_base, now) {
-                Ok(r) => log_failure(&r.job, r.decision, &format!("failed ({error})")),
-                Err(e) => tracing::error!("cannot record the failure of job {}: {e}", job.id),
+            Ok((FailOrDone::Failed(r), next)) => {
+                log_failure(&r.job, r.decision, &format!("failed ({error})"));
+                next
+            }
+            Err(e) => {
+                tracing::error!("cannot record the end of job {}: {e}", job.id);
+                None
             }
         }
-        self.mark_dirty();
     }
 
     fn on_worker_gone(&mut self, i: usize) {
@@ -650,7 +718,16 @@ impl Supervisor {
                     slot.name,
                     run.job.id
                 );
-                self.record(run.job, Outcome::WorkerLost, 0, Vec::new(), Vec::new());
+                self.record(
+                    run.job,
+                    AttemptRecord {
+                        outcome: Outcome::WorkerLost,
+                        duration_ms: 0,
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                    },
+                    None,
+                );
             }
         } else if self.phase == Phase::Running {
             tracing::warn!("Worker {} exited unexpectedly", self.slots[i].name);
@@ -756,23 +833,32 @@ impl Supervisor {
                 }
             };
             self.mark_dirty();
-            let msg = ToWorker::Run(protocol::RunJob {
-                job_id: job.id.clone(),
-                command: job.command.clone(),
-                timeout_ms: job.timeout_ms,
+            self.send_run(i, job);
+        }
+    }
+
+    /// Hands a reserved job to worker `i`; if the worker is gone, the job goes back to pending
+    /// (it never started).
+    fn send_run(&mut self, i: usize, job: Job) {
+        let msg = ToWorker::Run(protocol::RunJob {
+            job_id: job.id.clone(),
+            command: job.command.clone(),
+            timeout_ms: job.timeout_ms,
+        });
+        let slot = &mut self.slots[i];
+        let sent = match slot.stdin.as_mut() {
+            Some(stdin) => protocol::write_frame(stdin, &msg).is_ok() && stdin.flush().is_ok(),
+            None => false,
+        };
+        if sent {
+            slot.running = Some(Running {
+                job,
+                pgid: None,
+                pgid_unrecorded_since: None,
             });
-            let slot = &mut self.slots[i];
-            let sent = match slot.stdin.as_mut() {
-                Some(stdin) => protocol::write_frame(stdin, &msg).is_ok() && stdin.flush().is_ok(),
-                None => false,
-            };
-            if sent {
-                slot.running = Some(Running { job, pgid: None });
-            } else {
-                // The worker is gone (its reader will say so); the job never started.
-                slot.stdin = None;
-                self.release(job);
-            }
+        } else {
+            slot.stdin = None;
+            self.release(job);
         }
     }
 }
