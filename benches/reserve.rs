@@ -15,6 +15,9 @@
 //!   background; a crash may lose the last moments).
 //! - `sled/flushed`: the same plus `Store::flush()` every cycle, so the completion is on disk
 //!   when the cycle ends.
+//! - `sled/fused-unflushed`, `sled/fused-flushed`: the supervisor's own cycle: the running job
+//!   ends and the next is reserved in one transaction (`Store::finish_and_reserve`), the same
+//!   work per job (one completed, one reserved) in one commit instead of two.
 //! - `sqlite_seed/(a)`: the seed's storage: index `(state, available_at)`, WAL,
 //!   `synchronous=NORMAL`. `BEGIN IMMEDIATE; SELECT id ... WHERE state='pending' AND
 //!   available_at <= now ORDER BY priority DESC, available_at LIMIT 1; UPDATE ... 'processing';
@@ -25,11 +28,12 @@
 //!   `(state, priority DESC, available_at)`, which the ORDER BY walks, at WAL
 //!   `synchronous=FULL`, `NORMAL` and `OFF`.
 //!
-//! Equal durability: `sled/flushed` ≈ `(b)-full` (each cycle is on disk when it returns);
-//! `sled/unflushed` ≈ `(b)-normal` / `(b)-off` (commits survive a process crash but the last ones
-//! may be lost on power failure; `(b)-off` also risks the WAL itself). Not quite equal:
-//! `(b)-full` syncs twice per cycle (reserve and completion commit separately, as in the seed)
-//! where `sled/flushed` syncs once, after the completion.
+//! Equal durability: `sled/flushed` ≈ `(b)-full` (each cycle is on disk when it returns).
+//! Unflushed: `sled/unflushed` is compared with `(b)-normal` and `(b)-off`; it is the least
+//! durable of them (sled loses its unflushed tail on a process crash too, which is why the
+//! supervisor flushes completions every 10 ms and everything it acknowledges at once).
+//! Not quite equal: `(b)-full` syncs twice per cycle (reserve and completion commit separately,
+//! as in the seed) where `sled/flushed` syncs once, after the completion.
 //!
 //! Every SQLite database uses WAL and the exact exported schema (`queuectl::export::SCHEMA_SQL`)
 //! plus its index; rows are loaded in one transaction before timing.
@@ -48,7 +52,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use queuectl::export::SCHEMA_SQL;
 use queuectl::model::{format_ts, Config, Millis, NewJob};
-use queuectl::store::Store;
+use queuectl::store::{AttemptEnd, Store};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 /// Queue sizes: one benchmark group each.
@@ -143,17 +147,24 @@ impl<Q: Queue> Fed<Q> {
 struct SledQueue {
     store: Store,
     flush: bool,
+    /// Cycle as the supervisor does: end the running job and reserve the next in one
+    /// transaction (`Store::finish_and_reserve`), instead of two calls.
+    fused: bool,
+    /// The job reserved by the previous cycle (fused variant only).
+    running: Option<String>,
     config: Config,
     _dir: tempfile::TempDir,
 }
 
 impl SledQueue {
-    fn new(flush: bool) -> Self {
+    fn new(flush: bool, fused: bool) -> Self {
         let dir = bench_dir();
         let store = Store::open(&dir.path().join("store")).unwrap();
         SledQueue {
             store,
             flush,
+            fused,
+            running: None,
             config: Config::default(),
             _dir: dir,
         }
@@ -178,12 +189,26 @@ impl Queue for SledQueue {
     }
 
     fn cycle(&mut self) {
-        let job = self
-            .store
-            .reserve(WORKER, NOW)
-            .unwrap()
-            .expect("the queue ran dry");
-        self.store.complete(&job.id, NOW).unwrap();
+        if self.fused {
+            // One job ends and the next is reserved: the same work as reserve + complete.
+            let next = match self.running.take() {
+                Some(id) => {
+                    self.store
+                        .finish_and_reserve(&id, &AttemptEnd::Succeeded, WORKER, NOW)
+                        .unwrap()
+                        .1
+                }
+                None => self.store.reserve(WORKER, NOW).unwrap(),
+            };
+            self.running = Some(next.expect("the queue ran dry").id);
+        } else {
+            let job = self
+                .store
+                .reserve(WORKER, NOW)
+                .unwrap()
+                .expect("the queue ran dry");
+            self.store.complete(&job.id, NOW).unwrap();
+        }
         if self.flush {
             self.store.flush().unwrap();
         }
@@ -303,8 +328,18 @@ fn reserve(c: &mut Criterion) {
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(3));
 
-        bench_queue(&mut group, "sled/unflushed", size, || SledQueue::new(false));
-        bench_queue(&mut group, "sled/flushed", size, || SledQueue::new(true));
+        bench_queue(&mut group, "sled/unflushed", size, || {
+            SledQueue::new(false, false)
+        });
+        bench_queue(&mut group, "sled/flushed", size, || {
+            SledQueue::new(true, false)
+        });
+        bench_queue(&mut group, "sled/fused-unflushed", size, || {
+            SledQueue::new(false, true)
+        });
+        bench_queue(&mut group, "sled/fused-flushed", size, || {
+            SledQueue::new(true, true)
+        });
 
         group
             .sample_size(10)
