@@ -122,15 +122,7 @@ impl DataDir {
     }
 
     fn open_lock_file(&self) -> Result<File, DataDirError> {
-        let path = self.lock_path();
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("open the lock file", &path))
+        open_lock(&self.lock_path())
     }
 
     /// Takes the store's lock if it is free. The lock file is emptied; a supervisor writes its
@@ -174,14 +166,7 @@ impl DataDir {
     /// supervisor's pipe closes), at most `limit`. Returns whether they are all gone.
     pub fn wait_for_old_workers(&self, limit: Duration) -> Result<bool, DataDirError> {
         let path = self.workers_lock_path();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
+        let file = open_lock(&path)?;
         let deadline = Instant::now() + limit;
         loop {
             match fs2::FileExt::try_lock_exclusive(&file) {
@@ -199,6 +184,18 @@ impl DataDir {
             }
         }
     }
+}
+
+/// Opens (creating, mode 0600) a file used only for its lock.
+fn open_lock(path: &Path) -> Result<File, DataDirError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("open the lock file", path))
 }
 
 fn is_contended(e: &std::io::Error) -> bool {

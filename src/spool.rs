@@ -146,6 +146,19 @@ fn check_id(id: &str) -> Result<(), SpoolError> {
     }
 }
 
+/// A spool file must belong to the user this process runs as.
+fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), SpoolError> {
+    let euid = euid();
+    if meta.uid() != euid {
+        return Err(SpoolError::WrongOwner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            euid,
+        });
+    }
+    Ok(())
+}
+
 fn kind_of(ft: fs::FileType) -> &'static str {
     if ft.is_file() {
         "regular file"
@@ -209,14 +222,7 @@ fn read_checked(path: &Path) -> Result<Vec<u8>, SpoolError> {
             kind: kind_of(meta.file_type()),
         });
     }
-    let euid = euid();
-    if meta.uid() != euid {
-        return Err(SpoolError::WrongOwner {
-            path: path.to_path_buf(),
-            uid: meta.uid(),
-            euid,
-        });
-    }
+    check_owner(path, &meta)?;
     if meta.len() > MAX_REQUEST_BYTES {
         return Err(SpoolError::TooLarge {
             path: path.to_path_buf(),
@@ -325,14 +331,7 @@ fn check_owned(
             found: kind_of(meta.file_type()),
         });
     }
-    let euid = euid();
-    if meta.uid() != euid {
-        return Err(SpoolError::WrongOwner {
-            path: path.to_path_buf(),
-            uid: meta.uid(),
-            euid,
-        });
-    }
+    check_owner(path, meta)?;
     if meta.mode() & 0o7777 != mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .map_err(io_err("set the mode of", path))?;
