@@ -202,8 +202,18 @@ impl NewJob {
             };
             return Err(ModelError::InvalidJson(reason));
         }
-        let spec: JobSpec =
-            serde_json::from_str(text).map_err(|e| ModelError::InvalidJson(e.to_string()))?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let spec: JobSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            ModelError::InvalidJson(if field == "." || field.is_empty() {
+                inner.to_string()
+            } else {
+                format!("`{field}`: {inner}")
+            })
+        })?;
+        de.end()
+            .map_err(|e| ModelError::InvalidJson(e.to_string()))?;
         spec.validate(now)
     }
 }
@@ -579,6 +589,17 @@ mod tests {
             let err = NewJob::from_json(c, 0).expect_err(c);
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = NewJob::from_json(r#"{"command":"x","max_retries":"3"}"#, 0).unwrap_err();
+        assert!(
+            err.to_string().contains("`max_retries`: invalid type"),
+            "{err}"
+        );
+        let err = NewJob::from_json(r#"{"command":"x"} trailing"#, 0).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
     }
 
     #[test]
