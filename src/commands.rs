@@ -219,11 +219,11 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
         Cell::new(s.counts.total()).set_alignment(CellAlignment::Right),
     ]);
     writeln!(out, "{t}")?;
-    match s.supervisor_pid {
+    match s.owner.supervisor_pid {
         Some(pid) => writeln!(
             out,
             "Workers: {} ({} busy), supervisor pid {pid}",
-            s.workers, s.busy_workers
+            s.owner.workers, s.owner.busy_workers
         )?,
         None => writeln!(out, "Workers: 0 (no supervisor running)")?,
     }
@@ -238,9 +238,9 @@ fn status_json(s: &StatusInfo) -> serde_json::Value {
         "failed": s.counts.failed,
         "dead": s.counts.dead,
         "total": s.counts.total(),
-        "workers": s.workers,
-        "busy_workers": s.busy_workers,
-        "supervisor_pid": s.supervisor_pid,
+        "workers": s.owner.workers,
+        "busy_workers": s.owner.busy_workers,
+        "supervisor_pid": s.owner.supervisor_pid,
     })
 }
 

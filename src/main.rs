@@ -14,23 +14,15 @@ fn main() {
     }
 }
 
-/// The error and its causes, on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
+/// The error and its causes, on one line (a cause already quoted in the message is skipped).
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s = s.to_string();
-        if !msg.contains(&s) {
+    for cause in std::iter::successors(e.source(), |c| c.source()) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
             msg.push_str(": ");
-            msg.push_str(&s);
+            msg.push_str(&cause);
         }
-        source = s_source(source);
     }
     msg.replace('\n', " ")
-}
-
-fn s_source<'a>(
-    e: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    e.and_then(|e| e.source())
 }

@@ -52,17 +52,15 @@ impl Request {
     }
 }
 
-/// The live state of the owner, for `status`.
+/// The answer to `status`: the counts and who owns the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub counts: Counts,
-    pub workers: u32,
-    pub busy_workers: u32,
-    pub supervisor_pid: Option<u32>,
+    pub owner: OwnerInfo,
 }
 
 /// Who is answering: a supervisor (with its workers) or a command working directly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct OwnerInfo {
     pub workers: u32,
     pub busy_workers: u32,
@@ -163,14 +161,9 @@ pub fn apply(
                 Ok(v) => store.config_set(k, v, request_id).map(|()| Reply::Done),
             },
         },
-        Request::Status => store.counts().map(|counts| {
-            Reply::Status(StatusInfo {
-                counts,
-                workers: owner.workers,
-                busy_workers: owner.busy_workers,
-                supervisor_pid: owner.supervisor_pid,
-            })
-        }),
+        Request::Status => store
+            .counts()
+            .map(|counts| Reply::Status(StatusInfo { counts, owner })),
         Request::List {
             state,
             offset,
@@ -285,7 +278,7 @@ mod tests {
         ));
         match apply(&store, &Request::Status, OwnerInfo::default(), 0, None) {
             Reply::Status(s) => assert_eq!(
-                (s.counts.pending, s.workers, s.supervisor_pid),
+                (s.counts.pending, s.owner.workers, s.owner.supervisor_pid),
                 (1, 0, None)
             ),
             other => panic!("{other:?}"),

@@ -257,7 +257,6 @@ struct Slot {
     stdin: Option<ChildStdin>,
     ready: bool,
     running: Option<Running>,
-    failures: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -339,7 +338,6 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
             stdin: None,
             ready: false,
             running: None,
-            failures: 0,
         });
         sup.spawn(i)?;
     }
@@ -559,7 +557,6 @@ impl Supervisor {
         match msg {
             FromWorker::Ready { .. } => {
                 self.slots[i].ready = true;
-                self.slots[i].failures = 0;
                 self.spawn_failures = 0;
                 if self.phase != Phase::Running {
                     self.shut_down_worker(i);
@@ -664,12 +661,9 @@ impl Supervisor {
             }
         };
         let result = match next_for {
-            Some(i) => {
-                if let Err(e) = store.promote_due(now) {
-                    tracing::error!("cannot promote scheduled jobs: {e}");
-                }
-                store.finish_and_reserve(&job.id, &attempt, &self.slots[i].name, now)
-            }
+            // Scheduled jobs are promoted by `dispatch` on every turn of the loop, which wakes
+            // when the first of them falls due.
+            Some(i) => store.finish_and_reserve(&job.id, &attempt, &self.slots[i].name, now),
             None => store
                 .finish(&job.id, &attempt, now)
                 .map(|done| (done, None)),
