@@ -8,7 +8,8 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use queuectl::model::{Config, NewJob};
-use queuectl::store::Store;
+use queuectl::store::sled::SledStore as Store;
+use queuectl::store::JobStore;
 
 fn job(i: u64) -> NewJob {
     NewJob {

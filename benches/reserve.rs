@@ -52,7 +52,8 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use queuectl::export::SCHEMA_SQL;
 use queuectl::model::{format_ts, Config, Millis, NewJob};
-use queuectl::store::{AttemptEnd, Store};
+use queuectl::store::sled::SledStore as Store;
+use queuectl::store::{AttemptEnd, JobStore};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 /// Queue sizes: one benchmark group each.

@@ -4,16 +4,11 @@
 //! to exit statuses. See ARCHITECTURE.md for the map of modules and how a job flows through them.
 
 pub mod cli;
-pub mod client;
-pub mod commands;
 pub mod datadir;
 pub mod export;
 pub mod logging;
 pub mod model;
 pub mod owner;
-pub mod process;
-pub mod protocol;
-pub mod request;
 pub mod spool;
 pub mod store;
 pub mod supervisor;

@@ -5,7 +5,7 @@ use clap::Parser;
 
 fn main() {
     let cli = queuectl::cli::Cli::parse();
-    if let Err(e) = queuectl::commands::run(cli) {
+    if let Err(e) = queuectl::cli::commands::run(cli) {
         if e.is_broken_pipe() {
             std::process::exit(0);
         }

@@ -13,10 +13,13 @@ use nix::sys::signal::Signal;
 
 use crate::datadir::{DataDir, DataDirError, StoreLock};
 use crate::model::{now_ms, Outcome, RetryDecision};
-use crate::process;
-use crate::request::{self, ErrorKind, OwnerInfo, Reply, Request};
+use crate::spool::request::{self, ErrorKind, OwnerInfo, Reply, Request};
 use crate::spool::{Spool, SpoolError};
-use crate::store::{Store, StoreError};
+use crate::worker::process;
+use std::sync::Arc;
+
+use crate::store::sled::SledStore;
+use crate::store::{JobStore, StoreError};
 
 /// How long a new owner waits for the previous supervisor's workers to exit.
 const OLD_WORKERS_GRACE: Duration = Duration::from_secs(10);
@@ -35,7 +38,7 @@ pub enum OwnerError {
 /// The process that holds the lock, with the store open.
 pub struct Owner {
     pub dir: DataDir,
-    pub store: Store,
+    pub store: Arc<dyn JobStore>,
     pub spool: Spool,
     lock: StoreLock,
 }
@@ -53,7 +56,7 @@ impl Owner {
         let Some(lock) = dir.try_lock()? else {
             return Ok(None);
         };
-        let store = Store::open(&dir.store_path())?;
+        let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&dir.store_path())?);
         let spool = Spool::open(dir.root())?;
         let owner = Owner {
             dir: dir.clone(),
@@ -126,7 +129,7 @@ impl Owner {
                     Ok(r) => {
                         done.writes += usize::from(r.is_write());
                         Ok(request::apply(
-                            &self.store,
+                            &*self.store,
                             &r,
                             info,
                             now_ms(),
@@ -172,7 +175,7 @@ impl Owner {
     /// Runs one request of this process's own, after the spool (flushing a write before
     /// returning its reply).
     pub fn run(&self, req: &Request) -> Result<Reply, OwnerError> {
-        let reply = request::apply(&self.store, req, OwnerInfo::default(), now_ms(), None);
+        let reply = request::apply(&*self.store, req, OwnerInfo::default(), now_ms(), None);
         if req.is_write() {
             self.store.flush()?;
         }

@@ -17,7 +17,7 @@ use common::{alive, wait_until, wait_until_for, Env};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use queuectl::model::NewJob;
-use queuectl::request::{self, ErrorKind, Reply, Request};
+use queuectl::spool::request::{self, ErrorKind, Reply, Request};
 use queuectl::spool::Spool;
 use serde_json::Value;
 

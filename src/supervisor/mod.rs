@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,11 @@ use nix::sys::signal::Signal;
 use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::model::{now_ms, AttemptOutput, Config, Job, Outcome};
 use crate::owner::{log_failure, Owner, OwnerError};
-use crate::process;
-use crate::protocol::{self, FromWorker, ToWorker};
-use crate::request::OwnerInfo;
-use crate::store::{AttemptEnd, FailOrDone, Store};
+use crate::spool::request::OwnerInfo;
+use crate::store::{AttemptEnd, FailOrDone, JobStore};
 use crate::worker;
+use crate::worker::process;
+use crate::worker::protocol::{self, FromWorker, ToWorker};
 
 /// How long completions may wait before they are flushed.
 const GROUP_COMMIT: Duration = Duration::from_millis(10);
@@ -376,7 +377,7 @@ impl Drop for Flusher {
 }
 
 /// Flushes the store at most `GROUP_COMMIT` after it was last marked dirty; idle otherwise.
-fn start_flusher(store: Store) -> Flusher {
+fn start_flusher(store: Arc<dyn JobStore>) -> Flusher {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let thread = thread::spawn(move || {
         while rx.recv().is_ok() {
@@ -462,7 +463,7 @@ impl Supervisor {
         let mut announced = false;
         loop {
             let now = now_ms();
-            let next = self.owner.store.next_scheduled_at().unwrap_or(None);
+            let next = self.owner.store.next_wakeup().unwrap_or(None);
             let mut wait = if self.phase == Phase::Running {
                 schedule::sleep_for(now, next, self.config.poll_interval_ms)
             } else {
@@ -810,9 +811,6 @@ impl Supervisor {
     /// Gives every idle worker the next due job.
     fn dispatch(&mut self) {
         let now = now_ms();
-        if let Err(e) = self.owner.store.promote_due(now) {
-            tracing::error!("cannot promote scheduled jobs: {e}");
-        }
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
             if !slot.ready || slot.running.is_some() || slot.stdin.is_none() {

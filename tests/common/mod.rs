@@ -112,7 +112,9 @@ impl Env {
 
     /// Opens the store directly (no supervisor may be running) and checks its invariants.
     pub fn verify_store(&self) {
-        let store = queuectl::store::Store::open(&self.path().join("db")).expect("open store");
+        use queuectl::store::JobStore;
+        let store =
+            queuectl::store::sled::SledStore::open(&self.path().join("db")).expect("open store");
         let report = store.verify().expect("verify");
         assert!(
             report.problems.is_empty(),

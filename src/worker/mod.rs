@@ -9,6 +9,9 @@
 //! - with a lock file, a shared lock on it is held for the worker's whole life, so whoever takes
 //!   it exclusively knows every worker of the previous supervisor is gone.
 
+pub mod process;
+pub mod protocol;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,8 +21,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::Signal;
 
-use crate::process;
-use crate::protocol::{self, Finished, FromWorker, ProtocolError, RunJob, ToWorker};
+use protocol::{Finished, FromWorker, ProtocolError, RunJob, ToWorker};
 
 /// The worker could not go on.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Unit tests of every transition, and a property test of the invariants across reopen.
 
 use super::*;
+use crate::store::{JobStore, StoreError};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -15,13 +16,13 @@ fn new_job(id: &str) -> NewJob {
     }
 }
 
-fn open() -> (TempDir, Store) {
+fn open() -> (TempDir, SledStore) {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&dir.path().join("db")).unwrap();
+    let store = SledStore::open(&dir.path().join("db")).unwrap();
     (dir, store)
 }
 
-fn assert_consistent(store: &Store) {
+fn assert_consistent(store: &SledStore) {
     let report = store.verify().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
@@ -106,11 +107,11 @@ fn scheduled_jobs_wait_for_their_time() {
     later.run_at = Some(1_000);
     s.enqueue(&[later], &CFG, 0, None).unwrap();
     assert!(!s.has_due().unwrap());
-    assert_eq!(s.next_scheduled_at().unwrap(), Some(1_000));
+    assert_eq!(s.next_wakeup().unwrap(), Some(1_000));
     assert_eq!(s.promote_due(999).unwrap(), 0);
     assert!(s.reserve("w", 999).unwrap().is_none());
     assert_eq!(s.promote_due(1_000).unwrap(), 1);
-    assert_eq!(s.next_scheduled_at().unwrap(), None);
+    assert_eq!(s.next_wakeup().unwrap(), None);
     assert_eq!(s.reserve("w", 1_000).unwrap().unwrap().id, "later");
     assert_consistent(&s);
 }
@@ -137,7 +138,7 @@ fn fail_follows_the_retry_rule_then_dlq_retry() {
                 }
             );
             assert_eq!(r.job.state, JobState::Failed);
-            assert_eq!(s.next_scheduled_at().unwrap(), Some(now + delay));
+            assert_eq!(s.next_wakeup().unwrap(), Some(now + delay));
             // Not before its time.
             s.promote_due(now + delay - 1).unwrap();
             assert!(s.reserve("w", now + delay - 1).unwrap().is_none());
@@ -316,13 +317,13 @@ fn everything_survives_a_reopen() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("db");
     {
-        let s = Store::open(&path).unwrap();
+        let s = SledStore::open(&path).unwrap();
         s.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None)
             .unwrap();
         s.reserve("w", 0).unwrap();
         s.flush().unwrap();
     }
-    let s = Store::open(&path).unwrap();
+    let s = SledStore::open(&path).unwrap();
     let c = s.counts().unwrap();
     assert_eq!((c.pending, c.processing), (1, 1));
     assert_consistent(&s);
@@ -362,7 +363,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn pick(store: &Store, state: JobState, i: u8) -> Option<String> {
+fn pick(store: &SledStore, state: JobState, i: u8) -> Option<String> {
     let jobs = store.list(Some(state), 0, usize::MAX).unwrap();
     if jobs.is_empty() {
         None
@@ -380,7 +381,7 @@ proptest! {
     fn invariants_hold_across_random_operations(ops in proptest::collection::vec(op(), 1..60)) {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("db");
-        let mut store = Store::open(&path).unwrap();
+        let mut store = SledStore::open(&path).unwrap();
         let cfg = Config { max_retries: 2, backoff_base: 1, poll_interval_ms: 10 };
         let mut now: Millis = 1_000;
         let mut next_id = 0u32;
@@ -434,7 +435,7 @@ proptest! {
                 Op::Reopen => {
                     store.flush().unwrap();
                     drop(store);
-                    store = Store::open(&path).unwrap();
+                    store = SledStore::open(&path).unwrap();
                 }
             }
             let report = store.verify().unwrap();

@@ -9,12 +9,12 @@ use std::time::Duration;
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, CellAlignment, Table};
 
+use crate::cli::client::{self, ClientError};
 use crate::cli::{Cli, Command, ConfigCommand, DlqCommand, EnqueueArgs, ListArgs, WorkerCommand};
-use crate::client::{self, ClientError};
 use crate::datadir::{DataDir, DataDirError};
 use crate::export::{self, ExportError};
 use crate::model::{format_ts, now_ms, ConfigKey, Job, JobState, JobView, NewJob};
-use crate::request::{ErrorKind, Reply, Request, StatusInfo};
+use crate::spool::request::{ErrorKind, Reply, Request, StatusInfo};
 use crate::supervisor::{self, SupervisorError};
 
 /// Default wait for a running supervisor's reply; `QUEUECTL_REPLY_TIMEOUT` (seconds) overrides.

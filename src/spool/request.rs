@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob};
-use crate::store::{Store, StoreError};
+use crate::store::{JobStore, StoreError};
 
 /// One thing a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, CodecError>
 /// Runs one request against the store. Writes are not flushed here: the caller flushes before
 /// it hands out the reply. `request_id` is the spool id of the request, if it came that way.
 pub fn apply(
-    store: &Store,
+    store: &dyn JobStore,
     req: &Request,
     owner: OwnerInfo,
     now: Millis,
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn apply_answers_like_the_store() {
         let dir = tempfile::TempDir::new().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
         let job = NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0).unwrap();
         let enq = Request::Enqueue { jobs: vec![job] };
         assert_eq!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::datadir::DataDir;
 use crate::owner::{Owner, OwnerError};
-use crate::request::{self, CodecError, Reply, Request};
+use crate::spool::request::{self, CodecError, Reply, Request};
 use crate::spool::{Spool, SpoolError};
 
 /// How long to wait for each look at the reply before trying the lock again.

@@ -55,6 +55,8 @@
 //! - Nothing sleeps or polls on a timer: both sides block in read(2) or poll(2) on a FIFO.
 //! - A lost reply costs only a client time-out, so replies are not fsynced.
 
+pub mod request;
+
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;

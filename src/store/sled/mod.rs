@@ -1,0 +1,918 @@
+//! The storage engine: the only code in queuectl that names sled.
+//!
+//! A job lives in exactly one state tree (`pending`, `processing`, `completed`, `failed`,
+//! `dead`). The availability index (`due` for jobs that may run now, `scheduled` for jobs whose
+//! time has not come) holds exactly the pending and failed jobs, each once. Every state change is
+//! one sled transaction over all the trees it touches, so a crash at any point leaves both
+//! invariants true. Key layouts are written down in [`keys`].
+//!
+//! Durability: no operation here flushes by itself. Whoever acknowledges a write to a user calls
+//! [`SledStore::flush`] first; the supervisor flushes completions in groups.
+//!
+//! Time is always passed in (`now`), never read here, so tests can drive the clock.
+
+pub mod keys;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::{Transactional, Tree};
+
+use crate::model::{
+    retry_decision, AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob,
+    RetryDecision,
+};
+use crate::store::{AttemptEnd, FailOrDone, FailResult, JobStore, StoreError, VerifyReport};
+
+/// sled's page cache: enough for a busy queue, far below sled's 1 GiB default.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long `open` waits for a previous owner's sled threads to let go of the database.
+const SLED_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Jobs moved from `scheduled` to `due` per transaction.
+const PROMOTE_BATCH: usize = 512;
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::from(e),
+        }
+    }
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Records are MessagePack arrays in field order (not maps with field names): about a third
+/// of the size, and sled's writes cost grows with value size. New fields go last, with
+/// `#[serde(default)]`, so older records still decode.
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+fn tx_encode<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
+    encode(v).map_err(ConflictableTransactionError::Abort)
+}
+
+fn tx_decode_job(state: JobState, bytes: &[u8]) -> TxResult<Job> {
+    decode(keys::state_tree_name(state), bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn unabortable(e: UnabortableTransactionError) -> ConflictableTransactionError<StoreError> {
+    e.into()
+}
+
+/// The queue's durable state.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    states: [Tree; 5],
+    due: Tree,
+    scheduled: Tree,
+    output: Tree,
+    config: Tree,
+    meta: Tree,
+    applied: Tree,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in directory `path`. Only one process may have it
+    /// open; callers hold the data directory's lock first.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
+        // Callers own the data directory's lock, so sled's own file lock can only be held by
+        // a previous owner that is still closing (its background threads let go a moment after
+        // the last handle is dropped): wait for it rather than fail.
+        let deadline = std::time::Instant::now() + SLED_LOCK_GRACE;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.display().to_string(),
+                        source: Box::new(source),
+                    })
+                }
+            }
+        };
+        let tree = |name: &str| db.open_tree(name);
+        let states = [
+            tree(keys::state_tree_name(JobState::Pending))?,
+            tree(keys::state_tree_name(JobState::Processing))?,
+            tree(keys::state_tree_name(JobState::Completed))?,
+            tree(keys::state_tree_name(JobState::Failed))?,
+            tree(keys::state_tree_name(JobState::Dead))?,
+        ];
+        let store = SledStore {
+            states,
+            due: tree(keys::DUE)?,
+            scheduled: tree(keys::SCHEDULED)?,
+            output: tree(keys::OUTPUT)?,
+            config: tree(keys::CONFIG)?,
+            meta: tree(keys::META)?,
+            applied: tree(keys::APPLIED)?,
+            db,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.meta.get(keys::SCHEMA_VERSION_KEY)? {
+            None => {
+                self.meta.insert(
+                    keys::SCHEMA_VERSION_KEY,
+                    &keys::SCHEMA_VERSION.to_be_bytes(),
+                )?;
+                Ok(())
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: keys::META,
+                        detail: "schema_version is not 4 bytes".into(),
+                    })?;
+                if found == keys::SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::Schema {
+                        found,
+                        expected: keys::SCHEMA_VERSION,
+                    })
+                }
+            }
+        }
+    }
+
+    fn tree(&self, state: JobState) -> &Tree {
+        match state {
+            JobState::Pending => &self.states[0],
+            JobState::Processing => &self.states[1],
+            JobState::Completed => &self.states[2],
+            JobState::Failed => &self.states[3],
+            JobState::Dead => &self.states[4],
+        }
+    }
+
+    // ---- writes ---------------------------------------------------------------------------
+
+    /// The first entry of `due`, skipping (and dropping) malformed ones.
+    fn peek_due(&self) -> Result<Option<DueEntry>, StoreError> {
+        loop {
+            let Some((key, value)) = self.due.first()? else {
+                return Ok(None);
+            };
+            match keys::decode_index_value(&value) {
+                Some((state, id)) => {
+                    return Ok(Some(DueEntry {
+                        id: id.to_string(),
+                        key,
+                        state,
+                    }))
+                }
+                None => {
+                    // A malformed entry names no job: drop it rather than block the queue.
+                    tracing::warn!("dropping a malformed entry from the due index");
+                    self.due.remove(&key)?;
+                }
+            }
+        }
+    }
+
+    fn taken(&self, taken: Taken, next: &DueEntry) -> Option<Job> {
+        match taken {
+            Taken::Job(job) => Some(job),
+            Taken::Missing => {
+                tracing::warn!(id = next.id, "dropped a due entry for a missing job");
+                None
+            }
+            Taken::Raced => None,
+        }
+    }
+
+    /// A processing job finished successfully.
+    pub fn complete(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
+        let trees = [
+            self.tree(JobState::Processing),
+            self.tree(JobState::Completed),
+        ];
+        Ok(trees[..].transaction(|t| tx_complete(&t[0], &t[1], id, now))?)
+    }
+
+    /// A processing job's attempt failed: the retry rule moves it to `failed` (scheduled for
+    /// its retry) or to `dead`.
+    pub fn fail(
+        &self,
+        id: &str,
+        error: &str,
+        backoff_base: u64,
+        now: Millis,
+    ) -> Result<FailResult, StoreError> {
+        let trees = [
+            self.tree(JobState::Processing),
+            self.tree(JobState::Failed),
+            self.tree(JobState::Dead),
+            &self.due,
+            &self.scheduled,
+        ];
+        Ok(trees[..].transaction(|t| {
+            tx_fail(
+                &t[0],
+                &t[1],
+                &t[2],
+                &t[3],
+                &t[4],
+                id,
+                error,
+                backoff_base,
+                now,
+            )
+        })?)
+    }
+
+    /// The error for a job that is not in `expected`: not found, or in another state.
+    fn not_in_state(&self, id: &str, expected: JobState) -> StoreError {
+        match self.get(id) {
+            Ok(Some(job)) => StoreError::WrongState {
+                id: id.to_string(),
+                actual: job.state,
+                expected,
+            },
+            Ok(None) => StoreError::NotFound(id.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    /// Moves every scheduled job whose time has come (`available_at <= now`) to `due`.
+    /// Returns how many moved.
+    pub fn promote_due(&self, now: Millis) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        loop {
+            let batch: Vec<(sled::IVec, sled::IVec)> = self
+                .scheduled
+                .range(..keys::scheduled_key(now.saturating_add(1), 0))
+                .take(PROMOTE_BATCH)
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let [p, _, _, f, _] = &self.states;
+            let trees = [&self.scheduled, &self.due, p, f];
+            moved += trees[..].transaction(|t| {
+                let mut n = 0;
+                for (key, value) in &batch {
+                    if t[0].remove(key)?.is_none() {
+                        continue;
+                    }
+                    let Some((state, id)) = keys::decode_index_value(value) else {
+                        continue;
+                    };
+                    let tree = if state == JobState::Failed {
+                        &t[3]
+                    } else {
+                        &t[2]
+                    };
+                    let Some(raw) = tree.get(id.as_bytes())? else {
+                        continue;
+                    };
+                    let job = tx_decode_job(state, &raw)?;
+                    let at = job.available_at.unwrap_or(now);
+                    t[1].insert(&keys::due_key(job.priority, at, job.seq)[..], value.clone())?;
+                    n += 1;
+                }
+                Ok(n)
+            })?;
+        }
+    }
+
+    // ---- reads ----------------------------------------------------------------------------
+
+    /// Whether a job may be reserved right now.
+    pub fn has_due(&self) -> Result<bool, StoreError> {
+        Ok(!self.due.is_empty())
+    }
+}
+
+impl JobStore for SledStore {
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stores `jobs` as pending, all or none. A job's `max_retries` defaults to the config's.
+    /// With `request`, the spool request id is recorded in the same transaction and a request
+    /// already applied is not applied again.
+    fn enqueue(
+        &self,
+        jobs: &[NewJob],
+        config: &Config,
+        now: Millis,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut seen = HashSet::with_capacity(jobs.len());
+        for j in jobs {
+            if !seen.insert(j.id.as_str()) {
+                return Err(StoreError::DuplicateInBatch(j.id.clone()));
+            }
+        }
+        let mut records = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let available_at = j.run_at.unwrap_or(now);
+            let job = Job {
+                id: j.id.clone(),
+                command: j.command.clone(),
+                state: JobState::Pending,
+                attempts: 0,
+                max_retries: j.max_retries.unwrap_or(config.max_retries),
+                created_at: now,
+                updated_at: now,
+                available_at: Some(available_at),
+                locked_by: None,
+                locked_at: None,
+                last_error: None,
+                priority: j.priority,
+                timeout_ms: j.timeout_ms,
+                seq: self.db.generate_id()?,
+                pgid: None,
+                runs: 0,
+            };
+            let index_key = index_key(&job, now);
+            records.push((encode(&job)?, index_key, job));
+        }
+        if let Some(req) = request {
+            if self.applied.contains_key(req)? {
+                return Ok(());
+            }
+        }
+        // Duplicates are looked for before the transaction: the owner of the store is its only
+        // writer, so nothing can add an id in between, and plain reads cost a fraction of
+        // transactional ones (this halves the time of a 100,000-job batch).
+        for j in jobs {
+            for tree in &self.states {
+                if tree.contains_key(j.id.as_bytes())? {
+                    return Err(StoreError::Duplicate(j.id.clone()));
+                }
+            }
+        }
+        let [p, _, _, _, _] = &self.states;
+        let trees: [&Tree; 4] = [p, &self.due, &self.scheduled, &self.applied];
+        trees[..].transaction(|t| {
+            if let Some(req) = request {
+                if t[3].get(req)?.is_some() {
+                    return Ok(());
+                }
+                t[3].insert(req, &[])?;
+            }
+            for (bytes, idx, job) in &records {
+                t[0].insert(job.id.as_bytes(), bytes.as_slice())?;
+                let value = keys::index_value(JobState::Pending, &job.id);
+                match idx {
+                    IndexKey::Due(k) => t[1].insert(&k[..], value)?,
+                    IndexKey::Scheduled(k) => t[2].insert(&k[..], value)?,
+                };
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Takes the first due job (highest priority, then earliest available, then enqueue order),
+    /// moves it to `processing` and marks it locked by `worker`.
+    fn reserve(&self, worker: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        self.promote_due(now)?;
+        loop {
+            let Some(next) = self.peek_due()? else {
+                return Ok(None);
+            };
+            let trees = [
+                &self.due,
+                self.tree(next.state),
+                self.tree(JobState::Processing),
+            ];
+            let taken =
+                trees[..].transaction(|t| tx_take(&t[0], &t[1], &t[2], &next, worker, now))?;
+            if let Some(job) = self.taken(taken, &next) {
+                return Ok(Some(job));
+            }
+        }
+    }
+
+    /// Ends the attempt of processing job `id` (completed, or the retry rule) and, in the same
+    /// transaction, reserves the next due job for `worker`: one commit where the separate
+    /// calls would make two. `None` for the next job when nothing is due.
+    fn finish_and_reserve(
+        &self,
+        id: &str,
+        end: &AttemptEnd<'_>,
+        worker: &str,
+        now: Millis,
+    ) -> Result<(FailOrDone, Option<Job>), StoreError> {
+        self.promote_due(now)?;
+        let Some(next) = self.peek_due()? else {
+            return Ok((self.finish(id, end, now)?, None));
+        };
+        let [p, pr, c, f, d] = &self.states;
+        let trees = [pr, c, f, d, &self.due, &self.scheduled, p];
+        let (done, taken) = trees[..].transaction(|t| {
+            let done = match end {
+                AttemptEnd::Succeeded => FailOrDone::Done(tx_complete(&t[0], &t[1], id, now)?),
+                AttemptEnd::Failed {
+                    error,
+                    backoff_base,
+                } => FailOrDone::Failed(tx_fail(
+                    &t[0],
+                    &t[2],
+                    &t[3],
+                    &t[4],
+                    &t[5],
+                    id,
+                    error,
+                    *backoff_base,
+                    now,
+                )?),
+            };
+            let src = if next.state == JobState::Failed {
+                &t[2]
+            } else {
+                &t[6]
+            };
+            let taken = tx_take(&t[4], src, &t[0], &next, worker, now)?;
+            Ok((done, taken))
+        })?;
+        Ok((done, self.taken(taken, &next)))
+    }
+
+    /// Ends an attempt without reserving anything.
+    fn finish(
+        &self,
+        id: &str,
+        end: &AttemptEnd<'_>,
+        now: Millis,
+    ) -> Result<FailOrDone, StoreError> {
+        Ok(match end {
+            AttemptEnd::Succeeded => FailOrDone::Done(self.complete(id, now)?),
+            AttemptEnd::Failed {
+                error,
+                backoff_base,
+            } => FailOrDone::Failed(self.fail(id, error, *backoff_base, now)?),
+        })
+    }
+
+    /// Records the process group of a running attempt, so that a later owner can kill it.
+    /// One key of one tree changes, which sled does atomically without a transaction.
+    fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError> {
+        let processing = self.tree(JobState::Processing);
+        let Some(raw) = processing.get(id.as_bytes())? else {
+            return Err(StoreError::NotFound(id.to_string()));
+        };
+        let mut job: Job = decode(keys::state_tree_name(JobState::Processing), &raw)?;
+        job.pgid = Some(pgid);
+        // Only if the job is still there unchanged (it cannot be otherwise while the one
+        // writer, the caller, is here; the swap makes that explicit).
+        let swapped = processing.compare_and_swap(id.as_bytes(), Some(raw), Some(encode(&job)?))?;
+        if swapped.is_err() {
+            tracing::debug!(id, "job changed while recording its process group");
+        }
+        Ok(())
+    }
+
+    /// Returns a processing job to `pending` without counting an attempt (a forced stop). It
+    /// keeps its place in the queue.
+    fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
+        let trees = [
+            self.tree(JobState::Processing),
+            self.tree(JobState::Pending),
+            &self.due,
+            &self.scheduled,
+        ];
+        let job = trees[..].transaction(|t| {
+            let mut job = take_processing(&t[0], id)?;
+            job.state = JobState::Pending;
+            unlock(&mut job, now);
+            job.available_at = Some(job.available_at.unwrap_or(now).min(now));
+            t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
+            insert_index(&t[2], &t[3], &job, now)?;
+            Ok(job)
+        })?;
+        Ok(job)
+    }
+
+    /// Moves a dead job back to `pending` with attempts = 0 (`queuectl dlq retry`).
+    fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError> {
+        let trees = [
+            self.tree(JobState::Dead),
+            self.tree(JobState::Pending),
+            &self.due,
+            &self.scheduled,
+            &self.applied,
+        ];
+        let res = trees[..].transaction(|t| {
+            if let Some(req) = request {
+                if t[4].get(req)?.is_some() {
+                    return Ok(None);
+                }
+                t[4].insert(req, &[])?;
+            }
+            let Some(raw) = t[0].remove(id.as_bytes())? else {
+                // Which error (not found, or the actual state) is worked out after the
+                // transaction: sled holds its write lock while this closure runs, so reading
+                // the store outside the transaction here would deadlock.
+                return abort(StoreError::NotFound(id.to_string()));
+            };
+            let mut job = tx_decode_job(JobState::Dead, &raw)?;
+            job.state = JobState::Pending;
+            job.attempts = 0;
+            unlock(&mut job, now);
+            job.available_at = Some(now);
+            t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
+            insert_index(&t[2], &t[3], &job, now)?;
+            Ok(Some(job))
+        });
+        let job = match res {
+            Err(TransactionError::Abort(StoreError::NotFound(_))) => {
+                return Err(self.not_in_state(id, JobState::Dead))
+            }
+            res => res?,
+        };
+        match job {
+            Some(job) => Ok(job),
+            None => self.get(id)?.ok_or_else(|| StoreError::NotFound(id.into())),
+        }
+    }
+
+    /// Stores the output of one attempt.
+    fn put_output(&self, id: &str, output: &AttemptOutput) -> Result<(), StoreError> {
+        self.output
+            .insert(keys::output_key(id, output.run), encode(output)?)?;
+        Ok(())
+    }
+
+    /// Sets a config value (already validated by [`ConfigKey::parse_value`]).
+    fn config_set(
+        &self,
+        key: ConfigKey,
+        value: u64,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let trees = [&self.config, &self.applied];
+        trees[..].transaction(|t| {
+            if let Some(req) = request {
+                if t[1].get(req)?.is_some() {
+                    return Ok(());
+                }
+                t[1].insert(req, &[])?;
+            }
+            t[0].insert(key.as_str(), value.to_string().as_bytes())?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Forgets spool request ids: called once the spool holds none of them any more.
+    fn forget_applied(&self) -> Result<(), StoreError> {
+        self.applied.clear()?;
+        Ok(())
+    }
+
+    /// Every processing job found by a new owner was interrupted: each counts as a failed
+    /// attempt under the retry rule. Returns what happened to each.
+    fn recover_interrupted(
+        &self,
+        error: &str,
+        backoff_base: u64,
+        now: Millis,
+    ) -> Result<Vec<FailResult>, StoreError> {
+        let ids: Vec<String> = self
+            .list(Some(JobState::Processing), 0, usize::MAX)?
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        ids.iter()
+            .map(|id| self.fail(id, error, backoff_base, now))
+            .collect()
+    }
+
+    /// The effective configuration: stored values over the defaults.
+    fn config(&self) -> Result<Config, StoreError> {
+        let mut cfg = Config::default();
+        for item in self.config.iter() {
+            let (k, v) = item?;
+            let corrupt = |detail: String| StoreError::Corrupt {
+                tree: keys::CONFIG,
+                detail,
+            };
+            let key = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|k| k.parse::<ConfigKey>().ok());
+            let Some(key) = key else {
+                continue; // a key from a newer version: ignored
+            };
+            let value = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| key.parse_value(v).ok())
+                .ok_or_else(|| corrupt(format!("bad value for {}", key.as_str())))?;
+            cfg.set(key, value);
+        }
+        Ok(cfg)
+    }
+
+    /// Finds a job in whichever state it is.
+    fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        for state in JobState::ALL {
+            if let Some(raw) = self.tree(state).get(id.as_bytes())? {
+                return Ok(Some(decode(keys::state_tree_name(state), &raw)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Jobs in `state` (all states when `None`, in lifecycle order), ordered by id, skipping
+    /// `offset` and returning at most `limit`.
+    fn list(
+        &self,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let states: Vec<JobState> = match state {
+            Some(s) => vec![s],
+            None => JobState::ALL.to_vec(),
+        };
+        let mut out = Vec::new();
+        let mut skip = offset;
+        for st in states {
+            for item in self.tree(st).iter().values() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                out.push(decode(keys::state_tree_name(st), &item?)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every job, in lifecycle order then by id (for export).
+    fn all_jobs(&self) -> Box<dyn Iterator<Item = Result<Job, StoreError>> + '_> {
+        Box::new(JobState::ALL.into_iter().flat_map(move |st| {
+            self.tree(st)
+                .iter()
+                .values()
+                .map(move |v| decode(keys::state_tree_name(st), &v?))
+        }))
+    }
+
+    /// How many jobs are in each state.
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        for st in JobState::ALL {
+            c.set(st, self.tree(st).len() as u64);
+        }
+        Ok(c)
+    }
+
+    /// When the earliest scheduled job becomes due, if any.
+    fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
+        match self.scheduled.first()? {
+            None => Ok(None),
+            Some((k, _)) => Ok(Some(keys::scheduled_at(&k).ok_or_else(|| {
+                StoreError::Corrupt {
+                    tree: keys::SCHEDULED,
+                    detail: "short key".into(),
+                }
+            })?)),
+        }
+    }
+
+    /// The output of run `run` of job `id`.
+    fn output(&self, id: &str, run: u32) -> Result<Option<AttemptOutput>, StoreError> {
+        match self.output.get(keys::output_key(id, run))? {
+            None => Ok(None),
+            Some(raw) => Ok(Some(decode(keys::OUTPUT, &raw)?)),
+        }
+    }
+
+    /// Checks both invariants over the whole store: each job in exactly one state tree whose
+    /// name matches its record, and the index holding exactly the pending and failed jobs.
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut where_: std::collections::HashMap<String, JobState> = Default::default();
+        let mut expected_index: HashSet<(JobState, String)> = HashSet::new();
+        for st in JobState::ALL {
+            for item in self.tree(st).iter() {
+                let (k, v) = item?;
+                let id = String::from_utf8_lossy(&k).into_owned();
+                let job: Job = decode(keys::state_tree_name(st), &v)?;
+                report.jobs += 1;
+                if job.state != st || job.id != id {
+                    report
+                        .problems
+                        .push(format!("job {id} in tree {st} says state {}", job.state));
+                }
+                if let Some(prev) = where_.insert(id.clone(), st) {
+                    report
+                        .problems
+                        .push(format!("job {id} is in both {prev} and {st}"));
+                }
+                if matches!(st, JobState::Pending | JobState::Failed) {
+                    expected_index.insert((st, id));
+                }
+            }
+        }
+        let mut indexed: HashSet<(JobState, String)> = HashSet::new();
+        for tree in [&self.due, &self.scheduled] {
+            for item in tree.iter() {
+                let (_, v) = item?;
+                match keys::decode_index_value(&v) {
+                    None => report.problems.push("malformed index entry".into()),
+                    Some((st, id)) => {
+                        if !indexed.insert((st, id.to_string())) {
+                            report.problems.push(format!("job {id} indexed twice"));
+                        }
+                    }
+                }
+            }
+        }
+        for missing in expected_index.difference(&indexed) {
+            report
+                .problems
+                .push(format!("{} job {} is not indexed", missing.0, missing.1));
+        }
+        for extra in indexed.difference(&expected_index) {
+            report.problems.push(format!(
+                "index names {} job {} which is not there",
+                extra.0, extra.1
+            ));
+        }
+        Ok(report)
+    }
+}
+
+/// The first `due` entry, read before the transaction that takes it.
+struct DueEntry {
+    key: sled::IVec,
+    state: JobState,
+    id: String,
+}
+
+/// What taking a `due` entry found.
+enum Taken {
+    Job(Job),
+    /// Someone took the entry first.
+    Raced,
+    /// The entry named a job that is not there; the entry is dropped.
+    Missing,
+}
+
+/// Moves the job of `next` from its state tree to `processing`, locked by `worker`.
+fn tx_take(
+    due: &TransactionalTree,
+    src: &TransactionalTree,
+    processing: &TransactionalTree,
+    next: &DueEntry,
+    worker: &str,
+    now: Millis,
+) -> TxResult<Taken> {
+    if due.remove(&next.key)?.is_none() {
+        return Ok(Taken::Raced);
+    }
+    let Some(raw) = src.remove(next.id.as_bytes())? else {
+        return Ok(Taken::Missing);
+    };
+    let mut job = tx_decode_job(next.state, &raw)?;
+    job.state = JobState::Processing;
+    job.locked_by = Some(worker.to_string());
+    job.locked_at = Some(now);
+    job.updated_at = now;
+    job.runs = job.runs.saturating_add(1);
+    job.pgid = None;
+    processing.insert(next.id.as_bytes(), tx_encode(&job)?)?;
+    Ok(Taken::Job(job))
+}
+
+fn tx_complete(
+    processing: &TransactionalTree,
+    completed: &TransactionalTree,
+    id: &str,
+    now: Millis,
+) -> TxResult<Job> {
+    let mut job = take_processing(processing, id)?;
+    job.state = JobState::Completed;
+    unlock(&mut job, now);
+    job.available_at = None;
+    completed.insert(id.as_bytes(), tx_encode(&job)?)?;
+    Ok(job)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tx_fail(
+    processing: &TransactionalTree,
+    failed: &TransactionalTree,
+    dead: &TransactionalTree,
+    due: &TransactionalTree,
+    scheduled: &TransactionalTree,
+    id: &str,
+    error: &str,
+    backoff_base: u64,
+    now: Millis,
+) -> TxResult<FailResult> {
+    let mut job = take_processing(processing, id)?;
+    job.attempts = job.attempts.saturating_add(1);
+    job.last_error = Some(error.to_string());
+    unlock(&mut job, now);
+    let decision = retry_decision(job.attempts, job.max_retries, backoff_base, now);
+    match decision {
+        RetryDecision::Dead => {
+            job.state = JobState::Dead;
+            job.available_at = None;
+            dead.insert(id.as_bytes(), tx_encode(&job)?)?;
+        }
+        RetryDecision::Retry { at, .. } => {
+            job.state = JobState::Failed;
+            job.available_at = Some(at);
+            failed.insert(id.as_bytes(), tx_encode(&job)?)?;
+            insert_index(due, scheduled, &job, now)?;
+        }
+    }
+    Ok(FailResult { job, decision })
+}
+
+/// Where a job goes in the availability index.
+enum IndexKey {
+    Due([u8; 24]),
+    Scheduled([u8; 16]),
+}
+
+fn index_key(job: &Job, now: Millis) -> IndexKey {
+    let at = job.available_at.unwrap_or(now);
+    if at <= now {
+        IndexKey::Due(keys::due_key(job.priority, at, job.seq))
+    } else {
+        IndexKey::Scheduled(keys::scheduled_key(at, job.seq))
+    }
+}
+
+fn insert_index(
+    due: &TransactionalTree,
+    scheduled: &TransactionalTree,
+    job: &Job,
+    now: Millis,
+) -> TxResult<()> {
+    let value = keys::index_value(job.state, &job.id);
+    match index_key(job, now) {
+        IndexKey::Due(k) => due.insert(&k[..], value).map_err(unabortable)?,
+        IndexKey::Scheduled(k) => scheduled.insert(&k[..], value).map_err(unabortable)?,
+    };
+    Ok(())
+}
+
+fn take_processing(processing: &TransactionalTree, id: &str) -> TxResult<Job> {
+    match processing.remove(id.as_bytes())? {
+        Some(raw) => tx_decode_job(JobState::Processing, &raw),
+        None => abort(StoreError::NotFound(id.to_string())),
+    }
+}
+
+fn unlock(job: &mut Job, now: Millis) {
+    job.locked_by = None;
+    job.locked_at = None;
+    job.pgid = None;
+    job.updated_at = now;
+}
+
+#[cfg(test)]
+mod tests;
