@@ -19,6 +19,8 @@ fn job(i: u64) -> NewJob {
         priority: 0,
         run_at: None,
         timeout_ms: None,
+        cwd: None,
+        env: Vec::new(),
     }
 }
 

@@ -48,6 +48,8 @@ fn synthetic_jobs(n: u64) -> Vec<Job> {
                 seq: i,
                 pgid: None,
                 runs: (i % 4) as u32,
+                cwd: None,
+                env: Vec::new(),
             }
         })
         .collect()

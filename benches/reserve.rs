@@ -182,6 +182,8 @@ impl Queue for SledQueue {
                 priority: priority_of(seq),
                 run_at: Some(FIRST_DUE + seq),
                 timeout_ms: None,
+                cwd: None,
+                env: Vec::new(),
             })
             .collect();
         self.store.enqueue(&jobs, &self.config, NOW, None).unwrap();

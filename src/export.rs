@@ -409,6 +409,8 @@ mod tests {
             seq: i,
             pgid: None,
             runs: 1,
+            cwd: None,
+            env: Vec::new(),
         }
     }
 

@@ -119,6 +119,12 @@ pub struct Job {
     /// Attempts started, successful or not: names the output of each attempt.
     #[serde(default)]
     pub runs: u32,
+    /// Working directory the job runs in (absolute); `None`: the supervisor's.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to the supervisor's environment for this job, in order.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// The JSON a user reads (`list --json`, `show --json`): the seed's column names, RFC 3339 times.
@@ -187,6 +193,10 @@ pub struct NewJob {
     /// `None`: may run as soon as it is stored.
     pub run_at: Option<Millis>,
     pub timeout_ms: Option<u64>,
+    /// Working directory (absolute); `None`: the supervisor's.
+    pub cwd: Option<String>,
+    /// Extra environment variables for the job.
+    pub env: Vec<(String, String)>,
 }
 
 impl NewJob {
@@ -266,6 +276,8 @@ impl JobSpec {
             priority: self.priority.unwrap_or(0),
             run_at,
             timeout_ms,
+            cwd: None,
+            env: Vec::new(),
         })
     }
 }

@@ -366,6 +366,8 @@ impl JobStore for SledStore {
                 seq: self.db.generate_id()?,
                 pgid: None,
                 runs: 0,
+                cwd: j.cwd.clone(),
+                env: j.env.clone(),
             };
             let index_key = index_key(&job, now);
             records.push((encode(&job)?, index_key, job));

@@ -13,6 +13,8 @@ fn new_job(id: &str) -> NewJob {
         priority: 0,
         run_at: None,
         timeout_ms: None,
+        cwd: None,
+        env: Vec::new(),
     }
 }
 
