@@ -211,7 +211,7 @@ impl SledStore {
 
     fn taken(&self, taken: Taken, next: &DueEntry) -> Option<Job> {
         match taken {
-            Taken::Job(job) => Some(job),
+            Taken::Job(job) => Some(*job),
             Taken::Missing => {
                 tracing::warn!(id = next.id, "dropped a due entry for a missing job");
                 None
@@ -793,7 +793,7 @@ struct DueEntry {
 
 /// What taking a `due` entry found.
 enum Taken {
-    Job(Job),
+    Job(Box<Job>),
     /// Someone took the entry first.
     Raced,
     /// The entry named a job that is not there; the entry is dropped.
@@ -823,7 +823,7 @@ fn tx_take(
     job.runs = job.runs.saturating_add(1);
     job.pgid = None;
     processing.insert(next.id.as_bytes(), tx_encode(&job)?)?;
-    Ok(Taken::Job(job))
+    Ok(Taken::Job(Box::new(job)))
 }
 
 fn tx_complete(
