@@ -1,2 +1,891 @@
-//! The behaviour every [`JobStore`](super::JobStore) backend must show, written once and run
-//! against each backend.
+//! The behaviour every [`JobStore`] backend must show, written once against `&dyn JobStore` and
+//! run against each backend by [`conformance_tests!`].
+//!
+//! A backend takes part by implementing [`Harness`] (open a store, and open the same store again)
+//! and invoking the macro once in its test module:
+//!
+//! ```ignore
+//! struct PgHarness { /* a private, empty database or schema */ }
+//! impl crate::store::conformance::Harness for PgHarness {
+//!     fn open(&mut self) -> Box<dyn JobStore> { /* connect to it */ }
+//! }
+//! crate::store::conformance::conformance_tests!(PgHarness::new());
+//! // or, when the backend needs something the machine may lack:
+//! crate::store::conformance::conformance_tests!(#[ignore = "needs PostgreSQL"] PgHarness::new());
+//! ```
+//!
+//! The macro expands into one `#[test]` per behaviour below; the expression is evaluated once per
+//! test (and once per case of the property test), so every test starts from an empty store.
+//! A backend is accepted when it passes them unchanged.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+
+use crate::model::{
+    AttemptOutput, Config, ConfigKey, Job, JobState, Millis, NewJob, Outcome, RetryDecision,
+};
+use crate::store::{AttemptEnd, FailOrDone, JobStore, StoreError};
+
+/// How the suite gets at one backend's store.
+pub trait Harness {
+    /// Opens the store under test. The first call finds it empty. Every later call opens the
+    /// same store again, as the next owner would: the suite drops every handle from earlier
+    /// calls before it calls `open` again, and flushes first what must survive. Failing to
+    /// open is a test failure (panic with the reason).
+    fn open(&mut self) -> Box<dyn JobStore>;
+}
+
+/// Makes a fresh harness (an empty store) each time it is called.
+pub type Fresh<'a> = &'a dyn Fn() -> Box<dyn Harness>;
+
+/// Expands into one `#[test]` per conformance behaviour for the harness built by the given
+/// expression (evaluated anew for each test). Attributes given before the expression (such as
+/// `#[ignore = "why"]`) go on every test.
+macro_rules! conformance_tests {
+    ($(#[$attr:meta])* $make:expr) => {
+        $crate::store::conformance::conformance_tests!(@each [$(#[$attr])*] $make;
+            enqueue_reserve_complete,
+            enqueue_defaults_and_fields,
+            duplicates_are_refused_and_change_nothing,
+            priority_then_time_then_fifo,
+            scheduled_jobs_become_due_in_reserve,
+            fail_follows_the_retry_rule_then_dlq_retry,
+            finish_refuses_a_job_that_is_not_processing,
+            finish_and_reserve_is_one_step,
+            dlq_retry_of_a_job_that_is_not_dead,
+            release_returns_without_counting_an_attempt,
+            pgid_is_recorded_while_processing,
+            recovery_counts_interrupted_attempts,
+            applied_requests_are_not_applied_twice,
+            config_defaults_and_set,
+            list_is_ordered_and_paginated,
+            all_jobs_yields_every_job,
+            output_is_kept_per_run,
+            counts_follow_every_transition,
+            everything_survives_a_reopen,
+            random_operations_keep_the_invariants
+        );
+    };
+    (@each $attrs:tt $make:expr; $($name:ident),*) => {
+        $( $crate::store::conformance::conformance_tests!(@one $attrs $make; $name); )*
+    };
+    (@one [$(#[$attr:meta])*] $make:expr; $name:ident) => {
+        #[test]
+        $(#[$attr])*
+        fn $name() {
+            let fresh = || -> Box<dyn $crate::store::conformance::Harness> { Box::new($make) };
+            $crate::store::conformance::$name(&fresh);
+        }
+    };
+}
+pub(crate) use conformance_tests;
+
+// ---- helpers --------------------------------------------------------------------------------
+
+fn new_job(id: &str) -> NewJob {
+    NewJob {
+        id: id.to_string(),
+        command: format!("echo {id}"),
+        max_retries: None,
+        priority: 0,
+        run_at: None,
+        timeout_ms: None,
+        cwd: None,
+        env: Vec::new(),
+    }
+}
+
+fn assert_consistent(store: &dyn JobStore) {
+    let report = store.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn ids(jobs: Vec<Job>) -> Vec<String> {
+    jobs.into_iter().map(|j| j.id).collect()
+}
+
+fn complete(s: &dyn JobStore, id: &str, now: Millis) -> Job {
+    match s.finish(id, &AttemptEnd::Succeeded, now).expect("finish") {
+        FailOrDone::Done(job) => job,
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+fn fail(s: &dyn JobStore, id: &str, backoff_base: u64, now: Millis) -> crate::store::FailResult {
+    let end = AttemptEnd::Failed {
+        error: "exit code 1",
+        backoff_base,
+    };
+    match s.finish(id, &end, now).expect("finish") {
+        FailOrDone::Failed(r) => r,
+        other => panic!("expected failed, got {other:?}"),
+    }
+}
+
+const CFG: Config = Config {
+    max_retries: 3,
+    backoff_base: 2,
+    poll_interval_ms: 500,
+};
+
+// ---- behaviours -----------------------------------------------------------------------------
+
+/// A job goes pending -> processing -> completed, with every field set on the way.
+pub fn enqueue_reserve_complete(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a")], &CFG, 100, None).unwrap();
+    let a = s.get("a").unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.attempts, a.max_retries, a.runs),
+        (JobState::Pending, 0, 3, 0)
+    );
+    assert_eq!(
+        (a.created_at, a.updated_at, a.available_at),
+        (100, 100, Some(100))
+    );
+    assert_eq!(
+        (a.locked_by.as_deref(), a.locked_at, a.last_error.as_deref()),
+        (None, None, None)
+    );
+    let r = s.reserve("w1", 200).unwrap().unwrap();
+    assert_eq!(r.id, "a");
+    assert_eq!(r.state, JobState::Processing);
+    assert_eq!(r.locked_by.as_deref(), Some("w1"));
+    assert_eq!((r.locked_at, r.updated_at, r.runs), (Some(200), 200, 1));
+    assert_eq!(
+        s.get("a").unwrap().unwrap(),
+        r,
+        "get sees what reserve returned"
+    );
+    assert!(
+        s.reserve("w1", 200).unwrap().is_none(),
+        "nothing else is due"
+    );
+    let c = complete(&*s, "a", 300);
+    assert_eq!(c.state, JobState::Completed);
+    assert_eq!(
+        (c.locked_by, c.available_at, c.updated_at),
+        (None, None, 300)
+    );
+    assert_eq!((c.attempts, c.runs, c.pgid), (0, 1, None));
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Completed);
+    assert!(s.get("nope").unwrap().is_none());
+    assert_eq!(s.counts().unwrap().completed, 1);
+    assert_consistent(&*s);
+}
+
+/// Every field of a new job is stored as given, with `max_retries` from the config when absent.
+pub fn enqueue_defaults_and_fields(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let mut full = new_job("full");
+    full.command = "printf '%s' \"$X\" | tr a b".into();
+    full.max_retries = Some(0);
+    full.priority = -7;
+    full.run_at = Some(5_000);
+    full.timeout_ms = Some(1_500);
+    full.cwd = Some("/tmp/x y".into());
+    full.env = vec![("X".into(), "1".into()), ("A".into(), "é=2".into())];
+    s.enqueue(&[full.clone(), new_job("plain")], &CFG, 1_000, None)
+        .unwrap();
+    let j = s.get("full").unwrap().unwrap();
+    assert_eq!(j.command, full.command);
+    assert_eq!(
+        (j.max_retries, j.priority, j.available_at),
+        (0, -7, Some(5_000))
+    );
+    assert_eq!(j.timeout_ms, Some(1_500));
+    assert_eq!(j.cwd, full.cwd);
+    assert_eq!(j.env, full.env);
+    let p = s.get("plain").unwrap().unwrap();
+    assert_eq!((p.max_retries, p.priority, p.timeout_ms), (3, 0, None));
+    assert_eq!((p.cwd, p.env), (None, vec![]));
+    // An empty batch is allowed and changes nothing.
+    s.enqueue(&[], &CFG, 1_000, None).unwrap();
+    assert_eq!(s.counts().unwrap().pending, 2);
+    assert_consistent(&*s);
+}
+
+/// A batch with an id already stored (in any state) or repeated is refused whole.
+pub fn duplicates_are_refused_and_change_nothing(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
+    let err = s
+        .enqueue(&[new_job("b"), new_job("a")], &CFG, 0, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Duplicate(ref id) if id == "a"),
+        "{err}"
+    );
+    assert!(err.is_user_error());
+    assert!(s.get("b").unwrap().is_none(), "all or nothing");
+    let err = s
+        .enqueue(&[new_job("c"), new_job("c")], &CFG, 0, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateInBatch(ref id) if id == "c"),
+        "{err}"
+    );
+    assert!(s.get("c").unwrap().is_none());
+    // A job that moved on is still a duplicate.
+    s.reserve("w", 0).unwrap();
+    complete(&*s, "a", 0);
+    assert!(matches!(
+        s.enqueue(&[new_job("a")], &CFG, 0, None),
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(s.counts().unwrap().total(), 1);
+    assert_consistent(&*s);
+}
+
+/// Reservation order: higher priority first, then earlier `available_at`, then enqueue order.
+pub fn priority_then_time_then_fifo(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let mut jobs = vec![new_job("low1"), new_job("high"), new_job("low2")];
+    jobs[1].priority = 5;
+    s.enqueue(&jobs, &CFG, 10, None).unwrap();
+    let mut early = new_job("early-low");
+    early.run_at = Some(5);
+    let mut neg = new_job("negative");
+    neg.priority = -1;
+    s.enqueue(&[neg, early], &CFG, 10, None).unwrap();
+    let mut later_high = new_job("later-high");
+    later_high.priority = 9;
+    later_high.run_at = Some(15);
+    s.enqueue(&[later_high], &CFG, 10, None).unwrap();
+    let order: Vec<String> =
+        std::iter::from_fn(|| s.reserve("w", 20).unwrap().map(|j| j.id)).collect();
+    assert_eq!(
+        order,
+        [
+            "later-high",
+            "high",
+            "early-low",
+            "low1",
+            "low2",
+            "negative"
+        ]
+    );
+    assert_consistent(&*s);
+}
+
+/// A job scheduled for later is not reserved before its time, is reported by `next_wakeup`, and
+/// is reserved once its time has come (reserve sees every job whose time came, with no separate
+/// step).
+pub fn scheduled_jobs_become_due_in_reserve(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    assert_eq!(s.next_wakeup().unwrap(), None);
+    let mut later = new_job("later");
+    later.run_at = Some(1_000);
+    let mut latest = new_job("latest");
+    latest.run_at = Some(3_000);
+    s.enqueue(&[latest, later], &CFG, 0, None).unwrap();
+    assert_eq!(s.next_wakeup().unwrap(), Some(1_000));
+    assert!(s.reserve("w", 999).unwrap().is_none());
+    assert_eq!(s.next_wakeup().unwrap(), Some(1_000));
+    assert_eq!(s.counts().unwrap().pending, 2, "waiting jobs are pending");
+    assert_eq!(s.reserve("w", 1_000).unwrap().unwrap().id, "later");
+    assert_eq!(s.next_wakeup().unwrap(), Some(3_000));
+    // Long past its time: reserved at once.
+    assert_eq!(s.reserve("w", 50_000).unwrap().unwrap().id, "latest");
+    assert_eq!(s.next_wakeup().unwrap(), None);
+    assert_consistent(&*s);
+}
+
+/// Failures retry after backoff_base^attempts seconds until max_retries, then the job is dead;
+/// `dlq_retry` brings it back with attempts reset.
+pub fn fail_follows_the_retry_rule_then_dlq_retry(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("bad")], &CFG, 0, None).unwrap();
+    let mut now = 0;
+    for attempt in 1..=3u32 {
+        let j = s.reserve("w", now).unwrap().expect("due");
+        assert_eq!((j.attempts, j.runs), (attempt - 1, attempt));
+        let r = fail(&*s, "bad", 2, now);
+        assert_eq!(r.job.attempts, attempt);
+        assert_eq!(r.job.last_error.as_deref(), Some("exit code 1"));
+        assert_eq!((r.job.locked_by.as_deref(), r.job.locked_at), (None, None));
+        assert_eq!(s.get("bad").unwrap().unwrap(), r.job);
+        if attempt < 3 {
+            let delay = 2u64.pow(attempt) * 1000;
+            assert_eq!(
+                r.decision,
+                RetryDecision::Retry {
+                    at: now + delay,
+                    delay_secs: delay / 1000
+                }
+            );
+            assert_eq!(r.job.state, JobState::Failed);
+            assert_eq!(r.job.available_at, Some(now + delay));
+            assert_eq!(s.next_wakeup().unwrap(), Some(now + delay));
+            assert_eq!(s.counts().unwrap().failed, 1);
+            // Not before its time.
+            assert!(s.reserve("w", now + delay - 1).unwrap().is_none());
+            now += delay;
+        } else {
+            assert_eq!(r.decision, RetryDecision::Dead);
+            assert_eq!(r.job.state, JobState::Dead);
+            assert_eq!(r.job.available_at, None);
+            assert_eq!(s.next_wakeup().unwrap(), None);
+            assert!(s.reserve("w", now + 1_000_000).unwrap().is_none());
+        }
+        assert_consistent(&*s);
+    }
+    assert_eq!(s.counts().unwrap().dead, 1);
+    let j = s.dlq_retry("bad", now, None).unwrap();
+    assert_eq!(
+        (j.state, j.attempts, j.available_at),
+        (JobState::Pending, 0, Some(now))
+    );
+    assert_eq!(
+        j.last_error.as_deref(),
+        Some("exit code 1"),
+        "the last error stays"
+    );
+    assert_eq!(s.reserve("w", now).unwrap().unwrap().id, "bad");
+    assert_consistent(&*s);
+}
+
+/// Ending an attempt of a job that is not processing is refused and changes nothing.
+pub fn finish_refuses_a_job_that_is_not_processing(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
+    let err = s.finish("a", &AttemptEnd::Succeeded, 1).unwrap_err();
+    assert!(
+        !matches!(err, StoreError::Backend(_) | StoreError::Corrupt { .. }),
+        "{err}"
+    );
+    let err = s.finish("zz", &AttemptEnd::Succeeded, 1).unwrap_err();
+    assert!(
+        !matches!(err, StoreError::Backend(_) | StoreError::Corrupt { .. }),
+        "{err}"
+    );
+    assert!(s.release("a", 1).is_err());
+    assert!(s.set_pgid("a", 7).is_err());
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Pending);
+    assert_consistent(&*s);
+}
+
+/// `finish_and_reserve` ends one attempt and reserves the worker's next job in one step.
+pub fn finish_and_reserve_is_one_step(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a"), new_job("b"), new_job("c")], &CFG, 0, None)
+        .unwrap();
+    s.reserve("w", 0).unwrap();
+    let (done, next) = s
+        .finish_and_reserve("a", &AttemptEnd::Succeeded, "w", 5)
+        .unwrap();
+    assert!(matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed));
+    let next = next.expect("b is due");
+    assert_eq!(
+        (next.id.as_str(), next.state, next.locked_at),
+        ("b", JobState::Processing, Some(5))
+    );
+    let end = AttemptEnd::Failed {
+        error: "exit code 1",
+        backoff_base: 2,
+    };
+    let (done, next) = s.finish_and_reserve("b", &end, "w", 6).unwrap();
+    match done {
+        FailOrDone::Failed(r) => assert_eq!((r.job.state, r.job.attempts), (JobState::Failed, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next.unwrap().id, "c");
+    // Nothing left due: the attempt still ends.
+    let (done, next) = s
+        .finish_and_reserve("c", &AttemptEnd::Succeeded, "w", 7)
+        .unwrap();
+    assert!(matches!(done, FailOrDone::Done(_)));
+    assert!(next.is_none());
+    // The retried job comes back through it once its time has come.
+    s.enqueue(&[new_job("d")], &CFG, 8, None).unwrap();
+    s.reserve("w", 8).unwrap();
+    let (_, next) = s
+        .finish_and_reserve("d", &AttemptEnd::Succeeded, "w", 2_006)
+        .unwrap();
+    assert_eq!(next.unwrap().id, "b");
+    // A job that is not processing is refused and nothing changes (no job is reserved).
+    s.enqueue(&[new_job("e")], &CFG, 9, None).unwrap();
+    assert!(s
+        .finish_and_reserve("c", &AttemptEnd::Succeeded, "w", 2_007)
+        .is_err());
+    assert_eq!(s.get("e").unwrap().unwrap().state, JobState::Pending);
+    assert_eq!(s.counts().unwrap().completed, 3);
+    assert_consistent(&*s);
+}
+
+/// `dlq_retry` names what is wrong: no such job, or a job that is not dead.
+pub fn dlq_retry_of_a_job_that_is_not_dead(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
+    assert!(matches!(
+        s.dlq_retry("a", 0, None),
+        Err(StoreError::WrongState {
+            actual: JobState::Pending,
+            expected: JobState::Dead,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.dlq_retry("zz", 0, None),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.get("a").unwrap().unwrap().state, JobState::Pending);
+    assert_consistent(&*s);
+}
+
+/// A forced stop returns a processing job to pending without counting an attempt; it keeps its
+/// place in the queue.
+pub fn release_returns_without_counting_an_attempt(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None)
+        .unwrap();
+    s.reserve("w", 5).unwrap();
+    s.set_pgid("a", 4242).unwrap();
+    let j = s.release("a", 10).unwrap();
+    assert_eq!((j.state, j.attempts, j.pgid), (JobState::Pending, 0, None));
+    assert_eq!((j.locked_by, j.locked_at, j.runs), (None, None, 1));
+    assert_eq!(
+        s.reserve("w", 10).unwrap().unwrap().id,
+        "a",
+        "keeps its place"
+    );
+    assert_consistent(&*s);
+}
+
+/// The process group of a running job is stored with it and cleared when the attempt ends.
+pub fn pgid_is_recorded_while_processing(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
+    let r = s.reserve("w", 0).unwrap().unwrap();
+    assert_eq!(r.pgid, None);
+    s.set_pgid("a", 4242).unwrap();
+    assert_eq!(s.get("a").unwrap().unwrap().pgid, Some(4242));
+    assert!(matches!(s.set_pgid("zz", 1), Err(StoreError::NotFound(_))));
+    let r = fail(&*s, "a", 1, 0);
+    assert_eq!(r.job.pgid, None);
+    assert_eq!(s.get("a").unwrap().unwrap().pgid, None);
+    assert_eq!(s.reserve("w", 10_000).unwrap().unwrap().pgid, None);
+    assert_consistent(&*s);
+}
+
+/// A new owner counts every attempt left in processing as failed, under the retry rule.
+pub fn recovery_counts_interrupted_attempts(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let mut one = new_job("one-try");
+    one.max_retries = Some(1);
+    s.enqueue(&[new_job("a"), one, new_job("waiting")], &CFG, 0, None)
+        .unwrap();
+    s.reserve("w", 0).unwrap();
+    s.reserve("w", 0).unwrap();
+    let mut res = s.recover_interrupted("interrupted", 2, 50).unwrap();
+    res.sort_by(|x, y| x.job.id.cmp(&y.job.id));
+    assert_eq!(res.len(), 2);
+    assert_eq!(res[0].job.id, "a");
+    assert_eq!(
+        res[0].decision,
+        RetryDecision::Retry {
+            at: 2_050,
+            delay_secs: 2
+        }
+    );
+    assert_eq!(res[1].decision, RetryDecision::Dead);
+    let a = s.get("a").unwrap().unwrap();
+    assert_eq!((a.state, a.attempts), (JobState::Failed, 1));
+    assert_eq!(a.last_error.as_deref(), Some("interrupted"));
+    assert_eq!(s.get("one-try").unwrap().unwrap().state, JobState::Dead);
+    assert_eq!(s.get("waiting").unwrap().unwrap().state, JobState::Pending);
+    assert_eq!(s.counts().unwrap().processing, 0);
+    assert!(s
+        .recover_interrupted("interrupted", 2, 60)
+        .unwrap()
+        .is_empty());
+    assert_consistent(&*s);
+}
+
+/// A spool request applied once is not applied again, until the applied ids are forgotten.
+pub fn applied_requests_are_not_applied_twice(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a")], &CFG, 0, Some("REQ1")).unwrap();
+    s.enqueue(&[new_job("a")], &CFG, 0, Some("REQ1")).unwrap();
+    assert_eq!(s.counts().unwrap().pending, 1);
+    s.config_set(ConfigKey::BackoffBase, 5, Some("REQ2"))
+        .unwrap();
+    s.config_set(ConfigKey::BackoffBase, 9, Some("REQ2"))
+        .unwrap();
+    assert_eq!(s.config().unwrap().backoff_base, 5);
+    // A dead job retried once by a request, then dead again: the same request does nothing.
+    let mut one = new_job("d");
+    one.max_retries = Some(0);
+    s.enqueue(&[one], &CFG, 0, None).unwrap();
+    s.reserve("w", 0).unwrap();
+    s.reserve("w", 0).unwrap();
+    fail(&*s, "d", 2, 0);
+    let j = s.dlq_retry("d", 1, Some("REQ3")).unwrap();
+    assert_eq!(j.state, JobState::Pending);
+    s.reserve("w", 1).unwrap();
+    fail(&*s, "d", 2, 1);
+    let j = s.dlq_retry("d", 2, Some("REQ3")).unwrap();
+    assert_eq!(
+        j.state,
+        JobState::Dead,
+        "not applied twice; returns the job as it is"
+    );
+    s.forget_applied().unwrap();
+    assert!(s.enqueue(&[new_job("a")], &CFG, 0, Some("REQ1")).is_err());
+    assert_consistent(&*s);
+}
+
+/// The configuration holds defaults until set; each key is set on its own.
+pub fn config_defaults_and_set(fresh: Fresh<'_>) {
+    let mut h = fresh();
+    let s = h.open();
+    assert_eq!(s.config().unwrap(), Config::default());
+    s.config_set(ConfigKey::MaxRetries, 7, None).unwrap();
+    s.config_set(ConfigKey::PollIntervalMs, 300, None).unwrap();
+    let c = s.config().unwrap();
+    assert_eq!(
+        (c.max_retries, c.backoff_base, c.poll_interval_ms),
+        (7, 2, 300)
+    );
+    // New jobs take max_retries from the config they are given.
+    s.enqueue(&[new_job("a")], &c, 0, None).unwrap();
+    assert_eq!(s.get("a").unwrap().unwrap().max_retries, 7);
+    s.flush().unwrap();
+    drop(s);
+    assert_eq!(h.open().config().unwrap(), c, "config survives a reopen");
+}
+
+/// `list` returns one state's jobs (or all states, in lifecycle order), ordered by id (byte
+/// order), with offset and limit.
+pub fn list_is_ordered_and_paginated(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let jobs: Vec<NewJob> = [5, 1, 9, 0, 3, 8, 2, 7, 4, 6]
+        .iter()
+        .map(|i| new_job(&format!("j{i}")))
+        .collect();
+    s.enqueue(&jobs, &CFG, 0, None).unwrap();
+    assert_eq!(
+        ids(s.list(Some(JobState::Pending), 0, 3).unwrap()),
+        ["j0", "j1", "j2"]
+    );
+    assert_eq!(
+        ids(s.list(Some(JobState::Pending), 8, 5).unwrap()),
+        ["j8", "j9"]
+    );
+    assert!(s.list(Some(JobState::Pending), 10, 5).unwrap().is_empty());
+    assert!(s.list(Some(JobState::Pending), 0, 0).unwrap().is_empty());
+    assert!(s.list(Some(JobState::Dead), 0, 5).unwrap().is_empty());
+    assert_eq!(s.list(None, 0, usize::MAX).unwrap().len(), 10);
+    // Byte order of ids, not numeric: "j10" sorts before "j2".
+    let mut z = new_job("Z");
+    z.priority = 1;
+    s.enqueue(&[new_job("j10"), z], &CFG, 0, None).unwrap();
+    assert_eq!(
+        ids(s.list(Some(JobState::Pending), 0, 4).unwrap()),
+        ["Z", "j0", "j1", "j10"]
+    );
+    // All states: lifecycle order, then id.
+    assert_eq!(s.reserve("w", 0).unwrap().unwrap().id, "Z");
+    let all = s.list(None, 0, usize::MAX).unwrap();
+    assert_eq!(all[0].id, "j0");
+    assert_eq!(all.last().unwrap().id, "Z");
+    assert_eq!(all.last().unwrap().state, JobState::Processing);
+    assert_eq!(ids(s.list(None, 10, 2).unwrap()), ["j9", "Z"]);
+}
+
+/// `all_jobs` yields every job once, state by state in lifecycle order.
+pub fn all_jobs_yields_every_job(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let jobs: Vec<NewJob> = (0..20).map(|i| new_job(&format!("k{i:02}"))).collect();
+    s.enqueue(&jobs, &CFG, 0, None).unwrap();
+    for _ in 0..5 {
+        let j = s.reserve("w", 0).unwrap().unwrap();
+        complete(&*s, &j.id, 1);
+    }
+    s.reserve("w", 1).unwrap();
+    let all: Vec<Job> = s.all_jobs().collect::<Result<_, _>>().unwrap();
+    assert_eq!(all.len(), 20);
+    let states: Vec<JobState> = all.iter().map(|j| j.state).collect();
+    let mut sorted = states.clone();
+    sorted.sort();
+    assert_eq!(states, sorted, "lifecycle order");
+    let mut seen: Vec<&str> = all.iter().map(|j| j.id.as_str()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 20);
+    assert_eq!(s.list(None, 0, usize::MAX).unwrap(), all);
+}
+
+/// The output of each run is kept under its run number.
+pub fn output_is_kept_per_run(fresh: Fresh<'_>) {
+    let mut h = fresh();
+    let s = h.open();
+    let out = |run, outcome| AttemptOutput {
+        run,
+        outcome,
+        finished_at: 1,
+        duration_ms: 2,
+        stdout: format!("run {run}").into_bytes(),
+        stderr: vec![0xff, 0, b'x'],
+    };
+    s.put_output("a", &out(1, Outcome::Exited(3))).unwrap();
+    s.put_output("a", &out(2, Outcome::TimedOut { after_ms: 9 }))
+        .unwrap();
+    s.put_output("ab", &out(1, Outcome::SpawnFailed("no".into())))
+        .unwrap();
+    assert_eq!(
+        s.output("a", 2).unwrap().unwrap(),
+        out(2, Outcome::TimedOut { after_ms: 9 })
+    );
+    assert_eq!(s.output("a", 1).unwrap().unwrap().stdout, b"run 1");
+    assert_eq!(
+        s.output("ab", 1).unwrap().unwrap().outcome,
+        Outcome::SpawnFailed("no".into())
+    );
+    assert!(s.output("a", 3).unwrap().is_none());
+    assert!(s.output("b", 1).unwrap().is_none());
+    s.flush().unwrap();
+    drop(s);
+    let s = h.open();
+    assert_eq!(
+        s.output("a", 1).unwrap().unwrap(),
+        out(1, Outcome::Exited(3))
+    );
+}
+
+/// `counts` matches the jobs in each state after every kind of transition.
+pub fn counts_follow_every_transition(fresh: Fresh<'_>) {
+    let mut h = fresh();
+    let s = h.open();
+    let check = |s: &dyn JobStore| {
+        let c = s.counts().unwrap();
+        for st in JobState::ALL {
+            let n = s.list(Some(st), 0, usize::MAX).unwrap().len() as u64;
+            assert_eq!(c.get(st), n, "{st}");
+        }
+        let report = s.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.jobs, c.total());
+    };
+    check(&*s);
+    let mut once = new_job("once");
+    once.max_retries = Some(1);
+    let mut later = new_job("later");
+    later.run_at = Some(100);
+    s.enqueue(&[new_job("a"), new_job("b"), once, later], &CFG, 0, None)
+        .unwrap();
+    check(&*s);
+    s.reserve("w", 0).unwrap(); // a
+    check(&*s);
+    complete(&*s, "a", 0);
+    check(&*s);
+    s.reserve("w", 0).unwrap(); // b
+    fail(&*s, "b", 2, 0);
+    check(&*s);
+    s.reserve("w", 0).unwrap(); // once
+    fail(&*s, "once", 2, 0);
+    check(&*s);
+    s.dlq_retry("once", 0, None).unwrap();
+    check(&*s);
+    s.reserve("w", 0).unwrap(); // once
+    s.release("once", 0).unwrap();
+    check(&*s);
+    s.reserve("w", 0).unwrap(); // once
+    let (_, next) = s
+        .finish_and_reserve("once", &AttemptEnd::Succeeded, "w", 5_000)
+        .unwrap();
+    assert!(next.is_some());
+    check(&*s);
+    s.recover_interrupted("interrupted", 2, 5_000).unwrap();
+    check(&*s);
+    s.flush().unwrap();
+    drop(s);
+    let s = h.open();
+    check(&*s);
+    let c = s.counts().unwrap();
+    assert_eq!(c.total(), 4);
+}
+
+/// Everything flushed survives closing and reopening the store.
+pub fn everything_survives_a_reopen(fresh: Fresh<'_>) {
+    let mut h = fresh();
+    let s = h.open();
+    let mut later = new_job("later");
+    later.run_at = Some(10_000);
+    s.enqueue(&[new_job("a"), new_job("b"), later], &CFG, 0, None)
+        .unwrap();
+    let a = s.reserve("w", 0).unwrap().unwrap();
+    s.set_pgid("a", 77).unwrap();
+    s.flush().unwrap();
+    let before: Vec<Job> = s.all_jobs().collect::<Result<_, _>>().unwrap();
+    drop(s);
+    let s = h.open();
+    let after: Vec<Job> = s.all_jobs().collect::<Result<_, _>>().unwrap();
+    assert_eq!(before, after);
+    assert_eq!(s.get("a").unwrap().unwrap().locked_at, a.locked_at);
+    let c = s.counts().unwrap();
+    assert_eq!((c.pending, c.processing), (2, 1));
+    assert_eq!(s.next_wakeup().unwrap(), Some(10_000));
+    assert_eq!(s.reserve("w", 1).unwrap().unwrap().id, "b");
+    assert_eq!(s.reserve("w", 10_000).unwrap().unwrap().id, "later");
+    assert_consistent(&*s);
+}
+
+// ---- property test ----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Enqueue { n: u8, delay: u16, priority: i8 },
+    Reserve,
+    Complete(u8),
+    Fail(u8),
+    FinishAndReserve(u8, bool),
+    Release(u8),
+    DlqRetry(u8),
+    Advance(u16),
+    Recover,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u8..4, 0u16..3000, -2i8..3).prop_map(|(n, delay, priority)| Op::Enqueue {
+            n,
+            delay,
+            priority
+        }),
+        Just(Op::Reserve),
+        Just(Op::Reserve),
+        any::<u8>().prop_map(Op::Complete),
+        any::<u8>().prop_map(Op::Fail),
+        (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::FinishAndReserve(i, ok)),
+        any::<u8>().prop_map(Op::Release),
+        any::<u8>().prop_map(Op::DlqRetry),
+        (0u16..5000).prop_map(Op::Advance),
+        Just(Op::Recover),
+        Just(Op::Reopen),
+    ]
+}
+
+fn pick(store: &dyn JobStore, state: JobState, i: u8) -> Option<String> {
+    let jobs = store.list(Some(state), 0, usize::MAX).unwrap();
+    if jobs.is_empty() {
+        None
+    } else {
+        Some(jobs[i as usize % jobs.len()].id.clone())
+    }
+}
+
+/// Random operations, with closes and reopens in between, keep the backend's invariants
+/// (`verify` finds no problem), every job counted once, and the counts true to the states.
+pub fn random_operations_keep_the_invariants(fresh: Fresh<'_>) {
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
+        run_ops(fresh(), ops)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn run_ops(mut h: Box<dyn Harness>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut store = h.open();
+    let cfg = Config {
+        max_retries: 2,
+        backoff_base: 1,
+        poll_interval_ms: 10,
+    };
+    let mut now: Millis = 1_000;
+    let mut next_id = 0u32;
+    let mut total = 0u64;
+    for op in ops {
+        match op {
+            Op::Enqueue { n, delay, priority } => {
+                let jobs: Vec<NewJob> = (0..n)
+                    .map(|_| {
+                        next_id += 1;
+                        let mut j = new_job(&format!("job{next_id}"));
+                        j.priority = i64::from(priority);
+                        if delay > 0 {
+                            j.run_at = Some(now + u64::from(delay));
+                        }
+                        j
+                    })
+                    .collect();
+                store.enqueue(&jobs, &cfg, now, None).unwrap();
+                total += u64::from(n);
+            }
+            Op::Reserve => {
+                if let Some(j) = store.reserve("w", now).unwrap() {
+                    prop_assert_eq!(j.state, JobState::Processing);
+                    prop_assert!(
+                        j.available_at.unwrap_or(0) <= now,
+                        "reserved before its time"
+                    );
+                }
+            }
+            Op::Complete(i) => {
+                if let Some(id) = pick(&*store, JobState::Processing, i) {
+                    complete(&*store, &id, now);
+                }
+            }
+            Op::Fail(i) => {
+                if let Some(id) = pick(&*store, JobState::Processing, i) {
+                    fail(&*store, &id, cfg.backoff_base, now);
+                }
+            }
+            Op::FinishAndReserve(i, ok) => {
+                if let Some(id) = pick(&*store, JobState::Processing, i) {
+                    let end = if ok {
+                        AttemptEnd::Succeeded
+                    } else {
+                        AttemptEnd::Failed {
+                            error: "boom",
+                            backoff_base: cfg.backoff_base,
+                        }
+                    };
+                    let (_, next) = store.finish_and_reserve(&id, &end, "w", now).unwrap();
+                    if let Some(j) = next {
+                        prop_assert_eq!(j.state, JobState::Processing);
+                        prop_assert!(j.id != id);
+                    }
+                }
+            }
+            Op::Release(i) => {
+                if let Some(id) = pick(&*store, JobState::Processing, i) {
+                    store.release(&id, now).unwrap();
+                }
+            }
+            Op::DlqRetry(i) => {
+                if let Some(id) = pick(&*store, JobState::Dead, i) {
+                    store.dlq_retry(&id, now, None).unwrap();
+                }
+            }
+            Op::Advance(ms) => now += u64::from(ms),
+            Op::Recover => {
+                store
+                    .recover_interrupted("interrupted", cfg.backoff_base, now)
+                    .unwrap();
+            }
+            Op::Reopen => {
+                store.flush().unwrap();
+                drop(store);
+                store = h.open();
+            }
+        }
+        let report = store.verify().unwrap();
+        prop_assert!(report.problems.is_empty(), "{:?}", report.problems);
+        prop_assert_eq!(report.jobs, total);
+        let counts = store.counts().unwrap();
+        prop_assert_eq!(counts.total(), total);
+        for st in JobState::ALL {
+            let listed = store.list(Some(st), 0, usize::MAX).unwrap().len() as u64;
+            prop_assert_eq!(counts.get(st), listed, "count of {}", st);
+        }
+    }
+    Ok(())
+}

@@ -89,13 +89,22 @@ pub enum FailOrDone {
 
 /// The queue's durable state, as every backend offers it. The owner of the store is its only
 /// writer (one thread of one process), so implementations may check before they write.
+///
+/// Every method that changes jobs is atomic: after a crash at any point, either all of its
+/// effect is there (once flushed) or none of it. `now` is the caller's clock; a backend never
+/// reads its own. Errors a user can cause are [`StoreError::is_user_error`] variants; every
+/// other failure is `Backend`, `Corrupt` or `Encode`. [`conformance`] pins all of this down.
 pub trait JobStore: Send + Sync {
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// Stores `jobs` as pending, all or none. A job's `max_retries` defaults to the config's.
-    /// With `request`, the spool request id is recorded in the same transaction and a request
-    /// already applied is not applied again.
+    /// Stores `jobs` as pending, all or none: `created_at = updated_at = now`,
+    /// `available_at = run_at.unwrap_or(now)`, `attempts = runs = 0`, a fresh `seq` (increasing
+    /// in batch order), and `max_retries` from `config` when the job has none.
+    /// Refused with `DuplicateInBatch` when an id repeats within `jobs`, and with `Duplicate`
+    /// when a job with that id exists in any state; nothing is stored then.
+    /// With `request`, the spool request id is recorded in the same transaction, and a request
+    /// already recorded is not applied again (`Ok` without any change).
     fn enqueue(
         &self,
         jobs: &[NewJob],
@@ -104,11 +113,15 @@ pub trait JobStore: Send + Sync {
         request: Option<&str>,
     ) -> Result<(), StoreError>;
 
-    /// Takes the next job that may run at `now` (highest priority, then earliest), moving it to
-    /// `processing` locked by `worker`. Jobs whose scheduled time has come are included.
+    /// Takes the next job that may run at `now` (pending or failed, `available_at <= now`):
+    /// highest `priority`, then earliest `available_at`, then lowest `seq`. It becomes
+    /// `processing` with `locked_by = worker`, `locked_at = updated_at = now`, `runs + 1`,
+    /// `pgid = None`. `None` when no job may run yet.
     fn reserve(&self, worker: &str, now: Millis) -> Result<Option<Job>, StoreError>;
 
-    /// Ends the attempt of job `id` and, in the same step, reserves `worker`'s next job.
+    /// [`finish`](JobStore::finish) of job `id` and [`reserve`](JobStore::reserve) for
+    /// `worker` in one atomic step (the ended job itself is not reserved again even if due).
+    /// When the finish is refused, nothing changes and nothing is reserved.
     fn finish_and_reserve(
         &self,
         id: &str,
@@ -117,26 +130,35 @@ pub trait JobStore: Send + Sync {
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError>;
 
-    /// Ends the attempt of job `id`: completed, or the retry rule.
+    /// Ends the attempt of processing job `id`, unlocking it (`locked_by`, `locked_at`, `pgid`
+    /// cleared, `updated_at = now`). Succeeded: `completed`, `available_at = None`. Failed:
+    /// `attempts + 1`, `last_error = error`, then [`crate::model::retry_decision`]: `failed`
+    /// with `available_at` = the retry time, or `dead` with `available_at = None`.
+    /// `NotFound` when no processing job has that id.
     fn finish(&self, id: &str, end: &AttemptEnd<'_>, now: Millis)
         -> Result<FailOrDone, StoreError>;
 
-    /// Records the process group of a running job.
+    /// Records the process group of processing job `id` (`NotFound` if it is not processing).
     fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError>;
 
-    /// Returns a processing job to `pending` without counting an attempt (a forced stop).
+    /// Returns processing job `id` to `pending` without counting an attempt (a forced stop):
+    /// unlocked, `available_at = min(available_at, now)` so it keeps its place.
+    /// `NotFound` when no processing job has that id.
     fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError>;
 
-    /// Moves a dead job back to `pending` with its attempts reset.
+    /// Moves dead job `id` back to `pending`: `attempts = 0`, `available_at = now`, unlocked,
+    /// `last_error` kept. `NotFound` when there is no such job, `WrongState` when it is not
+    /// dead. With `request` already applied: no change, and the job as it is now.
     fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError>;
 
-    /// Stores the output of one run.
+    /// Stores the output of run `output.run` of job `id`, replacing any earlier one.
     fn put_output(&self, id: &str, output: &AttemptOutput) -> Result<(), StoreError>;
 
-    /// The output of run `run` of job `id`.
+    /// The output of run `run` of job `id`, if stored.
     fn output(&self, id: &str, run: u32) -> Result<Option<AttemptOutput>, StoreError>;
 
-    /// Sets one configuration value.
+    /// Sets one configuration value (already validated by [`ConfigKey::parse_value`]). With
+    /// `request`, as for [`enqueue`](JobStore::enqueue).
     fn config_set(
         &self,
         key: ConfigKey,
@@ -147,10 +169,12 @@ pub trait JobStore: Send + Sync {
     /// The configuration, with defaults for keys never set.
     fn config(&self) -> Result<Config, StoreError>;
 
-    /// Forgets which spool requests were applied (once the spool is empty).
+    /// Forgets which spool requests were applied (called once the spool is empty).
     fn forget_applied(&self) -> Result<(), StoreError>;
 
-    /// Applies the retry rule to every job left in `processing` by an owner that died.
+    /// Ends, as failed with `error`, the attempt of every job in `processing` (left there by an
+    /// owner that died), exactly as [`finish`](JobStore::finish) would, in any order. Returns
+    /// what the retry rule decided for each.
     fn recover_interrupted(
         &self,
         error: &str,
@@ -161,7 +185,9 @@ pub trait JobStore: Send + Sync {
     /// One job, in whatever state.
     fn get(&self, id: &str) -> Result<Option<Job>, StoreError>;
 
-    /// A page of jobs, of one state or all.
+    /// Jobs in `state` (every state when `None`, in lifecycle order: pending, processing,
+    /// completed, failed, dead), each state's jobs by id in byte order, skipping `offset` and
+    /// returning at most `limit`.
     fn list(
         &self,
         state: Option<JobState>,
@@ -169,15 +195,20 @@ pub trait JobStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
 
-    /// Every job, state by state.
+    /// Every job once, in the order of `list(None, ..)`.
     fn all_jobs(&self) -> Box<dyn Iterator<Item = Result<Job, StoreError>> + '_>;
 
     /// How many jobs are in each state.
     fn counts(&self) -> Result<Counts, StoreError>;
 
-    /// When the earliest job that waits for its time becomes due, if any.
+    /// The earliest `available_at` of a waiting job (pending or failed) that was not yet due at
+    /// the last [`reserve`](JobStore::reserve) (or enqueue, fail, release); `None` when no job
+    /// waits for a later time. It may lie in the past once its time has come: the caller then
+    /// reserves, and the job is taken.
     fn next_wakeup(&self) -> Result<Option<Millis>, StoreError>;
 
-    /// Checks the store's invariants over every job.
+    /// Checks the store's invariants over every job (each job in exactly one state, whatever
+    /// the backend keeps beside the jobs agreeing with them). `jobs` is how many jobs there are;
+    /// `problems` is empty when all is well.
     fn verify(&self) -> Result<VerifyReport, StoreError>;
 }
