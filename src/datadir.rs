@@ -9,6 +9,12 @@
 //! its pid into the file after taking the lock; any other owner (a CLI command working directly)
 //! empties it first, so a pid read from a *held* lock is always the live supervisor's. The
 //! content of a lock nobody holds means nothing (a killed supervisor leaves its pid behind).
+//!
+//! Privacy and trust: the directory and everything of ours in it must belong to this user and be
+//! writable by nobody else, or the command is refused before anything is read or written (a
+//! planted `db` would run another user's commands, a planted `lock` or `worker.log` symbolic link
+//! would truncate or append to its target). What passes is tightened on every open: the directory
+//! and our subdirectories to 0700, our files to 0600. Files are opened with `O_NOFOLLOW`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -29,6 +35,32 @@ pub enum DataDirError {
     },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error("refusing {path}: it is a symbolic link")]
+    Symlink { path: PathBuf },
+    #[error("refusing {path}: it is owned by uid {uid}, not by this user (uid {euid})")]
+    NotOwned { path: PathBuf, uid: u32, euid: u32 },
+    #[error("refusing {path}: other users may write to it (mode {mode:04o})")]
+    Writable { path: PathBuf, mode: u32 },
+    #[error("refusing {path}: it is a {found}, expected a {expected}")]
+    WrongType {
+        path: PathBuf,
+        expected: &'static str,
+        found: &'static str,
+    },
+}
+
+impl DataDirError {
+    /// Whether the data directory was refused as unsafe (not a failure of the system).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            DataDirError::Symlink { .. }
+                | DataDirError::NotOwned { .. }
+                | DataDirError::Writable { .. }
+                | DataDirError::WrongType { .. }
+                | DataDirError::NotADirectory { .. }
+        )
+    }
 }
 
 fn io_err<'a>(
@@ -74,10 +106,16 @@ impl DataDir {
             .ok_or(DataDirError::NoHome)
     }
 
-    /// Opens `root`, creating it (mode 0700) if it does not exist.
+    /// Opens `root`, creating it (mode 0700) if it does not exist. An existing directory, and
+    /// each file of ours in it, must belong to this user and be writable by nobody else (see
+    /// [`secure`]); it is then tightened to 0700 (files 0600). The `db` directory is created
+    /// here with mode 0700, so that the store never creates it with the umask's mode.
     pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
         match fs::metadata(root) {
-            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.is_dir() => {
+                check_ours(root, &m)?;
+                tighten(root, &m, DIR_MODE)?;
+            }
             Ok(_) => {
                 return Err(DataDirError::NotADirectory {
                     path: root.to_path_buf(),
@@ -86,17 +124,70 @@ impl DataDir {
             Err(_) => {
                 fs::DirBuilder::new()
                     .recursive(true)
-                    .mode(0o700)
+                    .mode(DIR_MODE)
                     .create(root)
                     .map_err(io_err("create the data directory", root))?;
                 // `recursive` leaves existing parents alone; make sure of the leaf's mode.
-                fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                fs::set_permissions(root, fs::Permissions::from_mode(DIR_MODE))
                     .map_err(io_err("set permissions of", root))?;
             }
         }
-        Ok(DataDir {
+        let dir = DataDir {
             root: root.to_path_buf(),
-        })
+        };
+        dir.secure()?;
+        Ok(dir)
+    }
+
+    /// Checks and tightens every entry of ours in the directory: a symbolic link, a file of
+    /// the wrong type or of another user, or one others may write to is refused (nothing was
+    /// written yet); the rest get mode 0600 (directories 0700). Inside `db/` and `spool/`
+    /// entries must be ours and not links; their modes are tightened but group-writable ones
+    /// are not refused there: the store creates its files with the process's umask, and the
+    /// directories around them, checked above, are what keeps them private.
+    fn secure(&self) -> Result<(), DataDirError> {
+        for name in ["lock", "workers.lock", "worker.log"] {
+            let path = self.root.join(name);
+            if let Some(meta) = lstat(&path)? {
+                check_entry(&path, &meta, Kind::File)?;
+                check_not_writable(&path, &meta)?;
+                tighten(&path, &meta, FILE_MODE)?;
+            }
+        }
+        let db = self.store_path();
+        match lstat(&db)? {
+            None => match fs::DirBuilder::new().mode(DIR_MODE).create(&db) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &db)(e)),
+            },
+            Some(meta) => {
+                check_entry(&db, &meta, Kind::Dir)?;
+                check_not_writable(&db, &meta)?;
+                tighten(&db, &meta, DIR_MODE)?;
+                secure_tree(&db, 2)?;
+            }
+        }
+        let spool = self.root.join("spool");
+        if let Some(meta) = lstat(&spool)? {
+            check_entry(&spool, &meta, Kind::Dir)?;
+            check_not_writable(&spool, &meta)?;
+            tighten(&spool, &meta, DIR_MODE)?;
+            for sub in ["tmp", "new", "reply", "rejected"] {
+                let path = spool.join(sub);
+                if let Some(meta) = lstat(&path)? {
+                    check_entry(&path, &meta, Kind::Dir)?;
+                    check_not_writable(&path, &meta)?;
+                    tighten(&path, &meta, DIR_MODE)?;
+                }
+            }
+            let wake = spool.join("wake");
+            if let Some(meta) = lstat(&wake)? {
+                check_entry(&wake, &meta, Kind::Fifo)?;
+                tighten(&wake, &meta, FILE_MODE)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -186,16 +277,169 @@ impl DataDir {
     }
 }
 
-/// Opens (creating, mode 0600) a file used only for its lock.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// What an entry of the data directory must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Fifo,
+    /// Inside the store's directory: files or directories.
+    Any,
+}
+
+fn kind_name(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "file of unknown type"
+    }
+}
+
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The entry's own metadata (a link is not followed), `None` if there is none.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>, DataDirError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("examine", path)(e)),
+    }
+}
+
+/// Refuses what this user does not own.
+fn check_ours(path: &Path, meta: &fs::Metadata) -> Result<(), DataDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = euid();
+    if meta.uid() != euid {
+        return Err(DataDirError::NotOwned {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            euid,
+        });
+    }
+    check_not_writable(path, meta)
+}
+
+/// Refuses what its group or other users may write to.
+fn check_not_writable(path: &Path, meta: &fs::Metadata) -> Result<(), DataDirError> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(DataDirError::Writable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a symbolic link, an entry of the wrong type, or one of another user.
+fn check_entry(path: &Path, meta: &fs::Metadata, kind: Kind) -> Result<(), DataDirError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        return Err(DataDirError::Symlink {
+            path: path.to_path_buf(),
+        });
+    }
+    let (ok, expected) = match kind {
+        Kind::File => (ft.is_file(), "regular file"),
+        Kind::Dir => (ft.is_dir(), "directory"),
+        Kind::Fifo => (ft.is_fifo(), "fifo"),
+        Kind::Any => (ft.is_file() || ft.is_dir(), "regular file or directory"),
+    };
+    if !ok {
+        return Err(DataDirError::WrongType {
+            path: path.to_path_buf(),
+            expected,
+            found: kind_name(ft),
+        });
+    }
+    let euid = euid();
+    if meta.uid() != euid {
+        return Err(DataDirError::NotOwned {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            euid,
+        });
+    }
+    Ok(())
+}
+
+/// Sets `mode` on an entry already checked to be ours (and not a link) if it differs.
+fn tighten(path: &Path, meta: &fs::Metadata, mode: u32) -> Result<(), DataDirError> {
+    if meta.permissions().mode() & 0o7777 != mode {
+        match fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+            Ok(()) => {}
+            // The store removed it meanwhile (a finished snapshot): nothing to tighten.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("set permissions of", path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Checks and tightens everything under the store's directory, `depth` levels deep.
+fn secure_tree(dir: &Path, depth: u32) -> Result<(), DataDirError> {
+    let entries = fs::read_dir(dir).map_err(io_err("list", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let path = entry.path();
+        // The store may rename or remove its files while a command looks (a running supervisor).
+        let Some(meta) = lstat(&path)? else { continue };
+        check_entry(&path, &meta, Kind::Any)?;
+        if meta.is_dir() {
+            tighten(&path, &meta, DIR_MODE)?;
+            if depth > 1 {
+                secure_tree(&path, depth - 1)?;
+            }
+        } else {
+            tighten(&path, &meta, FILE_MODE)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating, mode 0600) a file used only for its lock: never through a symbolic link,
+/// and only a regular file of this user's.
 fn open_lock(path: &Path) -> Result<File, DataDirError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(io_err("open the lock file", path))
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                DataDirError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_err("open the lock file", path)(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io_err("examine", path))?;
+    check_entry(path, &meta, Kind::File)?;
+    Ok(file)
 }
 
 fn is_contended(e: &std::io::Error) -> bool {

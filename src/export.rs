@@ -65,6 +65,9 @@ pub enum ExportError {
     #[error("cannot export to {}: it is a directory", path.display())]
     IsDirectory { path: PathBuf },
 
+    #[error("cannot export to {}: it is a {found}, and only a regular file is replaced", path.display())]
+    NotRegular { path: PathBuf, found: &'static str },
+
     #[error("cannot export to {}: it does not name a file", path.display())]
     NoFileName { path: PathBuf },
 
@@ -171,9 +174,31 @@ fn check_destination(path: &Path, force: bool) -> Result<(), ExportError> {
         Ok(_) if !force => Err(ExportError::Exists {
             path: path.to_path_buf(),
         }),
+        // `--force` replaces a file, never a device, a FIFO or a symbolic link's name.
+        Ok(m) if !m.file_type().is_file() => Err(ExportError::NotRegular {
+            path: path.to_path_buf(),
+            found: kind_of(m.file_type()),
+        }),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(io_error(path, "checking", path, source)),
+    }
+}
+
+fn kind_of(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
     }
 }
 
@@ -291,6 +316,9 @@ fn publish(path: &Path, force: bool, mut tmp: TempFile) -> Result<(), ExportErro
             // A file system without hard links: fall back to check-then-rename.
             Err(_) => check_destination(path, force)?,
         }
+    } else {
+        // Again, just before the rename: still nothing but a regular file is replaced.
+        check_destination(path, force)?;
     }
     fs::rename(&tmp.path, path).map_err(|source| {
         if path.is_dir() {

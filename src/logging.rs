@@ -3,7 +3,8 @@
 //! filters them (default `info`).
 
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -45,7 +46,7 @@ where
 /// A log file that cannot be opened is reported on stderr and logging goes to the console.
 pub fn init(log_file: &Path, console: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file = OpenOptions::new().create(true).append(true).open(log_file);
+    let file = open_log(log_file);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .event_format(SeedFormat);
@@ -61,4 +62,23 @@ pub fn init(log_file: &Path, console: bool) {
     };
     // Already installed (tests): keep the first.
     drop(result);
+}
+
+/// Opens the log for appending (created with mode 0600): never through a symbolic link, and only
+/// a regular file of this user's.
+fn open_log(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "not a regular file of this user's",
+        ));
+    }
+    Ok(file)
 }

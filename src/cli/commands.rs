@@ -14,6 +14,7 @@ use crate::cli::{Cli, Command, ConfigCommand, DlqCommand, EnqueueArgs, ListArgs,
 use crate::datadir::{DataDir, DataDirError};
 use crate::export::{self, ExportError};
 use crate::model::{format_ts, now_ms, ConfigKey, Job, JobState, JobView, NewJob};
+use crate::owner::OwnerError;
 use crate::spool::request::{ErrorKind, Reply, Request, StatusInfo};
 use crate::supervisor::{self, SupervisorError};
 
@@ -49,7 +50,9 @@ impl CommandError {
         match self {
             CommandError::Invalid(_) => 2,
             CommandError::Client(ClientError::Queued { .. }) => 3,
-            CommandError::Export(ExportError::Exists { .. }) => 2,
+            CommandError::Export(ExportError::Exists { .. } | ExportError::NotRegular { .. }) => 2,
+            CommandError::DataDir(e) if e.is_refusal() => 2,
+            CommandError::Client(ClientError::Owner(OwnerError::DataDir(e))) if e.is_refusal() => 2,
             CommandError::Supervisor(e) if e.is_user_error() => 2,
             _ => 1,
         }
