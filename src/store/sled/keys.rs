@@ -22,6 +22,9 @@
 //!               key   = [0..2) id length (u16)  [2..2+len) id  [2+len..+4) run number (u32)
 //!               value = AttemptOutput (MessagePack array)
 //!
+//! counts        key = state name (UTF-8)       value = u64: how many jobs are in that state,
+//!                                                changed in the transaction of every transition
+//!
 //! config        key = config key name (UTF-8)  value = decimal text
 //! meta          key = name (UTF-8)             value = per key (schema_version: u32)
 //! applied       key = spool request id (ULID)  value = empty: the request's effect is stored
@@ -31,6 +34,7 @@ use crate::model::{JobState, Millis};
 
 pub const DUE: &str = "due";
 pub const SCHEDULED: &str = "scheduled";
+pub const COUNTS: &str = "counts";
 pub const OUTPUT: &str = "output";
 pub const CONFIG: &str = "config";
 pub const META: &str = "meta";
@@ -39,11 +43,25 @@ pub const APPLIED: &str = "applied";
 /// Key in `meta` holding the on-disk format version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The on-disk format this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: the state trees, `due`, `scheduled`, `output`, `config`, `meta`, `applied`.
+/// - 2: adds `counts`; Job records may end with `cwd` and `env` (version 1 records, without
+///   them, still decode). Opening a version 1 store counts its jobs once and writes version 2.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The tree that holds jobs in `state`.
 pub fn state_tree_name(state: JobState) -> &'static str {
     state.as_str()
+}
+
+/// Key of the counter of `state` in `counts`.
+pub fn count_key(state: JobState) -> &'static str {
+    state.as_str()
+}
+
+/// Reads a counter back; `None` if it is malformed.
+pub fn decode_count(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
 /// The tag that names the state tree of an indexed job.

@@ -18,9 +18,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
 use crate::model::{
@@ -81,10 +79,6 @@ fn tx_decode_job(state: JobState, bytes: &[u8]) -> TxResult<Job> {
     decode(keys::state_tree_name(state), bytes).map_err(ConflictableTransactionError::Abort)
 }
 
-fn unabortable(e: UnabortableTransactionError) -> ConflictableTransactionError<StoreError> {
-    e.into()
-}
-
 /// The queue's durable state.
 #[derive(Clone)]
 pub struct SledStore {
@@ -92,15 +86,180 @@ pub struct SledStore {
     states: [Tree; 5],
     due: Tree,
     scheduled: Tree,
+    counts: Tree,
+    applied: Tree,
     output: Tree,
     config: Tree,
     meta: Tree,
-    applied: Tree,
+}
+
+/// Positions of the trees in every job transaction (see [`SledStore::tx`]).
+const TX_DUE: usize = 5;
+const TX_SCHEDULED: usize = 6;
+const TX_COUNTS: usize = 7;
+const TX_APPLIED: usize = 8;
+
+fn state_index(state: JobState) -> usize {
+    match state {
+        JobState::Pending => 0,
+        JobState::Processing => 1,
+        JobState::Completed => 2,
+        JobState::Failed => 3,
+        JobState::Dead => 4,
+    }
+}
+
+/// One transaction over every tree a job transition may touch, by name.
+struct Tx<'a>(&'a [TransactionalTree]);
+
+impl Tx<'_> {
+    fn state(&self, state: JobState) -> &TransactionalTree {
+        &self.0[state_index(state)]
+    }
+
+    fn due(&self) -> &TransactionalTree {
+        &self.0[TX_DUE]
+    }
+
+    fn scheduled(&self) -> &TransactionalTree {
+        &self.0[TX_SCHEDULED]
+    }
+
+    fn applied(&self) -> &TransactionalTree {
+        &self.0[TX_APPLIED]
+    }
+
+    /// Adds `delta` to the counter of `state`.
+    fn count(&self, state: JobState, delta: i64) -> TxResult<()> {
+        let counts = &self.0[TX_COUNTS];
+        let key = keys::count_key(state);
+        let current = match counts.get(key)? {
+            None => 0,
+            Some(v) => match keys::decode_count(&v) {
+                Some(n) => n,
+                None => {
+                    return abort(StoreError::Corrupt {
+                        tree: keys::COUNTS,
+                        detail: format!("the {state} counter is not 8 bytes"),
+                    })
+                }
+            },
+        };
+        let next = current.saturating_add_signed(delta);
+        counts.insert(key, &next.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Counts a job that moved from `from` to `to`.
+    fn moved(&self, from: JobState, to: JobState) -> TxResult<()> {
+        self.count(from, -1)?;
+        self.count(to, 1)
+    }
+
+    /// Records `request` as applied; `false` if it already was (then nothing is to be done).
+    fn apply_once(&self, request: Option<&str>) -> TxResult<bool> {
+        if let Some(req) = request {
+            if self.applied().get(req)?.is_some() {
+                return Ok(false);
+            }
+            self.applied().insert(req, &[])?;
+        }
+        Ok(true)
+    }
+
+    /// Writes `job` into the tree of its state.
+    fn put(&self, job: &Job) -> TxResult<()> {
+        self.state(job.state)
+            .insert(job.id.as_bytes(), tx_encode(job)?)?;
+        Ok(())
+    }
+
+    /// Removes job `id` from the tree of `state`, if it is there.
+    fn take(&self, state: JobState, id: &str) -> TxResult<Option<Job>> {
+        match self.state(state).remove(id.as_bytes())? {
+            None => Ok(None),
+            Some(raw) => tx_decode_job(state, &raw).map(Some),
+        }
+    }
+
+    fn take_processing(&self, id: &str) -> TxResult<Job> {
+        match self.take(JobState::Processing, id)? {
+            Some(job) => Ok(job),
+            None => abort(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Adds a pending or failed job to the availability index.
+    fn index(&self, job: &Job, now: Millis) -> TxResult<()> {
+        let value = keys::index_value(job.state, &job.id);
+        match index_key(job, now) {
+            IndexKey::Due(k) => self.due().insert(&k[..], value)?,
+            IndexKey::Scheduled(k) => self.scheduled().insert(&k[..], value)?,
+        };
+        Ok(())
+    }
+
+    /// Moves the job of `next` to `processing`, locked by `worker`.
+    fn take_due(&self, next: &DueEntry, worker: &str, now: Millis) -> TxResult<Taken> {
+        if self.due().remove(&next.key)?.is_none() {
+            return Ok(Taken::Raced);
+        }
+        let Some(mut job) = self.take(next.state, &next.id)? else {
+            return Ok(Taken::Missing);
+        };
+        job.state = JobState::Processing;
+        job.locked_by = Some(worker.to_string());
+        job.locked_at = Some(now);
+        job.updated_at = now;
+        job.runs = job.runs.saturating_add(1);
+        job.pgid = None;
+        self.put(&job)?;
+        self.moved(next.state, JobState::Processing)?;
+        Ok(Taken::Job(Box::new(job)))
+    }
+
+    /// Ends the attempt of processing job `id`.
+    fn finish(&self, id: &str, end: &AttemptEnd<'_>, now: Millis) -> TxResult<FailOrDone> {
+        let mut job = self.take_processing(id)?;
+        unlock(&mut job, now);
+        match end {
+            AttemptEnd::Succeeded => {
+                job.state = JobState::Completed;
+                job.available_at = None;
+                self.put(&job)?;
+                self.moved(JobState::Processing, JobState::Completed)?;
+                Ok(FailOrDone::Done(job))
+            }
+            AttemptEnd::Failed {
+                error,
+                backoff_base,
+            } => {
+                job.attempts = job.attempts.saturating_add(1);
+                job.last_error = Some(error.to_string());
+                let decision = retry_decision(job.attempts, job.max_retries, *backoff_base, now);
+                match decision {
+                    RetryDecision::Dead => {
+                        job.state = JobState::Dead;
+                        job.available_at = None;
+                        self.put(&job)?;
+                    }
+                    RetryDecision::Retry { at, .. } => {
+                        job.state = JobState::Failed;
+                        job.available_at = Some(at);
+                        self.put(&job)?;
+                        self.index(&job, now)?;
+                    }
+                }
+                self.moved(JobState::Processing, job.state)?;
+                Ok(FailOrDone::Failed(FailResult { job, decision }))
+            }
+        }
+    }
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the store in directory `path`. Only one process may have it
-    /// open; callers hold the data directory's lock first.
+    /// Opens (creating if needed) the store in directory `path`, upgrading an older format.
+    /// Only one process may have it open; callers hold the data directory's lock first.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
         // Callers own the data directory's lock, so sled's own file lock can only be held by
@@ -136,52 +295,93 @@ impl SledStore {
             states,
             due: tree(keys::DUE)?,
             scheduled: tree(keys::SCHEDULED)?,
+            counts: tree(keys::COUNTS)?,
+            applied: tree(keys::APPLIED)?,
             output: tree(keys::OUTPUT)?,
             config: tree(keys::CONFIG)?,
             meta: tree(keys::META)?,
-            applied: tree(keys::APPLIED)?,
             db,
         };
         store.check_schema()?;
         Ok(store)
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// The format version written in `meta`; `None` for a store never opened before.
+    fn schema_version(&self) -> Result<Option<u32>, StoreError> {
         match self.meta.get(keys::SCHEMA_VERSION_KEY)? {
-            None => {
-                self.meta.insert(
-                    keys::SCHEMA_VERSION_KEY,
-                    &keys::SCHEMA_VERSION.to_be_bytes(),
-                )?;
-                Ok(())
-            }
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        tree: keys::META,
-                        detail: "schema_version is not 4 bytes".into(),
-                    })?;
-                if found == keys::SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(StoreError::Schema {
-                        found,
-                        expected: keys::SCHEMA_VERSION,
-                    })
-                }
-            }
+            None => Ok(None),
+            Some(v) => <[u8; 4]>::try_from(v.as_ref())
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| StoreError::Corrupt {
+                    tree: keys::META,
+                    detail: "schema_version is not 4 bytes".into(),
+                }),
         }
     }
 
-    fn tree(&self, state: JobState) -> &Tree {
-        match state {
-            JobState::Pending => &self.states[0],
-            JobState::Processing => &self.states[1],
-            JobState::Completed => &self.states[2],
-            JobState::Failed => &self.states[3],
-            JobState::Dead => &self.states[4],
+    /// Brings the store to [`keys::SCHEMA_VERSION`], one version at a time; refuses a newer one.
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        match found {
+            Some(keys::SCHEMA_VERSION) => Ok(()),
+            // Version 1 (and a new, empty store): no counters yet.
+            None | Some(1) => self.upgrade_to_2(),
+            Some(found) => Err(StoreError::Schema {
+                found,
+                expected: keys::SCHEMA_VERSION,
+            }),
         }
+    }
+
+    /// Version 2 adds the per-state counters (and records ending with `cwd` and `env`, which
+    /// version 1 records decode without): count every state tree once, then write the counters
+    /// and the new version in one transaction.
+    fn upgrade_to_2(&self) -> Result<(), StoreError> {
+        let mut counts = Counts::default();
+        for st in JobState::ALL {
+            counts.set(st, self.tree(st).len() as u64);
+        }
+        let trees = [&self.counts, &self.meta];
+        trees[..].transaction(|t| {
+            for st in JobState::ALL {
+                t[0].insert(keys::count_key(st), &counts.get(st).to_be_bytes())?;
+            }
+            t[1].insert(
+                keys::SCHEMA_VERSION_KEY,
+                &keys::SCHEMA_VERSION.to_be_bytes(),
+            )?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        if counts.total() > 0 {
+            tracing::info!(
+                jobs = counts.total(),
+                "upgraded the store to format version 2"
+            );
+        }
+        Ok(())
+    }
+
+    fn tree(&self, state: JobState) -> &Tree {
+        &self.states[state_index(state)]
+    }
+
+    /// Runs `f` as one transaction over the state trees, the index, the counters and the
+    /// applied requests (sled serialises every transaction under one lock, so naming trees
+    /// that are not written costs next to nothing).
+    fn tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, TransactionError<StoreError>> {
+        let [p, pr, c, fa, d] = &self.states;
+        let trees: [&Tree; 9] = [
+            p,
+            pr,
+            c,
+            fa,
+            d,
+            &self.due,
+            &self.scheduled,
+            &self.counts,
+            &self.applied,
+        ];
+        trees[..].transaction(|t| f(&Tx(t)))
     }
 
     // ---- writes ---------------------------------------------------------------------------
@@ -222,11 +422,10 @@ impl SledStore {
 
     /// A processing job finished successfully.
     pub fn complete(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
-        let trees = [
-            self.tree(JobState::Processing),
-            self.tree(JobState::Completed),
-        ];
-        Ok(trees[..].transaction(|t| tx_complete(&t[0], &t[1], id, now))?)
+        match self.finish(id, &AttemptEnd::Succeeded, now)? {
+            FailOrDone::Done(job) => Ok(job),
+            FailOrDone::Failed(r) => Ok(r.job),
+        }
     }
 
     /// A processing job's attempt failed: the retry rule moves it to `failed` (scheduled for
@@ -238,26 +437,17 @@ impl SledStore {
         backoff_base: u64,
         now: Millis,
     ) -> Result<FailResult, StoreError> {
-        let trees = [
-            self.tree(JobState::Processing),
-            self.tree(JobState::Failed),
-            self.tree(JobState::Dead),
-            &self.due,
-            &self.scheduled,
-        ];
-        Ok(trees[..].transaction(|t| {
-            tx_fail(
-                &t[0],
-                &t[1],
-                &t[2],
-                &t[3],
-                &t[4],
-                id,
-                error,
-                backoff_base,
-                now,
-            )
-        })?)
+        let end = AttemptEnd::Failed {
+            error,
+            backoff_base,
+        };
+        match self.finish(id, &end, now)? {
+            FailOrDone::Failed(r) => Ok(r),
+            FailOrDone::Done(job) => Err(StoreError::Corrupt {
+                tree: keys::state_tree_name(JobState::Completed),
+                detail: format!("job {} completed on a failed attempt", job.id),
+            }),
+        }
     }
 
     /// The error for a job that is not in `expected`: not found, or in another state.
@@ -321,6 +511,22 @@ impl SledStore {
     pub fn has_due(&self) -> Result<bool, StoreError> {
         Ok(!self.due.is_empty())
     }
+
+    /// The counters as stored.
+    fn stored_counts(&self) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        for st in JobState::ALL {
+            let n = match self.counts.get(keys::count_key(st))? {
+                None => 0,
+                Some(v) => keys::decode_count(&v).ok_or_else(|| StoreError::Corrupt {
+                    tree: keys::COUNTS,
+                    detail: format!("the {st} counter is not 8 bytes"),
+                })?,
+            };
+            c.set(st, n);
+        }
+        Ok(c)
+    }
 }
 
 impl JobStore for SledStore {
@@ -348,29 +554,8 @@ impl JobStore for SledStore {
         }
         let mut records = Vec::with_capacity(jobs.len());
         for j in jobs {
-            let available_at = j.run_at.unwrap_or(now);
-            let job = Job {
-                id: j.id.clone(),
-                command: j.command.clone(),
-                state: JobState::Pending,
-                attempts: 0,
-                max_retries: j.max_retries.unwrap_or(config.max_retries),
-                created_at: now,
-                updated_at: now,
-                available_at: Some(available_at),
-                locked_by: None,
-                locked_at: None,
-                last_error: None,
-                priority: j.priority,
-                timeout_ms: j.timeout_ms,
-                seq: self.db.generate_id()?,
-                pgid: None,
-                runs: 0,
-                cwd: j.cwd.clone(),
-                env: j.env.clone(),
-            };
-            let index_key = index_key(&job, now);
-            records.push((encode(&job)?, index_key, job));
+            let job = new_record(j, config, now, self.db.generate_id()?);
+            records.push((encode(&job)?, index_key(&job, now), job));
         }
         if let Some(req) = request {
             if self.applied.contains_key(req)? {
@@ -387,22 +572,22 @@ impl JobStore for SledStore {
                 }
             }
         }
-        let [p, _, _, _, _] = &self.states;
-        let trees: [&Tree; 4] = [p, &self.due, &self.scheduled, &self.applied];
-        trees[..].transaction(|t| {
-            if let Some(req) = request {
-                if t[3].get(req)?.is_some() {
-                    return Ok(());
-                }
-                t[3].insert(req, &[])?;
+        let added = i64::try_from(records.len()).unwrap_or(i64::MAX);
+        self.tx(|t| {
+            if !t.apply_once(request)? {
+                return Ok(());
             }
+            let pending = t.state(JobState::Pending);
             for (bytes, idx, job) in &records {
-                t[0].insert(job.id.as_bytes(), bytes.as_slice())?;
+                pending.insert(job.id.as_bytes(), bytes.as_slice())?;
                 let value = keys::index_value(JobState::Pending, &job.id);
                 match idx {
-                    IndexKey::Due(k) => t[1].insert(&k[..], value)?,
-                    IndexKey::Scheduled(k) => t[2].insert(&k[..], value)?,
+                    IndexKey::Due(k) => t.due().insert(&k[..], value)?,
+                    IndexKey::Scheduled(k) => t.scheduled().insert(&k[..], value)?,
                 };
+            }
+            if added > 0 {
+                t.count(JobState::Pending, added)?;
             }
             Ok(())
         })?;
@@ -417,13 +602,7 @@ impl JobStore for SledStore {
             let Some(next) = self.peek_due()? else {
                 return Ok(None);
             };
-            let trees = [
-                &self.due,
-                self.tree(next.state),
-                self.tree(JobState::Processing),
-            ];
-            let taken =
-                trees[..].transaction(|t| tx_take(&t[0], &t[1], &t[2], &next, worker, now))?;
+            let taken = self.tx(|t| t.take_due(&next, worker, now))?;
             if let Some(job) = self.taken(taken, &next) {
                 return Ok(Some(job));
             }
@@ -444,32 +623,9 @@ impl JobStore for SledStore {
         let Some(next) = self.peek_due()? else {
             return Ok((self.finish(id, end, now)?, None));
         };
-        let [p, pr, c, f, d] = &self.states;
-        let trees = [pr, c, f, d, &self.due, &self.scheduled, p];
-        let (done, taken) = trees[..].transaction(|t| {
-            let done = match end {
-                AttemptEnd::Succeeded => FailOrDone::Done(tx_complete(&t[0], &t[1], id, now)?),
-                AttemptEnd::Failed {
-                    error,
-                    backoff_base,
-                } => FailOrDone::Failed(tx_fail(
-                    &t[0],
-                    &t[2],
-                    &t[3],
-                    &t[4],
-                    &t[5],
-                    id,
-                    error,
-                    *backoff_base,
-                    now,
-                )?),
-            };
-            let src = if next.state == JobState::Failed {
-                &t[2]
-            } else {
-                &t[6]
-            };
-            let taken = tx_take(&t[4], src, &t[0], &next, worker, now)?;
+        let (done, taken) = self.tx(|t| {
+            let done = t.finish(id, end, now)?;
+            let taken = t.take_due(&next, worker, now)?;
             Ok((done, taken))
         })?;
         Ok((done, self.taken(taken, &next)))
@@ -482,13 +638,7 @@ impl JobStore for SledStore {
         end: &AttemptEnd<'_>,
         now: Millis,
     ) -> Result<FailOrDone, StoreError> {
-        Ok(match end {
-            AttemptEnd::Succeeded => FailOrDone::Done(self.complete(id, now)?),
-            AttemptEnd::Failed {
-                error,
-                backoff_base,
-            } => FailOrDone::Failed(self.fail(id, error, *backoff_base, now)?),
-        })
+        Ok(self.tx(|t| t.finish(id, end, now))?)
     }
 
     /// Records the process group of a running attempt, so that a later owner can kill it.
@@ -512,19 +662,14 @@ impl JobStore for SledStore {
     /// Returns a processing job to `pending` without counting an attempt (a forced stop). It
     /// keeps its place in the queue.
     fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
-        let trees = [
-            self.tree(JobState::Processing),
-            self.tree(JobState::Pending),
-            &self.due,
-            &self.scheduled,
-        ];
-        let job = trees[..].transaction(|t| {
-            let mut job = take_processing(&t[0], id)?;
+        let job = self.tx(|t| {
+            let mut job = t.take_processing(id)?;
             job.state = JobState::Pending;
             unlock(&mut job, now);
             job.available_at = Some(job.available_at.unwrap_or(now).min(now));
-            t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
-            insert_index(&t[2], &t[3], &job, now)?;
+            t.put(&job)?;
+            t.index(&job, now)?;
+            t.moved(JobState::Processing, JobState::Pending)?;
             Ok(job)
         })?;
         Ok(job)
@@ -532,33 +677,23 @@ impl JobStore for SledStore {
 
     /// Moves a dead job back to `pending` with attempts = 0 (`queuectl dlq retry`).
     fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError> {
-        let trees = [
-            self.tree(JobState::Dead),
-            self.tree(JobState::Pending),
-            &self.due,
-            &self.scheduled,
-            &self.applied,
-        ];
-        let res = trees[..].transaction(|t| {
-            if let Some(req) = request {
-                if t[4].get(req)?.is_some() {
-                    return Ok(None);
-                }
-                t[4].insert(req, &[])?;
+        let res = self.tx(|t| {
+            if !t.apply_once(request)? {
+                return Ok(None);
             }
-            let Some(raw) = t[0].remove(id.as_bytes())? else {
+            let Some(mut job) = t.take(JobState::Dead, id)? else {
                 // Which error (not found, or the actual state) is worked out after the
                 // transaction: sled holds its write lock while this closure runs, so reading
                 // the store outside the transaction here would deadlock.
                 return abort(StoreError::NotFound(id.to_string()));
             };
-            let mut job = tx_decode_job(JobState::Dead, &raw)?;
             job.state = JobState::Pending;
             job.attempts = 0;
             unlock(&mut job, now);
             job.available_at = Some(now);
-            t[1].insert(id.as_bytes(), tx_encode(&job)?)?;
-            insert_index(&t[2], &t[3], &job, now)?;
+            t.put(&job)?;
+            t.index(&job, now)?;
+            t.moved(JobState::Dead, JobState::Pending)?;
             Ok(Some(job))
         });
         let job = match res {
@@ -699,12 +834,9 @@ impl JobStore for SledStore {
     }
 
     /// How many jobs are in each state.
+    /// Read from the counters kept with every transition: a few reads whatever the size.
     fn counts(&self) -> Result<Counts, StoreError> {
-        let mut c = Counts::default();
-        for st in JobState::ALL {
-            c.set(st, self.tree(st).len() as u64);
-        }
-        Ok(c)
+        self.stored_counts()
     }
 
     /// When the earliest scheduled job becomes due, if any.
@@ -769,6 +901,16 @@ impl JobStore for SledStore {
                 }
             }
         }
+        let stored = self.stored_counts()?;
+        for st in JobState::ALL {
+            let actual = where_.values().filter(|s| **s == st).count() as u64;
+            if stored.get(st) != actual {
+                report.problems.push(format!(
+                    "the {st} counter says {} but there are {actual}",
+                    stored.get(st)
+                ));
+            }
+        }
         for missing in expected_index.difference(&indexed) {
             report
                 .problems
@@ -800,77 +942,28 @@ enum Taken {
     Missing,
 }
 
-/// Moves the job of `next` from its state tree to `processing`, locked by `worker`.
-fn tx_take(
-    due: &TransactionalTree,
-    src: &TransactionalTree,
-    processing: &TransactionalTree,
-    next: &DueEntry,
-    worker: &str,
-    now: Millis,
-) -> TxResult<Taken> {
-    if due.remove(&next.key)?.is_none() {
-        return Ok(Taken::Raced);
+/// The record of a new job, as [`JobStore::enqueue`] stores it.
+fn new_record(j: &NewJob, config: &Config, now: Millis, seq: u64) -> Job {
+    Job {
+        id: j.id.clone(),
+        command: j.command.clone(),
+        state: JobState::Pending,
+        attempts: 0,
+        max_retries: j.max_retries.unwrap_or(config.max_retries),
+        created_at: now,
+        updated_at: now,
+        available_at: Some(j.run_at.unwrap_or(now)),
+        locked_by: None,
+        locked_at: None,
+        last_error: None,
+        priority: j.priority,
+        timeout_ms: j.timeout_ms,
+        seq,
+        pgid: None,
+        runs: 0,
+        cwd: j.cwd.clone(),
+        env: j.env.clone(),
     }
-    let Some(raw) = src.remove(next.id.as_bytes())? else {
-        return Ok(Taken::Missing);
-    };
-    let mut job = tx_decode_job(next.state, &raw)?;
-    job.state = JobState::Processing;
-    job.locked_by = Some(worker.to_string());
-    job.locked_at = Some(now);
-    job.updated_at = now;
-    job.runs = job.runs.saturating_add(1);
-    job.pgid = None;
-    processing.insert(next.id.as_bytes(), tx_encode(&job)?)?;
-    Ok(Taken::Job(Box::new(job)))
-}
-
-fn tx_complete(
-    processing: &TransactionalTree,
-    completed: &TransactionalTree,
-    id: &str,
-    now: Millis,
-) -> TxResult<Job> {
-    let mut job = take_processing(processing, id)?;
-    job.state = JobState::Completed;
-    unlock(&mut job, now);
-    job.available_at = None;
-    completed.insert(id.as_bytes(), tx_encode(&job)?)?;
-    Ok(job)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn tx_fail(
-    processing: &TransactionalTree,
-    failed: &TransactionalTree,
-    dead: &TransactionalTree,
-    due: &TransactionalTree,
-    scheduled: &TransactionalTree,
-    id: &str,
-    error: &str,
-    backoff_base: u64,
-    now: Millis,
-) -> TxResult<FailResult> {
-    let mut job = take_processing(processing, id)?;
-    job.attempts = job.attempts.saturating_add(1);
-    job.last_error = Some(error.to_string());
-    unlock(&mut job, now);
-    let decision = retry_decision(job.attempts, job.max_retries, backoff_base, now);
-    match decision {
-        RetryDecision::Dead => {
-            job.state = JobState::Dead;
-            job.available_at = None;
-            dead.insert(id.as_bytes(), tx_encode(&job)?)?;
-        }
-        RetryDecision::Retry { at, .. } => {
-            job.state = JobState::Failed;
-            job.available_at = Some(at);
-            failed.insert(id.as_bytes(), tx_encode(&job)?)?;
-            insert_index(due, scheduled, &job, now)?;
-        }
-    }
-    Ok(FailResult { job, decision })
 }
 
 /// Where a job goes in the availability index.
@@ -885,27 +978,6 @@ fn index_key(job: &Job, now: Millis) -> IndexKey {
         IndexKey::Due(keys::due_key(job.priority, at, job.seq))
     } else {
         IndexKey::Scheduled(keys::scheduled_key(at, job.seq))
-    }
-}
-
-fn insert_index(
-    due: &TransactionalTree,
-    scheduled: &TransactionalTree,
-    job: &Job,
-    now: Millis,
-) -> TxResult<()> {
-    let value = keys::index_value(job.state, &job.id);
-    match index_key(job, now) {
-        IndexKey::Due(k) => due.insert(&k[..], value).map_err(unabortable)?,
-        IndexKey::Scheduled(k) => scheduled.insert(&k[..], value).map_err(unabortable)?,
-    };
-    Ok(())
-}
-
-fn take_processing(processing: &TransactionalTree, id: &str) -> TxResult<Job> {
-    match processing.remove(id.as_bytes())? {
-        Some(raw) => tx_decode_job(JobState::Processing, &raw),
-        None => abort(StoreError::NotFound(id.to_string())),
     }
 }
 

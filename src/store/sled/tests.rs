@@ -54,3 +54,185 @@ fn scheduled_jobs_move_to_due_when_promoted() {
     assert!(s.has_due().unwrap());
     assert_eq!(s.next_wakeup().unwrap(), None);
 }
+
+/// A job with every field set (and one character outside ASCII), for the golden records.
+fn golden_job() -> Job {
+    Job {
+        id: "j1".into(),
+        command: "echo é".into(),
+        state: JobState::Failed,
+        attempts: 2,
+        max_retries: 3,
+        created_at: 1_000,
+        updated_at: 2_000,
+        available_at: Some(3_000),
+        locked_by: None,
+        locked_at: None,
+        last_error: Some("exit code 1".into()),
+        priority: -5,
+        timeout_ms: Some(60_000),
+        seq: 42,
+        pgid: None,
+        runs: 2,
+        cwd: Some("/tmp".into()),
+        env: vec![("A".into(), "1".into())],
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The job record of format version 1 (16 fields, before `cwd` and `env`), byte for byte: a
+/// MessagePack array in field order.
+const GOLDEN_JOB_V1: &str = "dc0010 a26a31 a76563686f20c3a9 a66661696c6564 02 03 cd03e8 cd07d0
+    cd0bb8 c0 c0 ab6578697420636f64652031 fb cdea60 2a c0 02";
+
+/// The job record as this version writes it (format version 2: `cwd` and `env` appended), byte
+/// for byte. A change here is a change of the on-disk format: bump `keys::SCHEMA_VERSION` and
+/// add an upgrade step to `SledStore::check_schema`.
+const GOLDEN_JOB_V2: &str = "dc0012 a26a31 a76563686f20c3a9 a66661696c6564 02 03 cd03e8 cd07d0
+    cd0bb8 c0 c0 ab6578697420636f64652031 fb cdea60 2a c0 02 a42f746d70 91 92 a141 a131";
+
+/// The output record of one attempt, byte for byte.
+const GOLDEN_OUTPUT: &str = "96 02 81 a854696d65644f7574 91 05 07 09 c4026869 c401ff";
+
+fn golden_output() -> AttemptOutput {
+    AttemptOutput {
+        run: 2,
+        outcome: crate::model::Outcome::TimedOut { after_ms: 5 },
+        finished_at: 7,
+        duration_ms: 9,
+        stdout: b"hi".to_vec(),
+        stderr: vec![0xff],
+    }
+}
+
+#[test]
+fn stored_records_are_byte_for_byte_the_documented_format() {
+    assert_eq!(
+        hex(&encode(&golden_job()).unwrap()),
+        hex(&unhex(GOLDEN_JOB_V2))
+    );
+    let back: Job = decode("failed", &unhex(GOLDEN_JOB_V2)).unwrap();
+    assert_eq!(back, golden_job());
+    assert_eq!(
+        hex(&encode(&golden_output()).unwrap()),
+        hex(&unhex(GOLDEN_OUTPUT))
+    );
+    let back: AttemptOutput = decode("output", &unhex(GOLDEN_OUTPUT)).unwrap();
+    assert_eq!(back, golden_output());
+}
+
+#[test]
+fn version_1_records_decode_with_defaults_for_the_new_fields() {
+    let old: Job = decode("failed", &unhex(GOLDEN_JOB_V1)).unwrap();
+    let mut want = golden_job();
+    want.cwd = None;
+    want.env = Vec::new();
+    assert_eq!(old, want);
+}
+
+/// Writes, with sled itself, a store as version 1 of queuectl left it: one failed job waiting
+/// for its retry, no counters.
+fn write_version_1_store(path: &std::path::Path) {
+    let db = ::sled::Config::new().path(path).open().unwrap();
+    db.open_tree("failed")
+        .unwrap()
+        .insert("j1", unhex(GOLDEN_JOB_V1))
+        .unwrap();
+    db.open_tree("scheduled")
+        .unwrap()
+        .insert(
+            &keys::scheduled_key(3_000, 42)[..],
+            keys::index_value(JobState::Failed, "j1"),
+        )
+        .unwrap();
+    db.open_tree("meta")
+        .unwrap()
+        .insert("schema_version", &1u32.to_be_bytes())
+        .unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_when_opened() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("db");
+    write_version_1_store(&path);
+    {
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), Some(keys::SCHEMA_VERSION));
+        let c = s.counts().unwrap();
+        assert_eq!((c.failed, c.total()), (1, 1));
+        let report = s.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let j = s.get("j1").unwrap().unwrap();
+        assert_eq!((j.cwd, j.env), (None, vec![]));
+        assert_eq!(s.next_wakeup().unwrap(), Some(3_000));
+        s.flush().unwrap();
+    }
+    // Reopened: already upgraded, and the queue works on.
+    let s = SledStore::open(&path).unwrap();
+    let j = s.reserve("w", 3_000).unwrap().unwrap();
+    assert_eq!((j.id.as_str(), j.runs), ("j1", 3));
+    complete(&s, "j1");
+    assert_eq!(s.counts().unwrap().completed, 1);
+    let report = s.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn complete(s: &SledStore, id: &str) {
+    s.complete(id, 4_000).unwrap();
+}
+
+#[test]
+fn a_store_from_a_newer_version_is_refused_and_left_alone() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = ::sled::Config::new().path(&path).open().unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("schema_version", &99u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(&path).err().expect("refused");
+    assert!(
+        matches!(err, StoreError::Schema { found: 99, expected } if expected == keys::SCHEMA_VERSION),
+        "{err}"
+    );
+    let db = ::sled::Config::new().path(&path).open().unwrap();
+    let v = db
+        .open_tree("meta")
+        .unwrap()
+        .get("schema_version")
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.as_ref(), &99u32.to_be_bytes());
+}
+
+#[test]
+fn verify_finds_a_counter_that_disagrees() {
+    let dir = TempDir::new().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    s.enqueue(&[new_job("a")], &Config::default(), 0, None)
+        .unwrap();
+    s.counts
+        .insert(keys::count_key(JobState::Pending), &5u64.to_be_bytes())
+        .unwrap();
+    let report = s.verify().unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("pending counter"),
+        "{:?}",
+        report.problems
+    );
+}
