@@ -120,6 +120,7 @@ pub fn export_sqlite<I: IntoIterator<Item = Job>>(
     File::open(&tmp.path)
         .and_then(|f| f.sync_all())
         .map_err(|source| io_error(path, "syncing temporary file", &tmp.path, source))?;
+    crate::crashpoint::hit("export");
     publish(path, force, tmp)?;
     sync_dir(&dir).map_err(|source| io_error(path, "syncing directory", &dir, source))?;
     Ok(summary)

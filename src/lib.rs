@@ -4,6 +4,7 @@
 //! to exit statuses. See ARCHITECTURE.md for the map of modules and how a job flows through them.
 
 pub mod cli;
+pub mod crashpoint;
 pub mod datadir;
 pub mod export;
 pub mod logging;

@@ -128,13 +128,9 @@ impl Owner {
                     Err(e) => Err(format!("corrupt request: {e}")),
                     Ok(r) => {
                         done.writes += usize::from(r.is_write());
-                        Ok(request::apply(
-                            &*self.store,
-                            &r,
-                            info,
-                            now_ms(),
-                            Some(&req.id),
-                        ))
+                        let reply = request::apply(&*self.store, &r, info, now_ms(), Some(&req.id));
+                        crate::crashpoint::hit("mid-apply");
+                        Ok(reply)
                     }
                 },
             };

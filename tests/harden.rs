@@ -195,3 +195,224 @@ fn export_force_replaces_only_a_regular_file() {
         "a regular file is replaced"
     );
 }
+
+// ---- crash points (case 4) and debris of an interrupted open (case 1) ----------------------
+
+const CRASH_AT: &str = "QUEUECTL_CRASH_AT";
+
+/// Asserts that the command was killed at crash point `point`.
+fn assert_crashed(out: &std::process::Output, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "expected a SIGKILL at {point}: {} {err}",
+        out.status
+    );
+    assert!(err.contains(&format!("crash point {point}")), "{err}");
+}
+
+fn run_crashing(env: &Env, point: &str, args: &[&str]) -> std::process::Output {
+    env.cmd().env(CRASH_AT, point).args(args).output().unwrap()
+}
+
+/// Ids of every job, whatever its state.
+fn all_ids(env: &Env) -> Vec<String> {
+    let jobs: Vec<serde_json::Value> =
+        serde_json::from_str(&env.ok(&["list", "--json"])).expect("list JSON");
+    let mut ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn snapshot_temporaries(env: &Env) -> usize {
+    fs::read_dir(env.path().join("db"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".generating")
+        })
+        .count()
+}
+
+/// Case 1: a snapshot temporary left by an interrupted open does not make the store unopenable.
+#[test]
+fn snapshot_debris_does_not_prevent_opening() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"a","command":"true"}"#);
+    env.enqueue(r#"{"id":"b","command":"true"}"#);
+    // What a kill during the snapshot write leaves: a partial file that sorts last.
+    fs::write(
+        env.path().join("db/snap.FFFFFFFFFFFFFFFF.generating"),
+        b"partial",
+    )
+    .unwrap();
+    assert_eq!(env.count("pending"), 2);
+    assert_eq!(snapshot_temporaries(&env), 0);
+    env.verify_store();
+}
+
+/// Cases 1 and 4, point `open`: killed while the store writes its snapshot during open (as
+/// `status`, a read, does), the store opens afterwards with every job.
+#[test]
+fn crash_during_open_keeps_every_job() {
+    let env = Env::new();
+    env.ok(&["enqueue", r#"{"id":"a","command":"true"}"#]);
+    env.ok(&["enqueue", r#"{"id":"b","command":"true"}"#]);
+    // The kill comes when the temporary appears; the writer may rarely have renamed it just
+    // before dying. Try until a temporary was left behind, the case that matters.
+    let mut left = false;
+    for _ in 0..20 {
+        let out = run_crashing(&env, "open", &["status"]);
+        assert_crashed(&out, "open");
+        if snapshot_temporaries(&env) > 0 {
+            left = true;
+            break;
+        }
+    }
+    assert!(left, "no kill left a snapshot temporary behind in 20 tries");
+    assert_eq!(all_ids(&env), ["a", "b"]);
+    env.verify_store();
+}
+
+/// Point `before-flush`, a direct bulk enqueue: not acknowledged, so it may be missing, but
+/// never in part; the store opens and verifies.
+#[test]
+fn crash_before_flush_of_a_direct_enqueue() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"acked","command":"true"}"#);
+    let file = env.file("jobs.jsonl");
+    let lines: String = (0..500)
+        .map(|i| format!("{{\"id\":\"j{i:04}\",\"command\":\"true\"}}\n"))
+        .collect();
+    fs::write(&file, lines).unwrap();
+    let out = run_crashing(
+        &env,
+        "before-flush",
+        &["enqueue", "--file", file.to_str().unwrap()],
+    );
+    assert_crashed(&out, "before-flush");
+    env.verify_store();
+    let ids = all_ids(&env);
+    assert!(
+        ids.contains(&"acked".to_owned()),
+        "an acknowledged job was lost"
+    );
+    assert!(
+        ids.len() == 1 || ids.len() == 501,
+        "a partial batch: {} jobs",
+        ids.len()
+    );
+}
+
+/// Point `enqueue-chunk`: killed once the first part of a large batch is committed; the batch
+/// is not acknowledged, and is there whole or not at all.
+#[test]
+fn crash_mid_chunk_of_a_bulk_enqueue() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"acked","command":"true"}"#);
+    let file = env.file("jobs.jsonl");
+    let n = 20_000;
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"id\":\"j{i:05}\",\"command\":\"true\"}}\n"))
+        .collect();
+    fs::write(&file, lines).unwrap();
+    let out = run_crashing(
+        &env,
+        "enqueue-chunk",
+        &["enqueue", "--file", file.to_str().unwrap()],
+    );
+    assert_crashed(&out, "enqueue-chunk");
+    env.verify_store();
+    let total = env.count("total");
+    assert!(
+        total == 1 || total == n + 1,
+        "a partial batch: {total} jobs"
+    );
+    // The same batch again is accepted or refused as a whole.
+    let again = env.run(&["enqueue", "--file", file.to_str().unwrap()]);
+    assert_eq!(
+        again.status.success(),
+        total == 1,
+        "a retry succeeds exactly when nothing was stored"
+    );
+    assert_eq!(env.count("total"), n + 1);
+}
+
+/// Point `after-reserve`: the supervisor dies with a job reserved and nothing flushed; the job
+/// is not lost, nothing is left running, and the next supervisor runs it.
+#[test]
+fn crash_after_reserve_loses_no_job() {
+    let env = Env::new();
+    let marker = env.file("ran");
+    let cmd = format!("echo x >> {}", marker.display());
+    env.enqueue(&serde_json::json!({"id": "a", "command": cmd}).to_string());
+    let out = run_crashing(
+        &env,
+        "after-reserve",
+        &["worker", "start", "--foreground", "--count", "1"],
+    );
+    assert_crashed(&out, "after-reserve");
+    common::wait_until("the dead supervisor's workers to exit", || {
+        env.processes().is_empty()
+    });
+    env.verify_store();
+    assert_eq!(all_ids(&env), ["a"]);
+    assert_eq!(env.count("processing"), 0, "recovered by the next owner");
+    let sup = env.start(1);
+    common::wait_until("job a to complete", || env.count("completed") == 1);
+    sup.stop();
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "x\n", "ran once");
+}
+
+/// Point `mid-apply`: the supervisor dies after applying a client's request, before flushing
+/// or answering it; the client takes over and gets its answer, and the job is stored once.
+#[test]
+fn crash_mid_apply_of_a_spool_request() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .env(CRASH_AT, "mid-apply")
+        .args(["worker", "start", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a pid");
+    let id = env.enqueue(r#"{"id":"a","command":"true"}"#);
+    assert_eq!(id, "a", "acknowledged");
+    common::wait_until("the supervisor to die", || !common::alive(pid));
+    assert_eq!(all_ids(&env), ["a"]);
+    env.verify_store();
+}
+
+/// Point `export`: killed with the export written under its temporary name; the destination
+/// is untouched and the store opens.
+#[test]
+fn crash_during_export_leaves_the_destination_alone() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"a","command":"true"}"#);
+    let dest = env.file("out.db");
+    fs::write(&dest, "old").unwrap();
+    let out = run_crashing(
+        &env,
+        "export",
+        &["export", "--sqlite", dest.to_str().unwrap(), "--force"],
+    );
+    assert_crashed(&out, "export");
+    assert_eq!(fs::read_to_string(&dest).unwrap(), "old");
+    env.verify_store();
+    env.ok(&["export", "--sqlite", dest.to_str().unwrap(), "--force"]);
+    assert_eq!(all_ids(&env), ["a"]);
+}

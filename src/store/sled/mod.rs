@@ -79,6 +79,72 @@ fn tx_decode_job(state: JobState, bytes: &[u8]) -> TxResult<Job> {
     decode(keys::state_tree_name(state), bytes).map_err(ConflictableTransactionError::Abort)
 }
 
+/// Removes the temporary files of snapshots whose writing was interrupted
+/// (`snap.<lsn>.generating`): sled would otherwise take the newest such file for its snapshot
+/// and refuse to open with "Read corrupted data" (sled 0.34, issues #1527 and #1533). A kill
+/// during any open, or a full disk, leaves one behind.
+///
+/// Why this is safe: nobody is writing a snapshot now. Callers hold the data directory's lock,
+/// and this waits for sled's own lock on `db/db` (held by a previous owner's threads until
+/// they are done) before looking. A `.generating` file was never a snapshot: sled publishes
+/// one only by renaming it to `snap.<lsn>` after an fsync, and removes older snapshots only
+/// after that rename. So removing the temporary file leaves the store exactly as if the
+/// writer had died before creating it, which sled recovers from (the last published snapshot,
+/// or none, plus the log). A snapshot only speeds up recovery; it holds no data of its own.
+fn remove_snapshot_debris(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| StoreError::Open {
+        path: dir.display().to_string(),
+        source: Box::new(e),
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let debris: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| {
+            let n = n.as_encoded_bytes();
+            n.starts_with(b"snap.") && n.ends_with(b".generating")
+        })
+        .collect();
+    if debris.is_empty() {
+        return Ok(());
+    }
+    // sled locks `db/db` (an fs2 exclusive lock) for as long as it has the store open.
+    let data = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dir.join("db"));
+    let _sled_lock = match data {
+        Ok(file) => {
+            let deadline = std::time::Instant::now() + SLED_LOCK_GRACE;
+            while fs2::FileExt::try_lock_exclusive(&file).is_err() {
+                if std::time::Instant::now() >= deadline {
+                    // Still held: let sled's open report it.
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Some(file)
+        }
+        Err(_) => None,
+    };
+    for name in debris {
+        match std::fs::remove_file(dir.join(&name)) {
+            Ok(()) => tracing::warn!(
+                "removed {} left by an interrupted open of the store",
+                dir.join(&name).display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
+}
+
 /// The queue's durable state.
 #[derive(Clone)]
 pub struct SledStore {
@@ -262,6 +328,8 @@ impl SledStore {
     /// Only one process may have it open; callers hold the data directory's lock first.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
+        remove_snapshot_debris(path)?;
+        crate::crashpoint::watch_open(path);
         // Callers own the data directory's lock, so sled's own file lock can only be held by
         // a previous owner that is still closing (its background threads let go a moment after
         // the last handle is dropped): wait for it rather than fail.
@@ -532,6 +600,7 @@ impl SledStore {
 impl JobStore for SledStore {
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError> {
+        crate::crashpoint::hit("before-flush");
         self.db.flush()?;
         Ok(())
     }
@@ -591,6 +660,7 @@ impl JobStore for SledStore {
             }
             Ok(())
         })?;
+        crate::crashpoint::hit("enqueue-chunk");
         Ok(())
     }
 
@@ -604,6 +674,7 @@ impl JobStore for SledStore {
             };
             let taken = self.tx(|t| t.take_due(&next, worker, now))?;
             if let Some(job) = self.taken(taken, &next) {
+                crate::crashpoint::hit("after-reserve");
                 return Ok(Some(job));
             }
         }
@@ -628,7 +699,11 @@ impl JobStore for SledStore {
             let taken = t.take_due(&next, worker, now)?;
             Ok((done, taken))
         })?;
-        Ok((done, self.taken(taken, &next)))
+        let taken = self.taken(taken, &next);
+        if taken.is_some() {
+            crate::crashpoint::hit("after-reserve");
+        }
+        Ok((done, taken))
     }
 
     /// Ends an attempt without reserving anything.
