@@ -15,7 +15,7 @@ use crate::datadir::{DataDir, DataDirError, StoreLock};
 use crate::model::{now_ms, Outcome, RetryDecision};
 use crate::spool::request::{self, ErrorKind, OwnerInfo, Reply, Request};
 use crate::spool::{Spool, SpoolError};
-use crate::worker::process;
+use crate::worker::kill;
 use std::sync::Arc;
 
 use crate::store::sled::SledStore;
@@ -89,7 +89,7 @@ impl Owner {
         }
         for job in &interrupted {
             if let Some(pgid) = job.pgid {
-                if let Err(e) = process::kill_group(pgid, Signal::SIGKILL) {
+                if let Err(e) = kill::kill_group(pgid, Signal::SIGKILL) {
                     tracing::warn!("could not kill process group {pgid} of job {}: {e}", job.id);
                 }
             }

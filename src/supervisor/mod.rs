@@ -1,17 +1,23 @@
 //! The supervisor: the one process that owns the store while workers run, and its event loop.
 //!
+//! This module is the shell: channels, pipes, the store, flushes, signals and the log. Every
+//! decision is taken by [`core::Core`], which has no I/O: the shell turns what it hears into
+//! [`core::Event`]s and carries out the [`core::Action`]s the core returns.
+//!
 //! One thread owns every state change. Worker pipe readers, the spool's wake FIFO and the
-//! signal handler feed it [`Event`]s over one crossbeam channel; between events it sleeps until
-//! the next scheduled job is due (at most `poll_interval_ms`). Completions are flushed in groups
-//! by a flusher thread; anything acknowledged to a user (spool writes) is flushed before the
-//! reply. Invariants:
+//! signal handler feed it over one crossbeam channel; between events it sleeps until the next
+//! scheduled job is due (at most `poll_interval_ms`). Completions are flushed in groups by a
+//! flusher thread; anything acknowledged to a user (spool writes) is flushed before the reply.
+//! Invariants:
 //! - a worker runs at most one job, and a job is sent to one worker only after the store moved
 //!   it to `processing`;
 //! - the process group of an attempt is killed before its job may run again;
 //! - the lock is released only after the last worker is gone and the store is flushed.
 
+pub mod core;
 pub mod schedule;
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
@@ -25,24 +31,20 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::Signal;
 
 use crate::datadir::{DataDir, DataDirError, Holder};
-use crate::model::{now_ms, AttemptOutput, Config, Job, Outcome};
+use crate::model::{now_ms, AttemptOutput, Config, Job};
 use crate::owner::{log_failure, Owner, OwnerError};
 use crate::spool::request::OwnerInfo;
 use crate::store::{AttemptEnd, FailOrDone, JobStore};
 use crate::worker;
-use crate::worker::process;
-use crate::worker::protocol::{self, FromWorker, ToWorker};
+use crate::worker::protocol::{self, Finished, FromWorker, ToWorker};
+use crate::worker::{kill, spawn};
+
+use self::core::{Action, Core, Event, Note, Phase};
 
 /// How long completions may wait before they are flushed.
 const GROUP_COMMIT: Duration = Duration::from_millis(10);
-/// A process group is written to the store once its job has run this long. It only matters
-/// to a later owner after a crash, and a crash sooner than this after the start would also
-/// lose the unflushed reservation (the group commit is longer), so short jobs skip the write.
-const PGID_RECORD_AFTER: Duration = Duration::from_millis(5);
 /// How long `worker start` waits for the supervisor and its workers to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// A worker that dies this many times in a row before it is ready stops the supervisor.
-const MAX_SPAWN_FAILURES: u32 = 5;
 
 /// Errors of starting, running and stopping the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +118,7 @@ pub fn start(
         "--notify-ready".into(),
     ];
     let (mut child, stdout) =
-        process::spawn_detached(&exe, &args).map_err(io_err("start the supervisor"))?;
+        spawn::spawn_detached(&exe, &args).map_err(io_err("start the supervisor"))?;
     // The child writes one line: "ready PID WORKERS" or "error MESSAGE".
     let (tx, rx) = crossbeam_channel::bounded(1);
     thread::spawn(move || {
@@ -169,7 +171,7 @@ pub fn stop(dir: &DataDir, timeout: Duration, force: bool) -> Result<String, Sup
         Holder::Free | Holder::Busy => return Ok("No supervisor is running".into()),
     };
     let signal = |pid: u32| {
-        process::signal_process(pid, Signal::SIGTERM)
+        kill::signal_process(pid, Signal::SIGTERM)
             .map_err(|source| SupervisorError::Signal { pid, source })
     };
     signal(pid)?;
@@ -219,8 +221,8 @@ enum Ready {
     Stdout,
 }
 
-/// What the event loop reacts to.
-enum Event {
+/// What the event loop's channel carries.
+enum Input {
     Worker {
         slot: usize,
         gen: u64,
@@ -234,39 +236,11 @@ enum Event {
     Signal,
 }
 
-/// How an attempt ended, as the worker reported it.
-struct AttemptRecord {
-    outcome: Outcome,
-    duration_ms: u64,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-/// One running attempt.
-struct Running {
-    job: Job,
-    pgid: Option<i32>,
-    /// When the worker reported the process group, until it is written to the store.
-    pgid_unrecorded_since: Option<Instant>,
-}
-
-/// One worker process.
+/// One worker process, as far as I/O goes (its state is the core's).
 struct Slot {
-    gen: u64,
     name: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    ready: bool,
-    running: Option<Running>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    Running,
-    /// Let running jobs finish, dispatch nothing.
-    Stopping,
-    /// Running jobs were killed and requeued.
-    Forced,
 }
 
 struct Supervisor {
@@ -277,12 +251,12 @@ struct Supervisor {
     exe: PathBuf,
     root: PathBuf,
     config: Config,
+    core: Core,
     slots: Vec<Slot>,
+    /// Actions still to carry out (kept to reuse its buffer).
+    actions: VecDeque<Action>,
     next_gen: u64,
-    tx: Sender<Event>,
-    phase: Phase,
-    signals: u32,
-    spawn_failures: u32,
+    tx: Sender<Input>,
 }
 
 /// Runs the supervisor in this process until it is stopped.
@@ -308,10 +282,10 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
     let (tx, rx) = crossbeam_channel::unbounded();
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
     owner.spool.listen(wake_tx).map_err(OwnerError::from)?;
-    forward(wake_rx, tx.clone(), || Event::Spool);
+    forward(wake_rx, tx.clone(), || Input::Spool);
     let sig_tx = tx.clone();
     if let Err(e) = ctrlc::set_handler(move || {
-        let _ = sig_tx.send(Event::Signal);
+        let _ = sig_tx.send(Input::Signal);
     }) {
         tracing::warn!("cannot handle SIGINT/SIGTERM: {e}");
     }
@@ -323,23 +297,20 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         owner,
         exe,
         config,
-        slots: Vec::new(),
+        core: Core::new(count as usize),
+        slots: (0..count)
+            .map(|_| Slot {
+                name: String::new(),
+                child: None,
+                stdin: None,
+            })
+            .collect(),
+        actions: VecDeque::new(),
         next_gen: 0,
         tx,
         dirty,
-        phase: Phase::Running,
-        signals: 0,
-        spawn_failures: 0,
     };
     for i in 0..count as usize {
-        sup.slots.push(Slot {
-            gen: 0,
-            name: String::new(),
-            child: None,
-            stdin: None,
-            ready: false,
-            running: None,
-        });
         sup.spawn(i)?;
     }
     let pid = std::process::id();
@@ -349,7 +320,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
 }
 
 /// Relays one channel into the event channel.
-fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Event>, make: fn() -> Event) {
+fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Input>, make: fn() -> Input) {
     thread::spawn(move || {
         for _ in rx {
             if tx.send(make()).is_err() {
@@ -396,11 +367,9 @@ fn start_flusher(store: Arc<dyn JobStore>) -> Flusher {
 
 impl Supervisor {
     fn info(&self) -> OwnerInfo {
-        let alive = self.slots.iter().filter(|s| s.child.is_some()).count();
-        let busy = self.slots.iter().filter(|s| s.running.is_some()).count();
         OwnerInfo {
-            workers: u32::try_from(alive).unwrap_or(u32::MAX),
-            busy_workers: u32::try_from(busy).unwrap_or(u32::MAX),
+            workers: u32::try_from(self.core.alive()).unwrap_or(u32::MAX),
+            busy_workers: u32::try_from(self.core.busy()).unwrap_or(u32::MAX),
             supervisor_pid: Some(std::process::id()),
         }
     }
@@ -418,7 +387,7 @@ impl Supervisor {
             self.root.clone().into_os_string(),
             "worker-child".into(),
         ];
-        let w = process::spawn_worker(&self.exe, &args).map_err(io_err("start a worker"))?;
+        let w = spawn::spawn_worker(&self.exe, &args).map_err(io_err("start a worker"))?;
         self.next_gen += 1;
         let gen = self.next_gen;
         let pid = w.child.id();
@@ -429,7 +398,7 @@ impl Supervisor {
             loop {
                 match protocol::read_frame::<_, FromWorker>(&mut r) {
                     Ok(Some(msg)) => {
-                        if tx.send(Event::Worker { slot: i, gen, msg }).is_err() {
+                        if tx.send(Input::Worker { slot: i, gen, msg }).is_err() {
                             return;
                         }
                     }
@@ -440,21 +409,20 @@ impl Supervisor {
                     }
                 }
             }
-            let _ = tx.send(Event::WorkerGone { slot: i, gen });
+            let _ = tx.send(Input::WorkerGone { slot: i, gen });
         });
         let slot = &mut self.slots[i];
-        slot.gen = gen;
         slot.name = format!("worker-{}:{pid}", i + 1);
         slot.child = Some(w.child);
         slot.stdin = Some(w.stdin);
-        slot.ready = false;
-        slot.running = None;
+        self.core
+            .handle(Event::Spawned { slot: i, gen }, &mut self.actions);
         Ok(())
     }
 
     fn event_loop(
         &mut self,
-        rx: &Receiver<Event>,
+        rx: &Receiver<Input>,
         count: u32,
         mut ready: Ready,
         pid: u32,
@@ -462,28 +430,29 @@ impl Supervisor {
         let started = Instant::now();
         let mut announced = false;
         loop {
-            let now = now_ms();
-            let next = self.owner.store.next_wakeup().unwrap_or(None);
-            let mut wait = if self.phase == Phase::Running {
-                schedule::sleep_for(now, next, self.config.poll_interval_ms)
+            self.apply(Event::Timer {
+                now: Instant::now(),
+            });
+            let next = if self.core.phase() == Phase::Running {
+                self.owner.store.next_wakeup().unwrap_or(None)
             } else {
-                Duration::from_millis(self.config.poll_interval_ms.max(1))
+                None
             };
-            if let Some(due) = self.record_pgids() {
-                wait = wait.min(due);
-            }
+            let wait =
+                self.core
+                    .sleep_for(now_ms(), next, self.config.poll_interval_ms, Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(ev) => {
-                    self.handle(ev);
+                Ok(input) => {
+                    self.handle(input);
                     // Take everything already waiting before dispatching.
-                    while let Ok(ev) = rx.try_recv() {
-                        self.handle(ev);
+                    while let Ok(input) = rx.try_recv() {
+                        self.handle(input);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if !announced && self.slots.iter().all(|s| s.ready) {
+            if !announced && self.core.all_ready() {
                 announced = true;
                 tracing::info!(
                     "Supervisor {pid} started with {count} worker{} (poll interval {}ms)",
@@ -499,9 +468,9 @@ impl Supervisor {
                     "workers did not start in time".into(),
                 ));
             }
-            if self.phase == Phase::Running {
+            if self.core.phase() == Phase::Running {
                 self.dispatch();
-            } else if self.slots.iter().all(|s| s.child.is_none()) {
+            } else if self.core.all_gone() {
                 break;
             }
         }
@@ -529,17 +498,124 @@ impl Supervisor {
         Ok(())
     }
 
-    fn handle(&mut self, ev: Event) {
-        match ev {
-            Event::Worker { slot, gen, msg } if self.slots[slot].gen == gen => {
-                self.on_worker_message(slot, msg)
+    fn handle(&mut self, input: Input) {
+        let ev = match input {
+            Input::Worker { slot, gen, msg } => match msg {
+                FromWorker::Ready { .. } => Event::Ready { slot, gen },
+                FromWorker::Started { job_id, pgid } => Event::Started {
+                    slot,
+                    gen,
+                    job_id,
+                    pgid,
+                    at: Instant::now(),
+                },
+                FromWorker::Finished(report) => Event::Finished { slot, gen, report },
+            },
+            Input::WorkerGone { slot, gen } => Event::Gone { slot, gen },
+            Input::Spool => return self.drain_spool(),
+            Input::Signal => Event::Signal,
+        };
+        self.apply(ev);
+    }
+
+    /// Hands `ev` to the core and carries out what it decides, including what follows from
+    /// carrying it out.
+    fn apply(&mut self, ev: Event) {
+        self.core.handle(ev, &mut self.actions);
+        while let Some(action) = self.actions.pop_front() {
+            self.perform(action);
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Run { slot, job } => {
+                let msg = ToWorker::Run(job);
+                let sent = match self.slots[slot].stdin.as_mut() {
+                    Some(stdin) => {
+                        protocol::write_frame(stdin, &msg).is_ok() && stdin.flush().is_ok()
+                    }
+                    None => false,
+                };
+                if !sent {
+                    self.slots[slot].stdin = None;
+                    self.core
+                        .handle(Event::SendFailed { slot }, &mut self.actions);
+                }
             }
-            Event::WorkerGone { slot, gen } if self.slots[slot].gen == gen => {
-                self.on_worker_gone(slot)
+            Action::Shutdown { slot } => {
+                if let Some(mut stdin) = self.slots[slot].stdin.take() {
+                    let _ = protocol::write_frame(&mut stdin, &ToWorker::Shutdown);
+                    let _ = stdin.flush();
+                }
             }
-            Event::Worker { .. } | Event::WorkerGone { .. } => {} // an old worker of the slot
-            Event::Spool => self.drain_spool(),
-            Event::Signal => self.on_signal(),
+            Action::ClosePipe { slot } => self.slots[slot].stdin = None,
+            Action::Reap { slot } => {
+                let slot = &mut self.slots[slot];
+                slot.stdin = None;
+                if let Some(mut child) = slot.child.take() {
+                    let _ = child.wait();
+                }
+            }
+            Action::KillGroup { pgid } => {
+                if let Err(e) = kill::kill_group(pgid, Signal::SIGKILL) {
+                    tracing::warn!("cannot kill process group {pgid}: {e}");
+                }
+            }
+            Action::Record {
+                slot,
+                job,
+                report,
+                reserve_next,
+            } => {
+                if let Some(next) = self.record(job, report, reserve_next.then_some(slot)) {
+                    self.core
+                        .handle(Event::Reserved { slot, job: next }, &mut self.actions);
+                }
+            }
+            Action::Release { job } => self.release(job),
+            Action::RecordPgid { slot, pgid } => {
+                if let Some(run) = self.core.running(slot) {
+                    if let Err(e) = self.owner.store.set_pgid(&run.job.id, pgid) {
+                        tracing::warn!(
+                            "cannot record the process group of job {}: {e}",
+                            run.job.id
+                        );
+                    }
+                    self.mark_dirty();
+                }
+            }
+            Action::Spawn { slot } => {
+                if let Err(e) = self.spawn(slot) {
+                    tracing::error!("cannot restart worker {}: {e}", slot + 1);
+                    self.core
+                        .handle(Event::SpawnFailed { slot }, &mut self.actions);
+                }
+            }
+            Action::Note(note) => self.note(note),
+        }
+    }
+
+    fn note(&self, note: Note) {
+        let pid = std::process::id();
+        match note {
+            Note::WorkerLost { slot, job_id } => tracing::warn!(
+                "Worker {} exited unexpectedly while running job {job_id}",
+                self.slots[slot].name
+            ),
+            Note::WorkerExited { slot } => {
+                tracing::warn!("Worker {} exited unexpectedly", self.slots[slot].name)
+            }
+            Note::KeepsDying => {
+                tracing::error!("workers keep dying before they are ready; stopping")
+            }
+            Note::Stopping { busy } => tracing::info!(
+                "Supervisor {pid} stopping: waiting for {busy} running job{} to finish",
+                if busy == 1 { "" } else { "s" }
+            ),
+            Note::Forced => {
+                tracing::warn!("Supervisor {pid} forced to stop: killing running jobs")
+            }
         }
     }
 
@@ -554,100 +630,22 @@ impl Supervisor {
         }
     }
 
-    fn on_worker_message(&mut self, i: usize, msg: FromWorker) {
-        match msg {
-            FromWorker::Ready { .. } => {
-                self.slots[i].ready = true;
-                self.spawn_failures = 0;
-                if self.phase != Phase::Running {
-                    self.shut_down_worker(i);
-                }
-            }
-            FromWorker::Started { job_id, pgid } => {
-                let Some(run) = self.slots[i].running.as_mut() else {
-                    return;
-                };
-                if run.job.id != job_id {
-                    return;
-                }
-                run.pgid = Some(pgid);
-                run.pgid_unrecorded_since = Some(Instant::now());
-            }
-            FromWorker::Finished(f) => {
-                let matches = self.slots[i]
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.job.id == f.job_id);
-                if !matches {
-                    return; // a job we already gave up on (forced stop)
-                }
-                let Some(run) = self.slots[i].running.take() else {
-                    return;
-                };
-                let end = AttemptRecord {
-                    outcome: f.outcome,
-                    duration_ms: f.duration_ms,
-                    stdout: f.stdout_tail,
-                    stderr: f.stderr_tail,
-                };
-                let next_for =
-                    (self.phase == Phase::Running && self.slots[i].stdin.is_some()).then_some(i);
-                if let Some(next) = self.record(run.job, end, next_for) {
-                    self.send_run(i, next);
-                }
-                if self.phase != Phase::Running {
-                    self.shut_down_worker(i);
-                }
-            }
-        }
-    }
-
-    /// Writes the process groups of jobs that have run for `PGID_RECORD_AFTER`; returns how
-    /// soon the next one is due, if any.
-    fn record_pgids(&mut self) -> Option<Duration> {
-        let mut next: Option<Duration> = None;
-        let mut wrote = false;
-        for slot in &mut self.slots {
-            let Some(run) = slot.running.as_mut() else {
-                continue;
-            };
-            let (Some(pgid), Some(since)) = (run.pgid, run.pgid_unrecorded_since) else {
-                continue;
-            };
-            let age = since.elapsed();
-            if age < PGID_RECORD_AFTER {
-                let left = PGID_RECORD_AFTER - age;
-                next = Some(next.map_or(left, |n| n.min(left)));
-                continue;
-            }
-            run.pgid_unrecorded_since = None;
-            if let Err(e) = self.owner.store.set_pgid(&run.job.id, pgid) {
-                tracing::warn!("cannot record the process group of job {}: {e}", run.job.id);
-            }
-            wrote = true;
-        }
-        if wrote {
-            self.mark_dirty();
-        }
-        next
-    }
-
     /// Stores the end of an attempt and logs it. With `next_for`, the next due job is
     /// reserved for that worker in the same transaction and returned.
-    fn record(&mut self, job: Job, end: AttemptRecord, next_for: Option<usize>) -> Option<Job> {
+    fn record(&mut self, job: Job, end: Finished, next_for: Option<usize>) -> Option<Job> {
         let now = now_ms();
         let store = &self.owner.store;
-        let error = schedule::last_error(&end.outcome, &end.stderr);
+        let error = schedule::last_error(&end.outcome, &end.stderr_tail);
         let success = end.outcome.is_success();
         // A successful attempt that printed nothing leaves nothing to keep.
-        if !(success && end.stdout.is_empty() && end.stderr.is_empty()) {
+        if !(success && end.stdout_tail.is_empty() && end.stderr_tail.is_empty()) {
             let output = AttemptOutput {
                 run: job.runs,
                 outcome: end.outcome,
                 finished_at: now,
                 duration_ms: end.duration_ms,
-                stdout: end.stdout,
-                stderr: end.stderr,
+                stdout: end.stdout_tail,
+                stderr: end.stderr_tail,
             };
             if let Err(e) = store.put_output(&job.id, &output) {
                 tracing::warn!("cannot store the output of job {}: {e}", job.id);
@@ -662,8 +660,7 @@ impl Supervisor {
             }
         };
         let result = match next_for {
-            // Scheduled jobs are promoted by `dispatch` on every turn of the loop, which wakes
-            // when the first of them falls due.
+            // Scheduled jobs that fell due are taken by the reserve itself.
             Some(i) => store.finish_and_reserve(&job.id, &attempt, &self.slots[i].name, now),
             None => store
                 .finish(&job.id, &attempt, now)
@@ -690,60 +687,6 @@ impl Supervisor {
         }
     }
 
-    fn on_worker_gone(&mut self, i: usize) {
-        let slot = &mut self.slots[i];
-        slot.stdin = None;
-        if let Some(mut child) = slot.child.take() {
-            let _ = child.wait();
-        }
-        let was_ready = slot.ready;
-        slot.ready = false;
-        if let Some(run) = slot.running.take() {
-            // The command may outlive its worker: kill its group before the job can run again.
-            if let Some(pgid) = run.pgid {
-                if let Err(e) = process::kill_group(pgid, Signal::SIGKILL) {
-                    tracing::warn!("cannot kill process group {pgid}: {e}");
-                }
-            }
-            if self.phase == Phase::Forced {
-                self.release(run.job);
-            } else {
-                tracing::warn!(
-                    "Worker {} exited unexpectedly while running job {}",
-                    slot.name,
-                    run.job.id
-                );
-                self.record(
-                    run.job,
-                    AttemptRecord {
-                        outcome: Outcome::WorkerLost,
-                        duration_ms: 0,
-                        stdout: Vec::new(),
-                        stderr: Vec::new(),
-                    },
-                    None,
-                );
-            }
-        } else if self.phase == Phase::Running {
-            tracing::warn!("Worker {} exited unexpectedly", self.slots[i].name);
-        }
-        if self.phase != Phase::Running {
-            return;
-        }
-        if !was_ready {
-            self.spawn_failures += 1;
-        }
-        if self.spawn_failures >= MAX_SPAWN_FAILURES {
-            tracing::error!("workers keep dying before they are ready; stopping");
-            self.begin_stop();
-            return;
-        }
-        if let Err(e) = self.spawn(i) {
-            tracing::error!("cannot restart worker {}: {e}", i + 1);
-            self.spawn_failures += 1;
-        }
-    }
-
     fn release(&self, job: Job) {
         match self.owner.store.release(&job.id, now_ms()) {
             Ok(_) => tracing::info!("Job {} returned to pending (forced stop)", job.id),
@@ -752,71 +695,13 @@ impl Supervisor {
         self.mark_dirty();
     }
 
-    fn on_signal(&mut self) {
-        self.signals += 1;
-        if self.signals == 1 {
-            self.begin_stop();
-        } else if self.phase != Phase::Forced {
-            self.force_stop();
-        }
-    }
-
-    fn begin_stop(&mut self) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        self.phase = Phase::Stopping;
-        let busy = self.slots.iter().filter(|s| s.running.is_some()).count();
-        tracing::info!(
-            "Supervisor {} stopping: waiting for {busy} running job{} to finish",
-            std::process::id(),
-            if busy == 1 { "" } else { "s" }
-        );
-        for i in 0..self.slots.len() {
-            if self.slots[i].running.is_none() {
-                self.shut_down_worker(i);
-            }
-        }
-    }
-
-    /// Kills running jobs' process groups, returns the jobs to pending, closes every worker's
-    /// pipe (a worker kills what it started when its pipe closes).
-    fn force_stop(&mut self) {
-        self.phase = Phase::Forced;
-        tracing::warn!(
-            "Supervisor {} forced to stop: killing running jobs",
-            std::process::id()
-        );
-        for i in 0..self.slots.len() {
-            if let Some(run) = self.slots[i].running.take() {
-                if let Some(pgid) = run.pgid {
-                    if let Err(e) = process::kill_group(pgid, Signal::SIGKILL) {
-                        tracing::warn!("cannot kill process group {pgid}: {e}");
-                    }
-                }
-                self.release(run.job);
-            }
-            self.slots[i].stdin = None;
-        }
-    }
-
-    /// Asks an idle worker to exit.
-    fn shut_down_worker(&mut self, i: usize) {
-        if let Some(mut stdin) = self.slots[i].stdin.take() {
-            let _ = protocol::write_frame(&mut stdin, &ToWorker::Shutdown);
-            let _ = stdin.flush();
-        }
-    }
-
     /// Gives every idle worker the next due job.
     fn dispatch(&mut self) {
         let now = now_ms();
-        for i in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            if !slot.ready || slot.running.is_some() || slot.stdin.is_none() {
-                continue;
-            }
-            let job = match self.owner.store.reserve(&slot.name, now) {
+        let mut from = 0;
+        while let Some(i) = self.core.idle_slot(from) {
+            from = i + 1;
+            let job = match self.owner.store.reserve(&self.slots[i].name, now) {
                 Ok(Some(job)) => job,
                 Ok(None) => return,
                 Err(e) => {
@@ -825,32 +710,7 @@ impl Supervisor {
                 }
             };
             self.mark_dirty();
-            self.send_run(i, job);
-        }
-    }
-
-    /// Hands a reserved job to worker `i`; if the worker is gone, the job goes back to pending
-    /// (it never started).
-    fn send_run(&mut self, i: usize, job: Job) {
-        let msg = ToWorker::Run(protocol::RunJob {
-            job_id: job.id.clone(),
-            command: job.command.clone(),
-            timeout_ms: job.timeout_ms,
-        });
-        let slot = &mut self.slots[i];
-        let sent = match slot.stdin.as_mut() {
-            Some(stdin) => protocol::write_frame(stdin, &msg).is_ok() && stdin.flush().is_ok(),
-            None => false,
-        };
-        if sent {
-            slot.running = Some(Running {
-                job,
-                pgid: None,
-                pgid_unrecorded_since: None,
-            });
-        } else {
-            slot.stdin = None;
-            self.release(job);
+            self.apply(Event::Reserved { slot: i, job });
         }
     }
 }

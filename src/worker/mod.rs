@@ -1,5 +1,5 @@
 //! The worker child's main loop: reads [`ToWorker`] frames from the supervisor, runs one job at
-//! a time through [`process::run_command`] and answers with [`FromWorker`] frames.
+//! a time through [`command::run_command`] and answers with [`FromWorker`] frames.
 //!
 //! Invariants:
 //! - `Ready` is the first frame sent; every job gets `Started` and then `Finished`, in order,
@@ -9,12 +9,16 @@
 //! - with a lock file, a shared lock on it is held for the worker's whole life, so whoever takes
 //!   it exclusively knows every worker of the previous supervisor is gone.
 
-pub mod process;
+pub mod collect;
+pub mod command;
+pub mod kill;
 pub mod protocol;
+pub mod spawn;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -142,7 +146,7 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
         timeout_ms,
     } = job;
     let mut start_failed = None;
-    let result = process::run_command(
+    let result = command::run_command(
         &command,
         timeout_ms.map(Duration::from_millis),
         ended,
@@ -153,7 +157,7 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
             };
             if let Err(e) = send(output, &started) {
                 // Nobody would learn how the job ends: stop it now.
-                if let Err(kill) = process::kill_group(pgid, Signal::SIGKILL) {
+                if let Err(kill) = kill::kill_group(pgid, Signal::SIGKILL) {
                     tracing::warn!(pgid, error = %kill, "could not kill an unreported job");
                 }
                 start_failed = Some(e);
@@ -186,6 +190,17 @@ fn send<W: Write>(output: &mut W, msg: &FromWorker) -> Result<(), ProtocolError>
     protocol::write_frame(output, msg)?;
     output.flush()?;
     Ok(())
+}
+
+/// Milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Locks `m`, also after a panic elsewhere (the data stays consistent: no lock is held across
+/// a step that may panic).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
-//! Every child process queuectl starts: a job's shell ([`run_command`]), a worker
-//! ([`spawn_worker`]) and the detached supervisor daemon ([`spawn_detached`]), plus signalling a
-//! job's process group ([`kill_group`]). This is the only module that builds a
-//! [`std::process::Command`].
+//! One attempt of a job: [`run_command`] starts `sh -c COMMAND` in a process group of its own
+//! (through [`spawn`](super::spawn)), hands its output to a collector ([`collect`](super::collect)),
+//! registers it for cancellation ([`kill`](super::kill)), waits for the shell and reaps it.
 //!
 //! Invariants of [`run_command`]:
 //! - the shell runs in a new process group whose id is the shell's pid, and nothing of that group
@@ -15,47 +14,28 @@
 //!   starting a thread costs more than everything else here) reads both pipes with `poll(2)`,
 //!   whose timeout is the job's deadline; a cancel receiver is watched by one thread shared by
 //!   every call, which only wakes when a receiver it did not watch yet is registered;
-//! - only the last [`TAIL_BYTES`] of each output stream are kept, in buffers that grow only as
-//!   output arrives.
+//! - only the last [`TAIL_BYTES`](super::collect::TAIL_BYTES) of each output stream are kept,
+//!   in buffers that grow only as output arrives.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, ErrorKind, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::panic::{self, AssertUnwindSafe};
-use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::thread;
+use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::Receiver;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use nix::unistd::{getpgrp, pipe2, setsid, Pid};
+use nix::unistd::{pipe2, Pid};
 
+use super::collect::{start_collector, Capture, Collect, Collected, Handover};
+use super::kill::{watch_cancel, Target};
+use super::millis;
+use super::spawn::{spawn_shell, SHELL};
 use crate::model::Outcome;
-
-/// Bytes kept from the end of each of a job's stdout and stderr.
-pub const TAIL_BYTES: usize = 64 * 1024;
-
-/// The shell that runs job commands.
-const SHELL: &str = "/bin/sh";
-
-/// Bytes read from an output pipe at a time (a stack buffer).
-const READ_CHUNK: usize = 16 * 1024;
-
-/// After the shell exits, at most this many reads per pipe collect what is still buffered, so
-/// that an escaped process writing without pause cannot keep us reading.
-const MAX_DRAIN_READS: usize = 64;
-
-/// Stack of a collector thread.
-const COLLECTOR_STACK: usize = 256 * 1024;
 
 /// A child process could not be started or handled.
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +82,7 @@ pub fn run_command(
     on_start: impl FnOnce(i32),
 ) -> CommandResult {
     let started = Instant::now();
-    // No `pre_exec` here, so std can use posix_spawn (vfork-like), much cheaper than fork.
-    let spawned = Command::new(SHELL)
-        .arg("-c")
-        .arg(command)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let spawned = spawn_shell(command);
     let child = match spawned {
         Ok(child) => child,
         Err(cause) => return CommandResult::failed(ProcessError::Spawn { cause }, started),
@@ -136,123 +108,6 @@ impl CommandResult {
     }
 }
 
-/// Sends `signal` to every process in group `pgid`. A group that no longer exists is not an
-/// error; group ids <= 1 and our own group are refused.
-pub fn kill_group(pgid: i32, signal: Signal) -> io::Result<()> {
-    if pgid <= 1 {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            ProcessError::InvalidGroup(pgid),
-        ));
-    }
-    let group = Pid::from_raw(pgid);
-    if group == getpgrp() {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            ProcessError::OwnGroup(pgid),
-        ));
-    }
-    match killpg(group, signal) {
-        Ok(()) | Err(Errno::ESRCH) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Sends `signal` to one process (not a group). A process that is already gone is not an error.
-pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
-    let pid = i32::try_from(pid)
-        .ok()
-        .filter(|p| *p > 1)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))?;
-    match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
-        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-        Err(e) => Err(io::Error::from(e)),
-    }
-}
-
-/// A worker process and the two pipes the supervisor talks to it over.
-#[derive(Debug)]
-pub struct WorkerChild {
-    pub child: Child,
-    pub stdin: ChildStdin,
-    pub stdout: ChildStdout,
-}
-
-/// Starts a worker: `exe args...` with stdin and stdout piped and stderr inherited, in a process
-/// group of its own so that a Ctrl-C meant for a foreground supervisor (which stops gracefully)
-/// does not kill the workers under their running jobs.
-pub fn spawn_worker(exe: &Path, args: &[OsString]) -> io::Result<WorkerChild> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    match (child.stdin.take(), child.stdout.take()) {
-        (Some(stdin), Some(stdout)) => Ok(WorkerChild {
-            child,
-            stdin,
-            stdout,
-        }),
-        (None, _) => Err(abandon_unpiped(child, "stdin")),
-        (_, None) => Err(abandon_unpiped(child, "stdout")),
-    }
-}
-
-/// Starts a daemon: `exe args...` in a new session, stdin and stderr on `/dev/null`, stdout piped
-/// back to the caller (for a readiness line).
-pub fn spawn_detached(exe: &Path, args: &[OsString]) -> io::Result<(Child, ChildStdout)> {
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: the closure runs in the child between fork and exec. It only calls setsid(2), which
-    // is async-signal-safe, and builds an `io::Error` from a raw errno, which does not allocate.
-    unsafe {
-        cmd.pre_exec(|| setsid().map(drop).map_err(io::Error::from));
-    }
-    let mut child = cmd.spawn()?;
-    match child.stdout.take() {
-        Some(stdout) => Ok((child, stdout)),
-        None => Err(abandon_unpiped(child, "stdout")),
-    }
-}
-
-/// Kills and reaps a child whose pipe is missing (cannot happen with the `Stdio` set above).
-fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
-    let pid = child.id();
-    let _ = child.kill();
-    let _ = child.wait();
-    io::Error::other(ProcessError::NotPiped { pipe, pid })
-}
-
-/// A job's process group, for everyone who may kill it: `Some` from the spawn until
-/// [`Job::finish`] disarms it, which happens before the shell is reaped. Killing under this lock
-/// therefore never hits a group id that was reused.
-struct Target {
-    pgid: Mutex<Option<i32>>,
-}
-
-impl Target {
-    fn kill(&self, why: &'static str) {
-        if let Some(pgid) = *lock(&self.pgid) {
-            if let Err(e) = kill_group(pgid, Signal::SIGKILL) {
-                tracing::warn!(pgid, error = %e, "could not kill a job ({why})");
-            }
-        }
-    }
-
-    fn disarm(&self) {
-        lock(&self.pgid).take();
-    }
-
-    fn is_armed(&self) -> bool {
-        lock(&self.pgid).is_some()
-    }
-}
-
 /// A spawned shell supervised by [`run_command`].
 struct Job {
     child: Child,
@@ -260,7 +115,7 @@ struct Job {
     target: Arc<Target>,
     /// Write end of the collector's stop pipe: closing it tells the collector the shell is gone.
     stop: Option<OwnedFd>,
-    collected: Arc<Slot<Collected>>,
+    collected: Arc<Handover<Collected>>,
     finished: bool,
 }
 
@@ -284,9 +139,7 @@ impl Job {
                 return Err(fail("use the pid", ErrorKind::InvalidData.into()));
             }
         };
-        let target = Arc::new(Target {
-            pgid: Mutex::new(Some(pgid)),
-        });
+        let target = Arc::new(Target::new(pgid));
         let prepared = (|| {
             let out = Capture::new(child.stdout.take().map(OwnedFd::from))
                 .map_err(|e| fail("prepare stdout", e))?;
@@ -295,7 +148,7 @@ impl Job {
             let (stop_rx, stop) =
                 pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("create a pipe", e.into()))?;
             watch_cancel(cancel, &target).map_err(|e| fail("watch for cancellation", e))?;
-            let collected = Arc::new(Slot::default());
+            let collected = Arc::new(Handover::default());
             let work = Collect {
                 out,
                 err,
@@ -383,401 +236,19 @@ fn outcome_of(status: ExitStatus, timed_out_after: Option<u64>) -> Outcome {
     }
 }
 
-/// What a collector does for one job: read both pipes until they close and no deadline is
-/// pending, or until told the shell is gone; kill the group at the deadline.
-struct Collect {
-    out: Capture,
-    err: Capture,
-    /// Hangs up when [`Job::finish`] has seen the shell exit.
-    stop: OwnedFd,
-    deadline: Option<Instant>,
-    started: Instant,
-    target: Arc<Target>,
-    reply: Arc<Slot<Collected>>,
-}
-
-/// What a collector hands back.
-#[derive(Default)]
-struct Collected {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    /// Milliseconds from the spawn to the timeout kill, if there was one.
-    timed_out_after: Option<u64>,
-}
-
-impl Collect {
-    fn run(mut self) -> Collected {
-        let mut buf = [0u8; READ_CHUNK];
-        let mut deadline = self.deadline;
-        let mut timed_out_after = None;
-        // Once both pipes are closed only a deadline is left to keep; without one the shell's
-        // exit is Job::finish's business alone.
-        while self.out.is_open() || self.err.is_open() || deadline.is_some() {
-            let wait = deadline.map_or(PollTimeout::NONE, poll_timeout_until);
-            let fds = [self.out.fd(), self.err.fd(), Some(self.stop.as_fd())];
-            match wait_readable(fds, wait) {
-                Ok([out, err, stop]) => {
-                    if out {
-                        self.out.read_once(&mut buf);
-                    }
-                    if err {
-                        self.err.read_once(&mut buf);
-                    }
-                    if stop {
-                        break;
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    // Cannot happen with valid descriptors; never leave a job unsupervised.
-                    tracing::warn!(error = %e, "poll failed; killing the job");
-                    self.target.kill("poll failed");
-                    break;
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                deadline = None;
-                timed_out_after = Some(millis(self.started.elapsed()));
-                self.target.kill("timed out");
-            }
-        }
-        // Only what is already in the pipes: a process outside the group may hold them open.
-        self.out.drain(&mut buf);
-        self.err.drain(&mut buf);
-        Collected {
-            stdout: self.out.tail.into_vec(),
-            stderr: self.err.tail.into_vec(),
-            timed_out_after,
-        }
-    }
-}
-
-/// Collector threads with nothing to do, as the slots that hand them a job.
-static IDLE_COLLECTORS: Mutex<Vec<Arc<Slot<Collect>>>> = Mutex::new(Vec::new());
-
-/// Hands `work` to an idle collector thread, or to a new one.
-fn start_collector(work: Collect) -> io::Result<()> {
-    let idle = lock(&IDLE_COLLECTORS).pop();
-    if let Some(slot) = idle {
-        slot.put(work);
-        return Ok(());
-    }
-    let slot = Arc::new(Slot::default());
-    slot.put(work);
-    let mine = Arc::clone(&slot);
-    thread::Builder::new()
-        .name("queuectl-collect".into())
-        .stack_size(COLLECTOR_STACK)
-        .spawn(move || collector(mine))?;
-    Ok(())
-}
-
-/// A pooled collector thread: one job at a time, forever.
-fn collector(slot: Arc<Slot<Collect>>) {
-    loop {
-        let work = slot.take();
-        let reply = Arc::clone(&work.reply);
-        // `run` does not panic; if it ever did, the job still gets an answer.
-        let collected = panic::catch_unwind(AssertUnwindSafe(|| work.run())).unwrap_or_default();
-        // Back to the pool before replying, so a caller running jobs one after the other finds
-        // this thread idle; work handed over early just waits in the slot.
-        lock(&IDLE_COLLECTORS).push(Arc::clone(&slot));
-        reply.put(collected);
-    }
-}
-
-/// A one-value hand-over between two threads. A mutex and a condition variable rather than a
-/// channel: crossbeam's blocking receive yields the CPU a few times before sleeping, which on a
-/// busy machine costs context switches on every job.
-struct Slot<T> {
-    value: Mutex<Option<T>>,
-    filled: Condvar,
-}
-
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Slot {
-            value: Mutex::new(None),
-            filled: Condvar::new(),
-        }
-    }
-}
-
-impl<T> Slot<T> {
-    fn put(&self, value: T) {
-        *lock(&self.value) = Some(value);
-        self.filled.notify_one();
-    }
-
-    fn take(&self) -> T {
-        let mut value = lock(&self.value);
-        loop {
-            if let Some(v) = value.take() {
-                return v;
-            }
-            value = self
-                .filled
-                .wait(value)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-/// Waits until one of the present descriptors is readable or hung up, or the timeout passes.
-fn wait_readable(fds: [Option<BorrowedFd<'_>>; 3], timeout: PollTimeout) -> nix::Result<[bool; 3]> {
-    let Some(first) = fds.iter().flatten().next().copied() else {
-        return Ok([false; 3]);
-    };
-    let mut polled: [PollFd<'_>; 3] =
-        std::array::from_fn(|_| PollFd::new(first, PollFlags::POLLIN));
-    let mut slot_of = [0usize; 3];
-    let mut n = 0;
-    for (slot, fd) in fds.iter().enumerate() {
-        if let Some(fd) = fd {
-            polled[n] = PollFd::new(*fd, PollFlags::POLLIN);
-            slot_of[n] = slot;
-            n += 1;
-        }
-    }
-    poll(&mut polled[..n], timeout)?;
-    let mut ready = [false; 3];
-    for (pfd, &slot) in polled[..n].iter().zip(&slot_of) {
-        // Unknown event bits: let the read find out.
-        ready[slot] = pfd.any().unwrap_or(true);
-    }
-    Ok(ready)
-}
-
-/// Poll timeout until `deadline`, rounded up so that we never wake before it.
-fn poll_timeout_until(deadline: Instant) -> PollTimeout {
-    let left = deadline.saturating_duration_since(Instant::now());
-    PollTimeout::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One output pipe of the shell (non-blocking) and the tail of what came through it.
-struct Capture {
-    /// `None` once the pipe reached end of file (or failed).
-    pipe: Option<File>,
-    tail: Tail,
-}
-
-impl Capture {
-    fn new(pipe: Option<OwnedFd>) -> io::Result<Capture> {
-        let pipe = pipe.map(File::from);
-        if let Some(file) = &pipe {
-            fcntl(file, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        }
-        Ok(Capture {
-            pipe,
-            tail: Tail::default(),
-        })
-    }
-
-    fn is_open(&self) -> bool {
-        self.pipe.is_some()
-    }
-
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.pipe.as_ref().map(|f| f.as_fd())
-    }
-
-    /// Reads once; returns whether it is worth reading again right away.
-    fn read_once(&mut self, buf: &mut [u8]) -> bool {
-        let Some(pipe) = &mut self.pipe else {
-            return false;
-        };
-        match pipe.read(buf) {
-            Ok(0) => {
-                self.pipe = None;
-                false
-            }
-            Ok(n) => {
-                self.tail.push(&buf[..n]);
-                true
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read a job's output");
-                self.pipe = None;
-                false
-            }
-        }
-    }
-
-    /// Reads what is already buffered in the pipe, without waiting for more.
-    fn drain(&mut self, buf: &mut [u8]) {
-        for _ in 0..MAX_DRAIN_READS {
-            if !self.read_once(buf) {
-                break;
-            }
-        }
-    }
-}
-
-/// The last [`TAIL_BYTES`] of a byte stream.
-#[derive(Default)]
-struct Tail(VecDeque<u8>);
-
-impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
-        let bytes = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
-        let excess = (self.0.len() + bytes.len()).saturating_sub(TAIL_BYTES);
-        self.0.drain(..excess);
-        self.0.extend(bytes);
-    }
-
-    fn into_vec(self) -> Vec<u8> {
-        self.0.into()
-    }
-}
-
-/// One cancel receiver and the jobs it cancels.
-struct Watched {
-    cancel: Receiver<()>,
-    jobs: Vec<Weak<Target>>,
-    /// A message is pending while no job runs: left out of the watcher's select (it would be
-    /// ready at once, forever) until a job registers.
-    parked: bool,
-}
-
-/// The receivers the cancel watcher thread selects on, and how to wake it.
-struct Watchers {
-    watched: Vec<Watched>,
-    wake: Option<Sender<()>>,
-}
-
-static WATCHERS: Mutex<Watchers> = Mutex::new(Watchers {
-    watched: Vec::new(),
-    wake: None,
-});
-
-/// Has the cancel watcher kill `target`'s group when `cancel` delivers or disconnects while the
-/// job runs. A receiver already watched costs no wake-up; the thread starts on first use.
-fn watch_cancel(cancel: &Receiver<()>, target: &Arc<Target>) -> io::Result<()> {
-    let job = Arc::downgrade(target);
-    let mut watchers = lock(&WATCHERS);
-    let wake_needed = match watchers
-        .watched
-        .iter_mut()
-        .find(|w| w.cancel.same_channel(cancel))
-    {
-        Some(w) => {
-            w.jobs.retain(|j| j.strong_count() > 0);
-            w.jobs.push(job);
-            std::mem::take(&mut w.parked)
-        }
-        None => {
-            // Forget receivers without jobs, so that one-off receivers do not pile up.
-            watchers
-                .watched
-                .retain(|w| w.jobs.iter().any(|j| j.strong_count() > 0));
-            watchers.watched.push(Watched {
-                cancel: cancel.clone(),
-                jobs: vec![job],
-                parked: false,
-            });
-            true
-        }
-    };
-    if !wake_needed {
-        return Ok(());
-    }
-    if let Some(wake) = &watchers.wake {
-        match wake.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) => return Ok(()),
-            // The watcher thread is gone (it cannot panic, but be safe): start another.
-            Err(TrySendError::Disconnected(())) => {}
-        }
-    }
-    let (wake, woken) = crossbeam_channel::bounded(1);
-    thread::Builder::new()
-        .name("queuectl-cancel".into())
-        .spawn(move || cancel_watcher(woken))?;
-    watchers.wake = Some(wake);
-    Ok(())
-}
-
-/// The cancel watcher thread: blocks until a watched receiver is ready or it is woken to
-/// select on a new set.
-fn cancel_watcher(woken: Receiver<()>) {
-    loop {
-        let receivers: Vec<Receiver<()>> = lock(&WATCHERS)
-            .watched
-            .iter()
-            .filter(|w| !w.parked)
-            .map(|w| w.cancel.clone())
-            .collect();
-        let ready = {
-            let mut select = Select::new();
-            select.recv(&woken);
-            for r in &receivers {
-                select.recv(r);
-            }
-            select.ready()
-        };
-        if ready == 0 {
-            if woken.try_recv() == Err(TryRecvError::Disconnected) {
-                return;
-            }
-        } else {
-            cancel_jobs(&receivers[ready - 1]);
-        }
-    }
-}
-
-/// Acts on a receiver that looks ready: a message kills one running job (the oldest), a
-/// disconnection kills them all.
-fn cancel_jobs(cancel: &Receiver<()>) {
-    let mut watchers = lock(&WATCHERS);
-    let Some(pos) = watchers
-        .watched
-        .iter()
-        .position(|w| w.cancel.same_channel(cancel))
-    else {
-        return; // forgotten since the select began
-    };
-    let w = &mut watchers.watched[pos];
-    w.jobs.retain(|j| j.upgrade().is_some_and(|t| t.is_armed()));
-    if w.jobs.is_empty() {
-        // Nothing to cancel: keep a pending message for the next job, but stop selecting on it.
-        if cancel.is_empty() {
-            watchers.watched.swap_remove(pos); // disconnected
-        } else {
-            w.parked = true;
-        }
-        return;
-    }
-    match cancel.try_recv() {
-        Err(TryRecvError::Empty) => {} // a spurious wake-up
-        Ok(()) => {
-            if let Some(target) = w.jobs.remove(0).upgrade() {
-                target.kill("cancelled");
-            }
-        }
-        Err(TryRecvError::Disconnected) => {
-            for target in w.jobs.drain(..).filter_map(|j| j.upgrade()) {
-                target.kill("cancelled");
-            }
-            watchers.watched.swap_remove(pos);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::collect::TAIL_BYTES;
+    use crate::worker::kill::kill_group;
+    use crate::worker::spawn::SHELL;
     use crossbeam_channel::{bounded, never};
-    use std::io::{BufRead, BufReader, Write};
+    use nix::unistd::getpgrp;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
     use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::thread;
 
     const PROMPT: Duration = Duration::from_secs(5);
 
@@ -893,23 +364,6 @@ mod tests {
         assert_eq!(r.stdout_tail, expect(1, 40000));
         assert!(r.stdout_tail.ends_with(b"\n39999\n40000\n"));
         assert_eq!(r.stderr_tail, expect(50000, 90000));
-    }
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut t = Tail::default();
-        t.push(&[1; 10]);
-        t.push(&vec![2; TAIL_BYTES - 5]);
-        t.push(&[3; 2]);
-        let v = t.into_vec();
-        assert_eq!(v.len(), TAIL_BYTES);
-        assert_eq!(&v[..3], &[1, 1, 1]);
-        assert_eq!(&v[TAIL_BYTES - 3..], &[2, 3, 3]);
-        let mut t = Tail::default();
-        let big: Vec<u8> = (0..TAIL_BYTES * 2).map(|i| i as u8).collect();
-        t.push(b"old");
-        t.push(&big);
-        assert_eq!(t.into_vec(), big[TAIL_BYTES..].to_vec());
     }
 
     #[test]
@@ -1186,42 +640,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn worker_child_is_piped() {
-        let mut w = spawn_worker(Path::new("/bin/cat"), &[]).unwrap();
-        w.stdin.write_all(b"ping\n").unwrap();
-        drop(w.stdin);
-        let mut echoed = String::new();
-        BufReader::new(w.stdout).read_line(&mut echoed).unwrap();
-        assert_eq!(echoed, "ping\n");
-        assert!(w.child.wait().unwrap().success());
-    }
-
-    #[test]
-    fn detached_child_leads_a_new_session() {
-        let script = "read -r stat < /proc/self/stat; echo \"$stat\"";
-        let args = ["-c".into(), script.into()];
-        let (mut child, stdout) = spawn_detached(Path::new("/bin/sh"), &args).unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert!(child.wait().unwrap().success());
-        let fields: Vec<&str> = line
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // state ppid pgrp session
-        let pid = child.id().to_string();
-        assert_eq!(fields.get(2), Some(&pid.as_str()), "{line}");
-        assert_eq!(fields.get(3), Some(&pid.as_str()), "{line}");
-    }
-
-    #[test]
-    fn missing_executables_are_errors() {
-        let nowhere = Path::new("/nonexistent/queuectl");
-        assert!(spawn_worker(nowhere, &[]).is_err());
-        assert!(spawn_detached(nowhere, &[]).is_err());
-    }
-
     fn median(mut v: Vec<Duration>) -> Duration {
         v.sort();
         v[v.len() / 2]
@@ -1250,7 +668,7 @@ mod tests {
 
     /// Per-job cost of run_command against a bare spawn-and-wait of the same shell, one job at a
     /// time (median) and four threads at a time (total). Run with
-    /// `cargo test --release --lib -- process::tests::per_job_cost --ignored --nocapture`.
+    /// `cargo test --release --lib -- worker::command::tests::per_job_cost --ignored --nocapture`.
     #[test]
     #[ignore = "measurement, not a check"]
     fn per_job_cost() {

@@ -1,0 +1,874 @@
+//! The supervisor's decisions, without I/O: which worker gets a job, what the end of an attempt,
+//! a worker's death, a timer or a stop signal leads to. [`Core::handle`] takes one [`Event`] and
+//! appends the [`Action`]s the shell (`supervisor/mod.rs`) must carry out; the shell reports
+//! back what it learns by carrying them out (a reserved job, a failed send) as further events.
+//! No clock is read here: times come in with the events.
+//!
+//! Invariants (each has a unit test below):
+//! - a worker is sent a job only when it is ready, idle and its pipe is open, and only one;
+//! - a job taken from a worker (its death, a forced stop) has its process group killed before
+//!   it is recorded or released, so it can never run twice at once;
+//! - after a stop began nothing is dispatched, and every idle worker is asked to exit;
+//! - events of an earlier worker of the same slot (an older generation) change nothing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::model::{Job, Millis, Outcome};
+use crate::worker::protocol::{Finished, RunJob};
+
+use super::schedule;
+
+/// A process group is written to the store once its job has run this long. It only matters
+/// to a later owner after a crash, and a crash sooner than this after the start would also
+/// lose the unflushed reservation (the group commit is longer), so short jobs skip the write.
+pub const PGID_RECORD_AFTER: Duration = Duration::from_millis(5);
+/// A worker that dies this many times in a row before it is ready stops the supervisor.
+pub const MAX_SPAWN_FAILURES: u32 = 5;
+
+/// Where the supervisor is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    Running,
+    /// Let running jobs finish, dispatch nothing.
+    Stopping,
+    /// Running jobs were killed and requeued.
+    Forced,
+}
+
+/// What happened. `slot` is a worker's index; `gen` tells its successive processes apart.
+#[derive(Debug)]
+pub enum Event {
+    /// The shell started a worker process for the slot.
+    Spawned { slot: usize, gen: u64 },
+    /// The shell could not restart the slot's worker.
+    SpawnFailed { slot: usize },
+    /// The worker said it is ready for jobs.
+    Ready { slot: usize, gen: u64 },
+    /// The worker started a job's shell in process group `pgid`.
+    Started {
+        slot: usize,
+        gen: u64,
+        job_id: String,
+        pgid: i32,
+        at: Instant,
+    },
+    /// The worker reported the end of an attempt.
+    Finished {
+        slot: usize,
+        gen: u64,
+        report: Finished,
+    },
+    /// The worker's output ended: the process is gone.
+    Gone { slot: usize, gen: u64 },
+    /// The store reserved `job` for the slot's worker.
+    Reserved { slot: usize, job: Job },
+    /// A job could not be sent to the slot's worker (its pipe broke).
+    SendFailed { slot: usize },
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// Time passed (one turn of the event loop).
+    Timer { now: Instant },
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send the attempt to the slot's worker; on failure report [`Event::SendFailed`].
+    Run { slot: usize, job: RunJob },
+    /// Ask the slot's worker to exit once idle, and close its pipe.
+    Shutdown { slot: usize },
+    /// Close the slot's pipe without a word (a worker kills its job when the pipe closes).
+    ClosePipe { slot: usize },
+    /// Wait for the slot's exited worker process.
+    Reap { slot: usize },
+    /// SIGKILL a job's process group.
+    KillGroup { pgid: i32 },
+    /// Store the end of the attempt; with `reserve_next`, reserve the slot's next job in the
+    /// same transaction and report it as [`Event::Reserved`].
+    Record {
+        slot: usize,
+        job: Job,
+        report: Finished,
+        reserve_next: bool,
+    },
+    /// Return a job that is not running (any more) to pending, without counting an attempt.
+    Release { job: Job },
+    /// Write the process group of the slot's running job to the store.
+    RecordPgid { slot: usize, pgid: i32 },
+    /// Start a new worker process for the slot; report [`Event::Spawned`] or
+    /// [`Event::SpawnFailed`].
+    Spawn { slot: usize },
+    /// Tell the log.
+    Note(Note),
+}
+
+/// Things worth a log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A worker died while running a job.
+    WorkerLost { slot: usize, job_id: String },
+    /// An idle worker died.
+    WorkerExited { slot: usize },
+    /// Workers keep dying before they are ready: the supervisor stops.
+    KeepsDying,
+    /// A graceful stop began with `busy` jobs running.
+    Stopping { busy: usize },
+    /// A forced stop began.
+    Forced,
+}
+
+/// The attempt a worker is running.
+#[derive(Debug)]
+pub struct Running {
+    pub job: Job,
+    pub pgid: Option<i32>,
+    /// When the worker reported the process group, until it is written to the store.
+    pgid_unrecorded_since: Option<Instant>,
+}
+
+/// What the core knows of one worker.
+#[derive(Debug, Default)]
+struct SlotState {
+    gen: u64,
+    /// A process exists (spawned, not yet seen gone).
+    alive: bool,
+    /// Its pipe is open: it may be sent frames.
+    pipe: bool,
+    ready: bool,
+    running: Option<Running>,
+}
+
+/// The state of the supervisor's workers and its stop, and the rules that change it.
+#[derive(Debug)]
+pub struct Core {
+    slots: Vec<SlotState>,
+    phase: Phase,
+    signals: u32,
+    spawn_failures: u32,
+}
+
+impl Core {
+    /// `workers` slots, none of them spawned yet.
+    pub fn new(workers: usize) -> Core {
+        Core {
+            slots: (0..workers).map(|_| SlotState::default()).collect(),
+            phase: Phase::Running,
+            signals: 0,
+            spawn_failures: 0,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Every worker has said it is ready.
+    pub fn all_ready(&self) -> bool {
+        self.slots.iter().all(|s| s.ready)
+    }
+
+    /// No worker process is left.
+    pub fn all_gone(&self) -> bool {
+        self.slots.iter().all(|s| !s.alive)
+    }
+
+    /// Worker processes alive.
+    pub fn alive(&self) -> usize {
+        self.slots.iter().filter(|s| s.alive).count()
+    }
+
+    /// Workers running a job.
+    pub fn busy(&self) -> usize {
+        self.slots.iter().filter(|s| s.running.is_some()).count()
+    }
+
+    /// The job the slot's worker runs.
+    pub fn running(&self, slot: usize) -> Option<&Running> {
+        self.slots[slot].running.as_ref()
+    }
+
+    /// The first slot from `from` on whose worker may be given a job now (none once a stop
+    /// began).
+    pub fn idle_slot(&self, from: usize) -> Option<usize> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        (from..self.slots.len()).find(|&i| {
+            let s = &self.slots[i];
+            s.ready && s.running.is_none() && s.pipe
+        })
+    }
+
+    /// How long the event loop may sleep: until the next scheduled job is due (not once a stop
+    /// began) or the next process group is to be written, and never longer than the poll
+    /// interval.
+    pub fn sleep_for(
+        &self,
+        now_ms: Millis,
+        next_scheduled: Option<Millis>,
+        poll_interval_ms: u64,
+        now: Instant,
+    ) -> Duration {
+        let next = if self.phase == Phase::Running {
+            next_scheduled
+        } else {
+            None
+        };
+        let wait = schedule::sleep_for(now_ms, next, poll_interval_ms);
+        match self.pgid_due_in(now) {
+            Some(due) => wait.min(due),
+            None => wait,
+        }
+    }
+
+    /// How soon a process group not yet written falls due, if any.
+    fn pgid_due_in(&self, now: Instant) -> Option<Duration> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .filter(|r| r.pgid.is_some())
+            .filter_map(|r| r.pgid_unrecorded_since)
+            .map(|since| PGID_RECORD_AFTER.saturating_sub(now.saturating_duration_since(since)))
+            .min()
+    }
+
+    /// Applies one event; appends what the shell must do to `out`.
+    pub fn handle(&mut self, ev: Event, out: &mut VecDeque<Action>) {
+        match ev {
+            Event::Spawned { slot, gen } => {
+                self.slots[slot] = SlotState {
+                    gen,
+                    alive: true,
+                    pipe: true,
+                    ready: false,
+                    running: None,
+                };
+            }
+            Event::SpawnFailed { .. } => self.spawn_failures += 1,
+            Event::Ready { slot, gen } if self.current(slot, gen) => {
+                self.slots[slot].ready = true;
+                self.spawn_failures = 0;
+                if self.phase != Phase::Running {
+                    self.shut_down(slot, out);
+                }
+            }
+            Event::Started {
+                slot,
+                gen,
+                job_id,
+                pgid,
+                at,
+            } if self.current(slot, gen) => {
+                if let Some(run) = self.slots[slot].running.as_mut() {
+                    if run.job.id == job_id {
+                        run.pgid = Some(pgid);
+                        run.pgid_unrecorded_since = Some(at);
+                    }
+                }
+            }
+            Event::Finished { slot, gen, report } if self.current(slot, gen) => {
+                self.finished(slot, report, out)
+            }
+            Event::Gone { slot, gen } if self.current(slot, gen) => self.gone(slot, out),
+            // An earlier worker of the slot.
+            Event::Ready { .. }
+            | Event::Started { .. }
+            | Event::Finished { .. }
+            | Event::Gone { .. } => {}
+            Event::Reserved { slot, job } => self.assign(slot, job, out),
+            Event::SendFailed { slot } => {
+                let s = &mut self.slots[slot];
+                s.pipe = false;
+                if let Some(run) = s.running.take() {
+                    out.push_back(Action::Release { job: run.job });
+                }
+            }
+            Event::Signal => {
+                self.signals += 1;
+                if self.signals == 1 {
+                    self.begin_stop(out);
+                } else if self.phase != Phase::Forced {
+                    self.force_stop(out);
+                }
+            }
+            Event::Timer { now } => {
+                for (slot, s) in self.slots.iter_mut().enumerate() {
+                    let Some(run) = s.running.as_mut() else {
+                        continue;
+                    };
+                    let (Some(pgid), Some(since)) = (run.pgid, run.pgid_unrecorded_since) else {
+                        continue;
+                    };
+                    if now.saturating_duration_since(since) >= PGID_RECORD_AFTER {
+                        run.pgid_unrecorded_since = None;
+                        out.push_back(Action::RecordPgid { slot, pgid });
+                    }
+                }
+            }
+        }
+    }
+
+    fn current(&self, slot: usize, gen: u64) -> bool {
+        self.slots[slot].gen == gen
+    }
+
+    /// Hands a reserved job to the slot's worker, or back if the worker cannot take it.
+    fn assign(&mut self, slot: usize, job: Job, out: &mut VecDeque<Action>) {
+        let s = &mut self.slots[slot];
+        if !s.pipe || s.running.is_some() {
+            out.push_back(Action::Release { job });
+            return;
+        }
+        let run = RunJob {
+            job_id: job.id.clone(),
+            command: job.command.clone(),
+            timeout_ms: job.timeout_ms,
+        };
+        s.running = Some(Running {
+            job,
+            pgid: None,
+            pgid_unrecorded_since: None,
+        });
+        out.push_back(Action::Run { slot, job: run });
+    }
+
+    fn finished(&mut self, slot: usize, report: Finished, out: &mut VecDeque<Action>) {
+        let s = &mut self.slots[slot];
+        if !s
+            .running
+            .as_ref()
+            .is_some_and(|r| r.job.id == report.job_id)
+        {
+            return; // a job we already gave up on (forced stop)
+        }
+        let Some(run) = s.running.take() else {
+            return;
+        };
+        let reserve_next = self.phase == Phase::Running && s.pipe;
+        out.push_back(Action::Record {
+            slot,
+            job: run.job,
+            report,
+            reserve_next,
+        });
+        if self.phase != Phase::Running {
+            self.shut_down(slot, out);
+        }
+    }
+
+    fn gone(&mut self, slot: usize, out: &mut VecDeque<Action>) {
+        let s = &mut self.slots[slot];
+        s.pipe = false;
+        s.alive = false;
+        out.push_back(Action::Reap { slot });
+        let was_ready = std::mem::take(&mut s.ready);
+        if let Some(run) = s.running.take() {
+            // The command may outlive its worker: kill its group before the job can run again.
+            if let Some(pgid) = run.pgid {
+                out.push_back(Action::KillGroup { pgid });
+            }
+            if self.phase == Phase::Forced {
+                out.push_back(Action::Release { job: run.job });
+            } else {
+                out.push_back(Action::Note(Note::WorkerLost {
+                    slot,
+                    job_id: run.job.id.clone(),
+                }));
+                let report = Finished {
+                    job_id: run.job.id.clone(),
+                    outcome: Outcome::WorkerLost,
+                    duration_ms: 0,
+                    stdout_tail: Vec::new(),
+                    stderr_tail: Vec::new(),
+                };
+                out.push_back(Action::Record {
+                    slot,
+                    job: run.job,
+                    report,
+                    reserve_next: false,
+                });
+            }
+        } else if self.phase == Phase::Running {
+            out.push_back(Action::Note(Note::WorkerExited { slot }));
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        if !was_ready {
+            self.spawn_failures += 1;
+        }
+        if self.spawn_failures >= MAX_SPAWN_FAILURES {
+            out.push_back(Action::Note(Note::KeepsDying));
+            self.begin_stop(out);
+            return;
+        }
+        out.push_back(Action::Spawn { slot });
+    }
+
+    /// Asks an idle worker to exit.
+    fn shut_down(&mut self, slot: usize, out: &mut VecDeque<Action>) {
+        let s = &mut self.slots[slot];
+        if s.pipe {
+            s.pipe = false;
+            out.push_back(Action::Shutdown { slot });
+        }
+    }
+
+    fn begin_stop(&mut self, out: &mut VecDeque<Action>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.phase = Phase::Stopping;
+        out.push_back(Action::Note(Note::Stopping { busy: self.busy() }));
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].running.is_none() {
+                self.shut_down(slot, out);
+            }
+        }
+    }
+
+    /// Kills running jobs' process groups, returns the jobs to pending, closes every worker's
+    /// pipe (a worker kills what it started when its pipe closes).
+    fn force_stop(&mut self, out: &mut VecDeque<Action>) {
+        self.phase = Phase::Forced;
+        out.push_back(Action::Note(Note::Forced));
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            if let Some(run) = s.running.take() {
+                if let Some(pgid) = run.pgid {
+                    out.push_back(Action::KillGroup { pgid });
+                }
+                out.push_back(Action::Release { job: run.job });
+            }
+            if std::mem::take(&mut s.pipe) {
+                out.push_back(Action::ClosePipe { slot });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobState;
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            command: format!("echo {id}"),
+            state: JobState::Processing,
+            attempts: 0,
+            max_retries: 3,
+            created_at: 0,
+            updated_at: 0,
+            available_at: None,
+            locked_by: None,
+            locked_at: None,
+            last_error: None,
+            priority: 0,
+            timeout_ms: Some(1000),
+            seq: 0,
+            pgid: None,
+            runs: 1,
+            cwd: None,
+            env: Vec::new(),
+        }
+    }
+
+    fn report(id: &str, outcome: Outcome) -> Finished {
+        Finished {
+            job_id: id.into(),
+            outcome,
+            duration_ms: 7,
+            stdout_tail: b"out".to_vec(),
+            stderr_tail: Vec::new(),
+        }
+    }
+
+    /// A core and the actions of its last step.
+    struct T {
+        core: Core,
+        t0: Instant,
+    }
+
+    impl T {
+        /// `n` workers, spawned (generation `slot + 1`) and ready.
+        fn ready(n: usize) -> T {
+            let mut t = T {
+                core: Core::new(n),
+                t0: Instant::now(),
+            };
+            for slot in 0..n {
+                assert!(t
+                    .on(Event::Spawned {
+                        slot,
+                        gen: gen(slot)
+                    })
+                    .is_empty());
+                assert!(t
+                    .on(Event::Ready {
+                        slot,
+                        gen: gen(slot)
+                    })
+                    .is_empty());
+            }
+            t
+        }
+
+        fn on(&mut self, ev: Event) -> Vec<Action> {
+            let mut out = VecDeque::new();
+            self.core.handle(ev, &mut out);
+            out.into()
+        }
+
+        /// Gives the slot's worker `id` and checks it is sent.
+        fn run(&mut self, slot: usize, id: &str) {
+            let actions = self.on(Event::Reserved { slot, job: job(id) });
+            assert_eq!(
+                actions,
+                vec![Action::Run {
+                    slot,
+                    job: RunJob {
+                        job_id: id.into(),
+                        command: format!("echo {id}"),
+                        timeout_ms: Some(1000),
+                    }
+                }]
+            );
+        }
+
+        fn started(&mut self, slot: usize, id: &str, pgid: i32) {
+            let at = self.t0;
+            assert!(self
+                .on(Event::Started {
+                    slot,
+                    gen: gen(slot),
+                    job_id: id.into(),
+                    pgid,
+                    at,
+                })
+                .is_empty());
+        }
+    }
+
+    fn gen(slot: usize) -> u64 {
+        slot as u64 + 1
+    }
+
+    fn record_of(a: &Action) -> (usize, &str, &Outcome, bool) {
+        match a {
+            Action::Record {
+                slot,
+                job,
+                report,
+                reserve_next,
+            } => (*slot, job.id.as_str(), &report.outcome, *reserve_next),
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    fn released(a: &Action) -> &str {
+        match a {
+            Action::Release { job } => &job.id,
+            other => panic!("expected a release, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dispatch_picks_ready_idle_workers_with_an_open_pipe() {
+        let mut t = T {
+            core: Core::new(3),
+            t0: Instant::now(),
+        };
+        for slot in 0..3 {
+            t.on(Event::Spawned {
+                slot,
+                gen: gen(slot),
+            });
+        }
+        assert_eq!(t.core.idle_slot(0), None, "nobody is ready yet");
+        t.on(Event::Ready { slot: 1, gen: 2 });
+        t.on(Event::Ready { slot: 2, gen: 3 });
+        assert_eq!(t.core.idle_slot(0), Some(1));
+        t.run(1, "a");
+        assert_eq!(t.core.idle_slot(0), Some(2), "one job per worker");
+        assert_eq!(t.core.idle_slot(3), None);
+        assert_eq!(t.core.busy(), 1);
+        assert_eq!(t.core.running(1).map(|r| r.job.id.as_str()), Some("a"));
+    }
+
+    #[test]
+    fn a_job_for_a_worker_that_cannot_take_it_goes_back() {
+        let mut t = T::ready(1);
+        t.run(0, "a");
+        let actions = t.on(Event::Reserved {
+            slot: 0,
+            job: job("b"),
+        });
+        assert_eq!(released(&actions[0]), "b", "already busy");
+        let actions = t.on(Event::SendFailed { slot: 0 });
+        assert_eq!(released(&actions[0]), "a");
+        assert_eq!(t.core.idle_slot(0), None, "its pipe is broken");
+        let actions = t.on(Event::Reserved {
+            slot: 0,
+            job: job("c"),
+        });
+        assert_eq!(released(&actions[0]), "c", "no pipe");
+    }
+
+    #[test]
+    fn a_finished_attempt_is_recorded_and_the_next_job_reserved_in_the_same_step() {
+        let mut t = T::ready(2);
+        t.run(0, "a");
+        let actions = t.on(Event::Finished {
+            slot: 0,
+            gen: 1,
+            report: report("a", Outcome::Exited(0)),
+        });
+        assert_eq!(actions.len(), 1);
+        assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0), true));
+        assert_eq!(t.core.busy(), 0);
+        // A failure is recorded the same way: the retry rule is the store's.
+        t.run(1, "b");
+        let actions = t.on(Event::Finished {
+            slot: 1,
+            gen: 2,
+            report: report("b", Outcome::Exited(3)),
+        });
+        assert_eq!(record_of(&actions[0]), (1, "b", &Outcome::Exited(3), true));
+    }
+
+    #[test]
+    fn reports_of_other_jobs_or_earlier_workers_change_nothing() {
+        let mut t = T::ready(1);
+        t.run(0, "a");
+        let wrong_job = t.on(Event::Finished {
+            slot: 0,
+            gen: 1,
+            report: report("zzz", Outcome::Exited(0)),
+        });
+        assert!(wrong_job.is_empty());
+        let old_gen = t.on(Event::Finished {
+            slot: 0,
+            gen: 0,
+            report: report("a", Outcome::Exited(0)),
+        });
+        assert!(old_gen.is_empty());
+        assert!(t.on(Event::Gone { slot: 0, gen: 0 }).is_empty());
+        assert_eq!(t.core.busy(), 1);
+        assert_eq!(t.core.alive(), 1);
+    }
+
+    #[test]
+    fn a_dead_worker_has_its_job_killed_then_failed_and_is_restarted() {
+        let mut t = T::ready(1);
+        t.run(0, "a");
+        t.started(0, "a", 4242);
+        let actions = t.on(Event::Gone { slot: 0, gen: 1 });
+        assert_eq!(actions[0], Action::Reap { slot: 0 });
+        assert_eq!(actions[1], Action::KillGroup { pgid: 4242 });
+        assert_eq!(
+            actions[2],
+            Action::Note(Note::WorkerLost {
+                slot: 0,
+                job_id: "a".into()
+            })
+        );
+        assert_eq!(
+            record_of(&actions[3]),
+            (0, "a", &Outcome::WorkerLost, false)
+        );
+        assert_eq!(actions[4], Action::Spawn { slot: 0 });
+        assert_eq!(actions.len(), 5);
+        assert!(t.core.all_gone());
+    }
+
+    #[test]
+    fn an_idle_dead_worker_is_restarted() {
+        let mut t = T::ready(1);
+        let actions = t.on(Event::Gone { slot: 0, gen: 1 });
+        assert_eq!(
+            actions,
+            vec![
+                Action::Reap { slot: 0 },
+                Action::Note(Note::WorkerExited { slot: 0 }),
+                Action::Spawn { slot: 0 },
+            ]
+        );
+        t.on(Event::Spawned { slot: 0, gen: 7 });
+        assert!(!t.core.all_ready());
+        t.on(Event::Ready { slot: 0, gen: 7 });
+        assert!(t.core.all_ready());
+    }
+
+    #[test]
+    fn workers_dying_before_they_are_ready_stop_the_supervisor() {
+        let mut t = T::ready(2);
+        for round in 1..MAX_SPAWN_FAILURES {
+            t.on(Event::Spawned {
+                slot: 0,
+                gen: 100 + u64::from(round),
+            });
+            let actions = t.on(Event::Gone {
+                slot: 0,
+                gen: 100 + u64::from(round),
+            });
+            assert_eq!(actions.last(), Some(&Action::Spawn { slot: 0 }));
+        }
+        t.on(Event::Spawned { slot: 0, gen: 200 });
+        let actions = t.on(Event::Gone { slot: 0, gen: 200 });
+        assert!(actions.contains(&Action::Note(Note::KeepsDying)));
+        assert!(!actions.contains(&Action::Spawn { slot: 0 }));
+        assert!(actions.contains(&Action::Shutdown { slot: 1 }));
+        assert_eq!(t.core.phase(), Phase::Stopping);
+    }
+
+    #[test]
+    fn a_ready_worker_resets_the_failure_count() {
+        let mut t = T::ready(1);
+        for round in 0..MAX_SPAWN_FAILURES * 2 {
+            let gen = 100 + u64::from(round);
+            t.on(Event::Spawned { slot: 0, gen });
+            if round % 2 == 1 {
+                t.on(Event::Ready { slot: 0, gen });
+            }
+            let actions = t.on(Event::Gone { slot: 0, gen });
+            assert_eq!(actions.last(), Some(&Action::Spawn { slot: 0 }));
+        }
+        t.on(Event::SpawnFailed { slot: 0 });
+        assert_eq!(t.core.phase(), Phase::Running);
+    }
+
+    #[test]
+    fn first_signal_stops_gracefully() {
+        let mut t = T::ready(3);
+        t.run(1, "a");
+        let actions = t.on(Event::Signal);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Note(Note::Stopping { busy: 1 }),
+                Action::Shutdown { slot: 0 },
+                Action::Shutdown { slot: 2 },
+            ]
+        );
+        assert_eq!(t.core.idle_slot(0), None, "nothing is dispatched");
+        let actions = t.on(Event::Finished {
+            slot: 1,
+            gen: 2,
+            report: report("a", Outcome::Exited(0)),
+        });
+        assert_eq!(record_of(&actions[0]), (1, "a", &Outcome::Exited(0), false));
+        assert_eq!(actions[1], Action::Shutdown { slot: 1 });
+        // A worker restarted meanwhile is told to exit as soon as it is ready; one that dies
+        // is not restarted.
+        for slot in [0, 2] {
+            let actions = t.on(Event::Gone {
+                slot,
+                gen: gen(slot),
+            });
+            assert_eq!(actions, vec![Action::Reap { slot }]);
+        }
+        assert!(!t.core.all_gone());
+        t.on(Event::Gone { slot: 1, gen: 2 });
+        assert!(t.core.all_gone());
+    }
+
+    #[test]
+    fn a_worker_ready_after_the_stop_began_is_shut_down() {
+        let mut t = T::ready(1);
+        t.on(Event::Signal);
+        t.on(Event::Spawned { slot: 0, gen: 9 });
+        let actions = t.on(Event::Ready { slot: 0, gen: 9 });
+        assert_eq!(actions, vec![Action::Shutdown { slot: 0 }]);
+    }
+
+    #[test]
+    fn second_signal_kills_and_requeues_running_jobs() {
+        let mut t = T::ready(2);
+        t.run(0, "a");
+        t.started(0, "a", 4242);
+        t.run(1, "b"); // not started yet: no group to kill
+        t.on(Event::Signal);
+        let actions = t.on(Event::Signal);
+        assert_eq!(actions[0], Action::Note(Note::Forced));
+        assert_eq!(actions[1], Action::KillGroup { pgid: 4242 });
+        assert_eq!(released(&actions[2]), "a");
+        assert_eq!(actions[3], Action::ClosePipe { slot: 0 });
+        assert_eq!(released(&actions[4]), "b");
+        assert_eq!(actions[5], Action::ClosePipe { slot: 1 });
+        assert_eq!(actions.len(), 6);
+        assert_eq!(t.core.phase(), Phase::Forced);
+        // The late report of a killed job is ignored; its worker is not restarted.
+        let late = t.on(Event::Finished {
+            slot: 0,
+            gen: 1,
+            report: report("a", Outcome::Signaled(9)),
+        });
+        assert!(late.is_empty());
+        assert_eq!(
+            t.on(Event::Gone { slot: 0, gen: 1 }),
+            vec![Action::Reap { slot: 0 }]
+        );
+        assert!(
+            t.on(Event::Signal).is_empty(),
+            "a third signal adds nothing"
+        );
+    }
+
+    #[test]
+    fn a_worker_dying_during_a_forced_stop_has_its_job_released() {
+        let mut t = T::ready(1);
+        t.on(Event::Signal);
+        t.on(Event::Signal);
+        // Nothing runs any more; a job reserved just before is handed back.
+        let actions = t.on(Event::Reserved {
+            slot: 0,
+            job: job("x"),
+        });
+        assert_eq!(released(&actions[0]), "x");
+    }
+
+    #[test]
+    fn process_groups_are_written_once_a_job_has_run_a_while() {
+        let mut t = T::ready(2);
+        t.run(0, "a");
+        t.run(1, "b");
+        let t0 = t.t0;
+        t.started(0, "a", 11);
+        t.started(1, "wrong id", 12);
+        assert_eq!(t.core.running(0).and_then(|r| r.pgid), Some(11));
+        assert_eq!(t.core.running(1).and_then(|r| r.pgid), None);
+        assert!(t.on(Event::Timer { now: t0 }).is_empty());
+        let soon = t0 + Duration::from_millis(2);
+        assert_eq!(
+            t.core.sleep_for(0, None, 500, soon),
+            Duration::from_millis(3)
+        );
+        let later = t0 + PGID_RECORD_AFTER;
+        assert_eq!(
+            t.on(Event::Timer { now: later }),
+            vec![Action::RecordPgid { slot: 0, pgid: 11 }]
+        );
+        assert!(t.on(Event::Timer { now: later }).is_empty(), "written once");
+        assert_eq!(
+            t.core.sleep_for(0, None, 500, later),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn sleep_follows_the_schedule_only_while_running() {
+        let mut t = T::ready(1);
+        let now = t.t0;
+        assert_eq!(
+            t.core.sleep_for(1000, Some(1200), 500, now),
+            Duration::from_millis(200)
+        );
+        t.on(Event::Signal);
+        assert_eq!(
+            t.core.sleep_for(1000, Some(1200), 500, now),
+            Duration::from_millis(500)
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Starting child processes: a job's shell ([`spawn_shell`]), a worker ([`spawn_worker`]) and
+//! the detached supervisor daemon ([`spawn_detached`]). This is the only module that builds a
+//! [`std::process::Command`] (tests/tidy.rs checks it).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use nix::unistd::setsid;
+
+use super::command::ProcessError;
+
+/// The shell that runs job commands.
+pub(super) const SHELL: &str = "/bin/sh";
+
+/// A worker process and the two pipes the supervisor talks to it over.
+#[derive(Debug)]
+pub struct WorkerChild {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    pub stdout: ChildStdout,
+}
+
+/// Starts a worker: `exe args...` with stdin and stdout piped and stderr inherited, in a process
+/// group of its own so that a Ctrl-C meant for a foreground supervisor (which stops gracefully)
+/// does not kill the workers under their running jobs.
+pub fn spawn_worker(exe: &Path, args: &[OsString]) -> io::Result<WorkerChild> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    match (child.stdin.take(), child.stdout.take()) {
+        (Some(stdin), Some(stdout)) => Ok(WorkerChild {
+            child,
+            stdin,
+            stdout,
+        }),
+        (None, _) => Err(abandon_unpiped(child, "stdin")),
+        (_, None) => Err(abandon_unpiped(child, "stdout")),
+    }
+}
+
+/// Starts a daemon: `exe args...` in a new session, stdin and stderr on `/dev/null`, stdout piped
+/// back to the caller (for a readiness line).
+pub fn spawn_detached(exe: &Path, args: &[OsString]) -> io::Result<(Child, ChildStdout)> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec. It only calls setsid(2), which
+    // is async-signal-safe, and builds an `io::Error` from a raw errno, which does not allocate.
+    unsafe {
+        cmd.pre_exec(|| setsid().map(drop).map_err(io::Error::from));
+    }
+    let mut child = cmd.spawn()?;
+    match child.stdout.take() {
+        Some(stdout) => Ok((child, stdout)),
+        None => Err(abandon_unpiped(child, "stdout")),
+    }
+}
+
+/// Kills and reaps a child whose pipe is missing (cannot happen with the `Stdio` set above).
+fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
+    let pid = child.id();
+    let _ = child.kill();
+    let _ = child.wait();
+    io::Error::other(ProcessError::NotPiped { pipe, pid })
+}
+
+/// Starts `sh -c command` in a new process group (whose id is the shell's pid), stdin on
+/// `/dev/null`, stdout and stderr piped.
+pub(super) fn spawn_shell(command: &str) -> io::Result<Child> {
+    // No `pre_exec` here, so std can use posix_spawn (vfork-like), much cheaper than fork.
+    Command::new(SHELL)
+        .arg("-c")
+        .arg(command)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn worker_child_is_piped() {
+        let mut w = spawn_worker(Path::new("/bin/cat"), &[]).unwrap();
+        w.stdin.write_all(b"ping\n").unwrap();
+        drop(w.stdin);
+        let mut echoed = String::new();
+        BufReader::new(w.stdout).read_line(&mut echoed).unwrap();
+        assert_eq!(echoed, "ping\n");
+        assert!(w.child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn detached_child_leads_a_new_session() {
+        let script = "read -r stat < /proc/self/stat; echo \"$stat\"";
+        let args = ["-c".into(), script.into()];
+        let (mut child, stdout) = spawn_detached(Path::new("/bin/sh"), &args).unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(child.wait().unwrap().success());
+        let fields: Vec<&str> = line
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // state ppid pgrp session
+        let pid = child.id().to_string();
+        assert_eq!(fields.get(2), Some(&pid.as_str()), "{line}");
+        assert_eq!(fields.get(3), Some(&pid.as_str()), "{line}");
+    }
+
+    #[test]
+    fn missing_executables_are_errors() {
+        let nowhere = Path::new("/nonexistent/queuectl");
+        assert!(spawn_worker(nowhere, &[]).is_err());
+        assert!(spawn_detached(nowhere, &[]).is_err());
+    }
+}
