@@ -47,6 +47,8 @@ pub enum DataDirError {
         expected: &'static str,
         found: &'static str,
     },
+    #[error("no queue at {}: the directory does not exist (check --data-dir or QUEUECTL_HOME)", path.display())]
+    Missing { path: PathBuf },
 }
 
 impl DataDirError {
@@ -59,6 +61,7 @@ impl DataDirError {
                 | DataDirError::Writable { .. }
                 | DataDirError::WrongType { .. }
                 | DataDirError::NotADirectory { .. }
+                | DataDirError::Missing { .. }
         )
     }
 }
@@ -188,6 +191,16 @@ impl DataDir {
             }
         }
         Ok(())
+    }
+
+    /// Opens `root`, which must exist: commands that only read never create a data directory.
+    pub fn open_existing(root: &Path) -> Result<DataDir, DataDirError> {
+        match fs::symlink_metadata(root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DataDirError::Missing {
+                path: root.to_path_buf(),
+            }),
+            _ => DataDir::open(root),
+        }
     }
 
     pub fn root(&self) -> &Path {

@@ -16,8 +16,8 @@ use rusqlite::{params, Connection};
 
 use crate::model::{format_ts, Config, Job};
 
-/// The schema of the seed tool, byte for byte: SQLite keeps each `CREATE TABLE` text in
-/// `sqlite_master.sql`, and tools written against the seed may compare it.
+/// The schema of the Node.js queuectl, with queuectl's own columns (`cwd`, `env`) after the
+/// documented ones: tools that read the documented columns by name or position keep working.
 pub const SCHEMA_SQL: &str = "\
 CREATE TABLE jobs(
   id TEXT PRIMARY KEY,
@@ -31,7 +31,9 @@ CREATE TABLE jobs(
   locked_by TEXT,
   locked_at TEXT,
   last_error TEXT,
-  priority INTEGER DEFAULT 0
+  priority INTEGER DEFAULT 0,
+  cwd TEXT,
+  env TEXT
 );
 
 CREATE TABLE config(
@@ -41,8 +43,8 @@ CREATE TABLE config(
 ";
 
 const INSERT_JOB_SQL: &str = "INSERT INTO jobs(id, command, state, attempts, max_retries, \
-     created_at, updated_at, available_at, locked_by, locked_at, last_error, priority) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+     created_at, updated_at, available_at, locked_by, locked_at, last_error, priority, cwd, env) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 const INSERT_CONFIG_SQL: &str = "INSERT INTO config(key, value) VALUES (?1, ?2)";
 
@@ -268,6 +270,8 @@ fn write_database<I: IntoIterator<Item = Job>>(
                     job.locked_at.map(format_ts),
                     job.last_error,
                     job.priority,
+                    job.cwd,
+                    env_json(&job.env),
                 ])
                 .map_err(|source| ExportError::Sqlite {
                     path: path.to_path_buf(),
@@ -392,6 +396,18 @@ impl Drop for TempFile {
     }
 }
 
+/// A job's environment as a JSON object (`{"LANG":"C"}`), or NULL when it adds nothing.
+fn env_json(env: &[(String, String)]) -> Option<String> {
+    if env.is_empty() {
+        return None;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = env
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Some(serde_json::Value::Object(map).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +434,14 @@ mod tests {
   key TEXT PRIMARY KEY,
   value TEXT
 )";
+
+    /// The documented table with queuectl's columns after the documented ones.
+    fn ours_jobs() -> String {
+        DOCUMENTED_JOBS.replace(
+            "priority INTEGER DEFAULT 0\n)",
+            "priority INTEGER DEFAULT 0,\n  cwd TEXT,\n  env TEXT\n)",
+        )
+    }
 
     fn job(i: u64, state: JobState, full: bool) -> Job {
         let t = 1_762_676_473_456 + i * 1001;
@@ -507,6 +531,8 @@ mod tests {
                 col("locked_at", "TEXT", false, None, 0),
                 col("last_error", "TEXT", false, None, 0),
                 col("priority", "INTEGER", false, Some("0"), 0),
+                col("cwd", "TEXT", false, None, 0),
+                col("env", "TEXT", false, None, 0),
             ]
         );
         assert_eq!(
@@ -534,14 +560,14 @@ mod tests {
                     "config".into(),
                     Some(DOCUMENTED_CONFIG.into())
                 ),
-                ("table".into(), "jobs".into(), Some(DOCUMENTED_JOBS.into())),
+                ("table".into(), "jobs".into(), Some(ours_jobs())),
                 auto("sqlite_autoindex_config_1"),
                 auto("sqlite_autoindex_jobs_1"),
             ]
         );
         assert_eq!(
             SCHEMA_SQL,
-            format!("{DOCUMENTED_JOBS};\n\n{DOCUMENTED_CONFIG};\n")
+            format!("{};\n\n{DOCUMENTED_CONFIG};\n", ours_jobs())
         );
         // A normal database for the tools that open it: not left in some odd journal mode.
         let mode: String = conn

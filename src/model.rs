@@ -39,9 +39,11 @@ pub enum ModelError {
     },
     #[error("invalid time `{0}`: expected RFC 3339, e.g. 2025-11-09T08:21:13Z")]
     InvalidTime(String),
+    #[error("invalid duration `{0}`: expected seconds or a duration like 90s, 5m, 2h or 1d")]
+    InvalidDuration(String),
 }
 
-/// The five states of the seed's job lifecycle.
+/// The five states of a job's lifecycle (those of the Node.js queuectl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -146,6 +148,10 @@ pub struct JobView {
     pub timeout: Option<f64>,
     /// Number of attempts started (each has its own output, see `queuectl logs`).
     pub runs: u32,
+    /// Working directory the job runs in; `None`: the supervisor's.
+    pub cwd: Option<String>,
+    /// Variables added to the supervisor's environment for this job.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&Job> for JobView {
@@ -165,7 +171,27 @@ impl From<&Job> for JobView {
             priority: j.priority,
             timeout: j.timeout_ms.map(|ms| ms as f64 / 1000.0),
             runs: j.runs,
+            cwd: j.cwd.clone(),
+            env: j.env.iter().cloned().collect(),
         }
+    }
+}
+
+impl Job {
+    /// How many failed runs the retry rule allows before the job is dead: `max_retries`, at
+    /// least one (a first failure of a job with `max_retries` 0 is already fatal).
+    pub fn failures_allowed(&self) -> u32 {
+        self.max_retries.max(1)
+    }
+
+    /// `runs 3, failures 2 of 3 allowed`: the one wording of attempts in every listing.
+    pub fn attempts_summary(&self) -> String {
+        format!(
+            "runs {}, failures {} of {} allowed",
+            self.runs,
+            self.attempts,
+            self.failures_allowed()
+        )
     }
 }
 
@@ -178,8 +204,14 @@ pub struct JobSpec {
     pub max_retries: Option<u32>,
     pub priority: Option<i64>,
     pub run_at: Option<String>,
-    pub delay: Option<f64>,
-    pub timeout: Option<f64>,
+    /// Seconds (a number) or a duration (`"5m"`); checked by [`JobSpec::validate`].
+    pub delay: Option<serde_json::Value>,
+    /// Seconds (a number) or a duration (`"2h"`); checked by [`JobSpec::validate`].
+    pub timeout: Option<serde_json::Value>,
+    /// Working directory; relative paths are resolved by the command that queues the job.
+    pub cwd: Option<String>,
+    /// Extra environment variables (an object of strings).
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A validated job, ready for the store: the id is fixed and every time is absolute.
@@ -214,18 +246,79 @@ impl NewJob {
         }
         let mut de = serde_json::Deserializer::from_str(text);
         let spec: JobSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let field = e.path().to_string();
+            let path = e.path().to_string();
             let inner = e.into_inner();
-            ModelError::InvalidJson(if field == "." || field.is_empty() {
-                inner.to_string()
-            } else {
-                format!("`{field}`: {inner}")
-            })
+            let field = path.split('.').next().unwrap_or_default();
+            match expected_type(field) {
+                Some(what) if inner.is_data() => {
+                    ModelError::InvalidJob(format!("`{field}` must be {what}"))
+                }
+                _ if path == "." || path.is_empty() => ModelError::InvalidJson(inner.to_string()),
+                _ => ModelError::InvalidJson(format!("`{path}`: {inner}")),
+            }
         })?;
         de.end()
             .map_err(|e| ModelError::InvalidJson(e.to_string()))?;
         spec.validate(now)
     }
+}
+
+/// What a job field must hold, in the words of a type error.
+fn expected_type(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "id" => "a string",
+        "command" => "a string (a shell command)",
+        "max_retries" => "a whole number >= 0",
+        "priority" => "a whole number",
+        "run_at" => "an RFC 3339 time like 2025-11-09T08:21:13Z",
+        "cwd" => "a string (a directory)",
+        "env" => "an object of strings, like {\"LANG\":\"C\"}",
+        _ => return None,
+    })
+}
+
+/// A JSON `delay` or `timeout`: a number of seconds, or a duration string.
+fn json_duration(field: &str, v: serde_json::Value) -> Result<u64, ModelError> {
+    let wrong = || {
+        ModelError::InvalidJob(format!(
+            "`{field}` must be a number of seconds or a duration like 5m"
+        ))
+    };
+    match v {
+        serde_json::Value::Number(n) => {
+            let secs = n.as_f64().ok_or_else(wrong)?;
+            if !secs.is_finite() || secs < 0.0 {
+                return Err(wrong());
+            }
+            Ok(secs_to_ms(secs))
+        }
+        serde_json::Value::String(s) => parse_duration(&s).map_err(|_| wrong()),
+        _ => Err(wrong()),
+    }
+}
+
+/// Parses a duration as people write it: a number of seconds (`30`, `1.5`) or a number with a
+/// unit, units combined (`90s`, `5m`, `2h`, `1d`, `1h30m`, `250ms`). Returns milliseconds.
+pub fn parse_duration(s: &str) -> Result<u64, ModelError> {
+    let t = s.trim();
+    let bad = || ModelError::InvalidDuration(s.to_string());
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = t.parse().map_err(|_| bad())?;
+        if !secs.is_finite() {
+            return Err(bad());
+        }
+        return Ok(secs_to_ms(secs));
+    }
+    let d = humantime::parse_duration(t).map_err(|_| bad())?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `1.5s`, `5m`, `2h 30m`: a duration in milliseconds as people read it.
+pub fn format_duration(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
 }
 
 impl JobSpec {
@@ -256,19 +349,31 @@ impl JobSpec {
         let run_at = match (self.run_at, self.delay) {
             (Some(_), Some(_)) => return bad("give either `run_at` or `delay`, not both"),
             (Some(t), None) => Some(parse_ts(&t)?),
-            (None, Some(d)) => {
-                if !d.is_finite() || d < 0.0 {
-                    return bad("`delay` must be a number of seconds >= 0");
-                }
-                Some(now.saturating_add(secs_to_ms(d)))
-            }
+            (None, Some(d)) => Some(now.saturating_add(json_duration("delay", d)?)),
             (None, None) => None,
         };
         let timeout_ms = match self.timeout {
             None => None,
-            Some(t) if t.is_finite() && t > 0.0 => Some(secs_to_ms(t).max(1)),
-            Some(_) => return bad("`timeout` must be a number of seconds > 0"),
+            Some(t) => match json_duration("timeout", t)? {
+                0 => return bad("`timeout` must be more than 0 seconds"),
+                ms => Some(ms),
+            },
         };
+        if let Some(cwd) = &self.cwd {
+            if cwd.is_empty() || cwd.contains('\0') {
+                return bad("`cwd` must be a directory path without NUL bytes");
+            }
+        }
+        let mut env = Vec::new();
+        for (k, v) in self.env.unwrap_or_default() {
+            check_env_name(&k)?;
+            if v.contains('\0') {
+                return Err(ModelError::InvalidJob(format!(
+                    "the value of `{k}` in `env` must not contain a NUL byte"
+                )));
+            }
+            env.push((k, v));
+        }
         Ok(NewJob {
             id,
             command: self.command,
@@ -276,10 +381,20 @@ impl JobSpec {
             priority: self.priority.unwrap_or(0),
             run_at,
             timeout_ms,
-            cwd: None,
-            env: Vec::new(),
+            cwd: self.cwd,
+            env,
         })
     }
+}
+
+/// An environment variable's name: not empty, no `=` and no NUL.
+pub fn check_env_name(name: &str) -> Result<(), ModelError> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(ModelError::InvalidJob(format!(
+            "`{name}` is not a valid environment variable name (it must be non-empty, without = or NUL)"
+        )));
+    }
+    Ok(())
 }
 
 fn secs_to_ms(s: f64) -> u64 {
@@ -325,10 +440,14 @@ impl ConfigKey {
             value: value.to_string(),
             reason,
         };
-        let n: u64 = value
-            .trim()
-            .parse()
-            .map_err(|_| invalid("expected a whole number >= 0"))?;
+        let n: u64 = match (self, value.trim().parse()) {
+            (_, Ok(n)) => n,
+            // The one duration setting also takes a unit: `300ms`, `2s`.
+            (ConfigKey::PollIntervalMs, Err(_)) => humantime::parse_duration(value.trim())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|_| invalid("expected milliseconds or a duration like 300ms or 2s"))?,
+            (_, Err(_)) => return Err(invalid("expected a whole number >= 0")),
+        };
         match self {
             ConfigKey::MaxRetries if n > u64::from(u32::MAX) => Err(invalid("too large")),
             ConfigKey::BackoffBase if n < 1 => Err(invalid("must be at least 1")),
@@ -406,7 +525,7 @@ pub enum RetryDecision {
     Dead,
 }
 
-/// The seed's rule: with `attempts` already incremented, `dead` when attempts >= max_retries,
+/// The retry rule of the Node.js queuectl: with `attempts` already incremented, `dead` when attempts >= max_retries,
 /// else retry after backoff_base ^ attempts seconds (saturating).
 pub fn retry_decision(
     attempts: u32,
@@ -452,7 +571,7 @@ impl Outcome {
             Outcome::Exited(code) => format!("exit code {code}"),
             Outcome::Signaled(sig) => format!("killed by signal {sig}"),
             Outcome::TimedOut { after_ms } => {
-                format!("timed out after {:.3}s", *after_ms as f64 / 1000.0)
+                format!("timed out after {:.1}s", *after_ms as f64 / 1000.0)
             }
             Outcome::SpawnFailed(e) => format!("could not start: {e}"),
             Outcome::WorkerLost => "worker exited unexpectedly".to_string(),
@@ -606,9 +725,9 @@ mod tests {
     #[test]
     fn type_errors_name_the_field() {
         let err = NewJob::from_json(r#"{"command":"x","max_retries":"3"}"#, 0).unwrap_err();
-        assert!(
-            err.to_string().contains("`max_retries`: invalid type"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "invalid job: `max_retries` must be a whole number >= 0"
         );
         let err = NewJob::from_json(r#"{"command":"x"} trailing"#, 0).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
@@ -648,6 +767,84 @@ mod tests {
             retry_decision(200, 1000, 1000, 5),
             RetryDecision::Retry { .. }
         ));
+    }
+
+    #[test]
+    fn durations_as_people_write_them() {
+        for (text, ms) in [
+            ("30", 30_000),
+            ("1.5", 1_500),
+            ("0", 0),
+            ("90s", 90_000),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+            ("1h30m", 5_400_000),
+            (" 250ms ", 250),
+        ] {
+            assert_eq!(parse_duration(text), Ok(ms), "{text}");
+        }
+        for bad in ["", "soon", "-1", "5 parsecs", "1.2.3", "m"] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(ModelError::InvalidDuration(bad.to_string())),
+                "{bad}"
+            );
+        }
+        assert_eq!(format_duration(90_000), "1m 30s");
+        let j = NewJob::from_json(r#"{"command":"x","delay":"5m","timeout":"1h"}"#, 1000).unwrap();
+        assert_eq!((j.run_at, j.timeout_ms), (Some(301_000), Some(3_600_000)));
+        let err = NewJob::from_json(r#"{"command":"x","delay":"soon"}"#, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid job: `delay` must be a number of seconds or a duration like 5m"
+        );
+        assert_eq!(ConfigKey::PollIntervalMs.parse_value("2s"), Ok(2000));
+        assert!(ConfigKey::MaxRetries.parse_value("2s").is_err());
+    }
+
+    #[test]
+    fn cwd_and_env_are_checked() {
+        let j =
+            NewJob::from_json(r#"{"command":"x","cwd":"/a","env":{"B":"2","A":"1"}}"#, 0).unwrap();
+        assert_eq!(j.cwd.as_deref(), Some("/a"));
+        assert_eq!(j.env, [("A".into(), "1".into()), ("B".into(), "2".into())]);
+        for bad in [
+            r#"{"command":"x","env":{"A=B":"1"}}"#,
+            r#"{"command":"x","env":{"":"1"}}"#,
+            r#"{"command":"x","env":{"A":1}}"#,
+            r#"{"command":"x","cwd":""}"#,
+        ] {
+            assert!(NewJob::from_json(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attempts_summary_names_runs_and_failures() {
+        let mut j = Job {
+            id: "a".into(),
+            command: "x".into(),
+            state: JobState::Failed,
+            attempts: 2,
+            max_retries: 3,
+            created_at: 0,
+            updated_at: 0,
+            available_at: None,
+            locked_by: None,
+            locked_at: None,
+            last_error: None,
+            priority: 0,
+            timeout_ms: None,
+            seq: 0,
+            pgid: None,
+            runs: 3,
+            cwd: None,
+            env: Vec::new(),
+        };
+        assert_eq!(j.attempts_summary(), "runs 3, failures 2 of 3 allowed");
+        j.max_retries = 0;
+        j.attempts = 1;
+        assert_eq!(j.attempts_summary(), "runs 3, failures 1 of 1 allowed");
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl Owner {
     }
 }
 
-/// Logs a failed attempt in the seed's words.
+/// Logs a failed attempt in the Node.js queuectl's words ("attempt" = failed run).
 pub fn log_failure(job: &crate::model::Job, decision: RetryDecision, what: &str) {
     match decision {
         RetryDecision::Retry { delay_secs, .. } => tracing::warn!(
@@ -189,9 +189,10 @@ pub fn log_failure(job: &crate::model::Job, decision: RetryDecision, what: &str)
             job.max_retries
         ),
         RetryDecision::Dead => tracing::error!(
-            "Job {} {what} after {} attempts - moved to DLQ",
+            "Job {} {what} after {} attempt{} - moved to DLQ",
             job.id,
-            job.attempts
+            job.attempts,
+            if job.attempts == 1 { "" } else { "s" }
         ),
     }
 }

@@ -298,10 +298,10 @@ fn failing_job_is_retried_with_growing_delays_then_dead_then_dlq_retry_runs_it()
     );
 
     let latest = env.ok(&["logs", &id]);
-    assert!(latest.contains("attempt 3/3"), "{latest}");
+    assert!(latest.contains("run 3 of 3"), "{latest}");
     assert!(latest.contains("boom"), "{latest}");
     let first_out = env.ok(&["logs", &id, "--attempt", "1"]);
-    assert!(first_out.contains("attempt 1/3"), "{first_out}");
+    assert!(first_out.contains("run 1 of 3"), "{first_out}");
     assert!(first_out.contains("exit code 7"), "{first_out}");
     assert!(first_out.contains("boom"), "{first_out}");
 

@@ -14,39 +14,48 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Add a job: '{"command":"echo hi"}' (fields: command, id, max_retries, priority, run_at,
-    /// delay, timeout), or many from a JSON Lines file with --file
+    /// Add a job given as JSON: '{"command":"echo hi"}' (fields: command, id, max_retries,
+    /// priority, run_at, delay, timeout, cwd, env), or many from a JSON Lines file with --file
     Enqueue(EnqueueArgs),
+    /// Add a job from its command line: queuectl add -- make test
+    Add(AddArgs),
+    /// Stop jobs that have not finished: they move to the dead letter queue as "cancelled"
+    Cancel {
+        /// Ids of the jobs
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Delete finished (completed or dead) jobs and their output
+    Rm {
+        /// Ids of the jobs
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
     /// Start or stop the supervisor and its worker processes
     #[command(subcommand)]
     Worker(WorkerCommand),
-    /// Show how many jobs are in each state, and the workers
-    Status {
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show how many jobs are in each state, the workers and the data directory
+    Status,
     /// List jobs, by state
     List(ListArgs),
     /// Show one job
-    Show {
-        id: String,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the captured output (last 64 KiB of stdout and stderr) of a job's latest attempt
+    Show { id: String },
+    /// Print the captured output (last 64 KiB of stdout and stderr) of a job's latest run
     Logs {
         id: String,
-        /// Which attempt (1 = the first run)
-        #[arg(long, value_name = "K")]
-        attempt: Option<u32>,
+        /// Which run (1 = the first)
+        #[arg(long, value_name = "N", visible_alias = "attempt")]
+        run: Option<u32>,
     },
     /// The dead letter queue: jobs that failed max_retries times
     #[command(subcommand)]
@@ -54,7 +63,8 @@ pub enum Command {
     /// Show or change settings (max_retries, backoff_base, poll_interval_ms)
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Write every job and the config to an SQLite file (the seed's jobs and config tables)
+    /// Write every job and the config to an SQLite file (the jobs and config tables of the
+    /// Node.js queuectl)
     Export {
         /// Path of the SQLite file to write
         #[arg(long, value_name = "PATH")]
@@ -63,6 +73,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a shell completion script: queuectl completions bash > ~/.local/share/bash-completion/completions/queuectl
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): queuectl man | man -l -
+    Man,
     /// A worker child process (started by the supervisor; not for direct use)
     #[command(hide = true, name = "worker-child")]
     WorkerChild,
@@ -76,15 +93,46 @@ pub struct EnqueueArgs {
         required_unless_present = "file",
         conflicts_with = "file"
     )]
-    pub json: Option<String>,
+    pub job: Option<String>,
     /// Read jobs from a JSON Lines file (one job per line; - for stdin), all or none
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Job id [default: a new ULID]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Higher runs first
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<String>,
+    /// Run no earlier than this long from now: 30 (seconds), 90s, 5m, 2h, 1d
+    #[arg(long, value_name = "DURATION", conflicts_with = "at")]
+    pub delay: Option<String>,
+    /// Run no earlier than this time (RFC 3339, any offset: 2026-12-01T06:00:00+01:00)
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Kill the run's process group after this long: 30 (seconds), 90s, 5m, 2h
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Failed runs allowed before the job moves to the dead letter queue [default: from config]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_retries: Option<String>,
+    /// Add a variable to the job's environment (repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run in this directory [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// The command and its arguments, each quoted for the shell
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
-    /// pending, processing, completed, failed or dead [default: all]
+    /// pending, processing, completed, failed or dead, or several: failed,dead [default: all]
     #[arg(long)]
     pub state: Option<String>,
     /// At most this many jobs
@@ -93,9 +141,6 @@ pub struct ListArgs {
     /// Skip this many jobs first
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub offset: usize,
-    /// Print JSON
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,15 +153,15 @@ pub enum WorkerCommand {
         /// Stay attached to the terminal and log to it too
         #[arg(long)]
         foreground: bool,
-        /// (internal) report readiness on stdout, used when detaching
+        /// Report readiness on stdout (used when detaching)
         #[arg(long, hide = true)]
         notify_ready: bool,
     },
     /// Stop the supervisor: running jobs finish first (or are killed and requeued with --force)
     Stop {
-        /// Seconds to wait for it to exit
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
+        /// How long to wait for it to exit: 60 (seconds), 90s, 5m
+        #[arg(long, value_name = "DURATION", default_value = "60")]
+        timeout: String,
         /// Kill running jobs and return them to pending
         #[arg(long)]
         force: bool,
@@ -126,23 +171,26 @@ pub enum WorkerCommand {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead jobs
-    List {
-        /// Print JSON
+    List,
+    /// Move dead jobs back to pending with their failures reset to 0
+    Retry {
+        /// Ids of the jobs
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Vec<String>,
+        /// Every dead job
         #[arg(long)]
-        json: bool,
+        all: bool,
     },
-    /// Move a dead job back to pending with attempts = 0
-    Retry { id: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Show every setting
-    Show {
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Show,
     /// Print one setting
     Get { key: String },
     /// Change one setting (a running supervisor uses it at once)

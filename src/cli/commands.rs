@@ -3,17 +3,23 @@
 //! program (`--json`). Nothing here touches the store or the spool directly.
 
 use std::io::{self, BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::CommandFactory;
 use comfy_table::presets::NOTHING;
-use comfy_table::{Cell, CellAlignment, Table};
+use comfy_table::{Cell, CellAlignment, ColumnConstraint, ContentArrangement, Table, Width};
 
 use crate::cli::client::{self, ClientError};
-use crate::cli::{Cli, Command, ConfigCommand, DlqCommand, EnqueueArgs, ListArgs, WorkerCommand};
-use crate::datadir::{DataDir, DataDirError};
+use crate::cli::{
+    AddArgs, Cli, Command, ConfigCommand, DlqCommand, EnqueueArgs, ListArgs, WorkerCommand,
+};
+use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::export::{self, ExportError};
-use crate::model::{format_ts, now_ms, ConfigKey, Job, JobState, JobView, NewJob};
+use crate::model::{
+    format_duration, format_ts, now_ms, parse_duration, ConfigKey, Job, JobSpec, JobState, JobView,
+    NewJob, Outcome,
+};
 use crate::owner::OwnerError;
 use crate::spool::request::{ErrorKind, Reply, Request, StatusInfo};
 use crate::supervisor::{self, SupervisorError};
@@ -42,6 +48,9 @@ pub enum CommandError {
     Output(#[from] io::Error),
     #[error("the supervisor answered with something unexpected")]
     Unexpected,
+    /// Some of the jobs of a command about several could not be changed (each said why).
+    #[error("{failed} of {total} job{} could not be changed", if *total == 1 { "" } else { "s" })]
+    Some { failed: usize, total: usize },
 }
 
 impl CommandError {
@@ -68,11 +77,30 @@ type Result<T, E = CommandError> = std::result::Result<T, E>;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let root = DataDir::resolve(cli.data_dir.as_deref())?;
-    let dir = DataDir::open(&root)?;
     let out = &mut io::stdout().lock();
+    let json = cli.json;
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "queuectl", out);
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(out)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let root = DataDir::resolve(cli.data_dir.as_deref())?;
+    let dir = if creates_data_dir(&cli.command) {
+        DataDir::open(&root)?
+    } else {
+        DataDir::open_existing(&root)?
+    };
     match cli.command {
-        Command::Enqueue(args) => enqueue(&dir, args, out),
+        Command::Enqueue(args) => enqueue(&dir, args, json, out),
+        Command::Add(args) => add(&dir, args, json, out),
+        Command::Cancel { ids } => each(&dir, Request::Cancel { ids }, "cancelled", json, out),
+        Command::Rm { ids } => each(&dir, Request::Remove { ids }, "removed", json, out),
         Command::Worker(WorkerCommand::Start {
             count,
             foreground,
@@ -80,40 +108,59 @@ pub fn run(cli: Cli) -> Result<()> {
         }) => {
             let msg = supervisor::start(&dir, count, foreground, notify_ready)?;
             if let Some(msg) = msg {
-                writeln!(out, "{msg}")?;
+                message(out, json, &msg)?;
             }
             Ok(())
         }
         Command::Worker(WorkerCommand::Stop { timeout, force }) => {
-            let msg = supervisor::stop(&dir, Duration::from_secs(timeout), force)?;
-            writeln!(out, "{msg}")?;
-            Ok(())
+            let ms = parse_duration(&timeout)
+                .map_err(|e| CommandError::Invalid(format!("--timeout: {e}")))?;
+            let msg = supervisor::stop(&dir, Duration::from_millis(ms), force)?;
+            message(out, json, &msg)
         }
-        Command::Status { json } => status(&dir, json, out),
-        Command::List(args) => list(&dir, args, out),
-        Command::Show { id, json } => show(&dir, id, json, out),
-        Command::Logs { id, attempt } => logs(&dir, id, attempt, out),
-        Command::Dlq(DlqCommand::List { json }) => list(
+        Command::Status => status(&dir, json, out),
+        Command::List(args) => list(&dir, args, json, out),
+        Command::Show { id } => show(&dir, id, json, out),
+        Command::Logs { id, run } => logs(&dir, id, run, json, out),
+        Command::Dlq(DlqCommand::List) => list(
             &dir,
             ListArgs {
                 state: Some("dead".into()),
                 limit: None,
                 offset: 0,
-                json,
             },
+            json,
             out,
         ),
-        Command::Dlq(DlqCommand::Retry { id }) => match call(&dir, &Request::DlqRetry { id })? {
-            Reply::Retried(job) => {
-                writeln!(out, "Job {} moved from the DLQ to pending", job.id)?;
-                Ok(())
-            }
-            other => unexpected(other),
-        },
-        Command::Config(c) => config(&dir, c, out),
-        Command::Export { sqlite, force } => export(&dir, &sqlite, force, out),
+        Command::Dlq(DlqCommand::Retry { ids, all }) => dlq_retry(&dir, ids, all, json, out),
+        Command::Config(c) => config(&dir, c, json, out),
+        Command::Export { sqlite, force } => export(&dir, &sqlite, force, json, out),
         Command::WorkerChild => supervisor::worker_child(&dir).map_err(Into::into),
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
+}
+
+/// Whether a command may create the data directory: only those that put something in it.
+/// Reading commands refuse a directory that does not exist (a mistyped `--data-dir`).
+fn creates_data_dir(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Enqueue(_)
+            | Command::Add(_)
+            | Command::Worker(WorkerCommand::Start { .. })
+            | Command::Config(ConfigCommand::Set { .. })
+            | Command::WorkerChild
+    )
+}
+
+/// A sentence for a person, or `{"message": ...}`.
+fn message(out: &mut impl Write, json: bool, msg: &str) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "message": msg }))?;
+    } else {
+        writeln!(out, "{msg}")?;
+    }
+    Ok(())
 }
 
 fn reply_timeout() -> Duration {
@@ -145,10 +192,10 @@ fn unexpected<T>(reply: Reply) -> Result<T> {
     Err(CommandError::Unexpected)
 }
 
-fn enqueue(dir: &DataDir, args: EnqueueArgs, out: &mut impl Write) -> Result<()> {
+fn enqueue(dir: &DataDir, args: EnqueueArgs, json: bool, out: &mut impl Write) -> Result<()> {
     let now = now_ms();
     let invalid = |e: crate::model::ModelError| CommandError::Invalid(e.to_string());
-    let jobs = match (&args.json, &args.file) {
+    let mut jobs = match (&args.job, &args.file) {
         (Some(text), None) => vec![NewJob::from_json(text, now).map_err(invalid)?],
         (None, Some(path)) => read_jobs_file(path, now)?,
         _ => {
@@ -157,18 +204,199 @@ fn enqueue(dir: &DataDir, args: EnqueueArgs, out: &mut impl Write) -> Result<()>
             ))
         }
     };
-    let n = jobs.len();
-    let single = args.json.is_some().then(|| jobs[0].id.clone());
-    match call(dir, &Request::Enqueue { jobs })? {
-        Reply::Done => {
-            match single {
-                Some(id) => writeln!(out, "{id}")?,
-                None => writeln!(out, "Enqueued {n} job{}", if n == 1 { "" } else { "s" })?,
-            }
-            Ok(())
-        }
-        other => unexpected(other),
+    let here = current_dir()?;
+    for job in &mut jobs {
+        let cwd = match job.cwd.take() {
+            None => path_text(&here)?,
+            Some(c) => path_text(&here.join(c))?,
+        };
+        job.cwd = Some(cwd);
     }
+    submit(dir, jobs, args.job.is_some(), json, out)
+}
+
+/// The caller's working directory, where its jobs run unless told otherwise (absolute).
+fn current_dir() -> Result<PathBuf> {
+    std::env::current_dir()
+        .map_err(|e| CommandError::Failed(format!("cannot read the current directory: {e}")))
+}
+
+fn path_text(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| CommandError::Invalid(format!("{} is not valid UTF-8", p.display())))
+}
+
+/// Stores the jobs and prints the id (one job) or the count; hints when nobody will run them.
+fn submit(
+    dir: &DataDir,
+    jobs: Vec<NewJob>,
+    single: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    match call(dir, &Request::Enqueue { jobs })? {
+        Reply::Done => {}
+        other => return unexpected(other),
+    }
+    let n = ids.len();
+    match (single, json) {
+        (true, false) => writeln!(out, "{}", ids[0])?,
+        (true, true) => writeln!(out, "{}", serde_json::json!({ "id": ids[0] }))?,
+        (false, false) => writeln!(out, "Enqueued {n} job{}", if n == 1 { "" } else { "s" })?,
+        (false, true) => writeln!(out, "{}", serde_json::json!({ "enqueued": n, "ids": ids }))?,
+    }
+    if matches!(dir.holder(), Ok(Holder::Free)) {
+        eprintln!("hint: no supervisor is running; `queuectl worker start` runs the queued jobs");
+    }
+    Ok(())
+}
+
+fn add(dir: &DataDir, a: AddArgs, json: bool, out: &mut impl Write) -> Result<()> {
+    let invalid = |m: String| CommandError::Invalid(m);
+    if !matches!(a.command.first(), Some(p) if !p.trim().is_empty()) {
+        return Err(invalid("`command` must not be empty".into()));
+    }
+    let command = shlex::try_join(a.command.iter().map(String::as_str))
+        .map_err(|_| invalid("the command must not contain a NUL byte".into()))?;
+    let priority = match &a.priority {
+        None => None,
+        Some(p) => Some(
+            p.trim()
+                .parse::<i64>()
+                .map_err(|_| invalid(format!("--priority must be a whole number, not `{p}`")))?,
+        ),
+    };
+    let max_retries = match &a.max_retries {
+        None => None,
+        Some(m) => Some(m.trim().parse::<u32>().map_err(|_| {
+            invalid(format!(
+                "--max-retries must be a whole number >= 0, not `{m}`"
+            ))
+        })?),
+    };
+    for (flag, v) in [("--delay", &a.delay), ("--timeout", &a.timeout)] {
+        if let Some(v) = v {
+            parse_duration(v).map_err(|e| invalid(format!("{flag}: {e}")))?;
+        }
+    }
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &a.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(invalid(format!("--env expects KEY=VALUE, not `{kv}`")));
+        };
+        env.insert(k.to_string(), v.to_string());
+    }
+    let here = current_dir()?;
+    let cwd = match &a.cwd {
+        None => here,
+        Some(c) => {
+            let p = here.join(c);
+            if !p.is_dir() {
+                return Err(invalid(format!("--cwd {}: not a directory", c.display())));
+            }
+            p
+        }
+    };
+    let spec = JobSpec {
+        id: a.id,
+        command,
+        max_retries,
+        priority,
+        run_at: a.at,
+        delay: a.delay.map(serde_json::Value::String),
+        timeout: a.timeout.map(serde_json::Value::String),
+        cwd: Some(path_text(&cwd)?),
+        env: Some(env),
+    };
+    let job = spec
+        .validate(now_ms())
+        .map_err(|e| invalid(e.to_string()))?;
+    submit(dir, vec![job], true, json, out)
+}
+
+/// Sends a request about several jobs and prints a line per job; fails if any could not be
+/// changed (after printing why, one line each on stderr).
+fn each(dir: &DataDir, req: Request, done: &str, json: bool, out: &mut impl Write) -> Result<()> {
+    let Reply::Each(results) = call(dir, &req)? else {
+        return Err(CommandError::Unexpected);
+    };
+    print_each(&results, done, json, out)
+}
+
+fn print_each(
+    results: &[(String, Result<Job, String>)],
+    done: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    if json {
+        let items: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(id, r)| match r {
+                Ok(job) => serde_json::json!({ "id": id, "ok": true, "state": job.state }),
+                Err(e) => serde_json::json!({ "id": id, "ok": false, "error": e }),
+            })
+            .collect();
+        writeln!(out, "{}", to_json(&items))?;
+    } else {
+        for (id, r) in results {
+            match r {
+                Ok(_) if done.contains("{}") => writeln!(out, "{}", done.replace("{}", id))?,
+                Ok(_) => writeln!(out, "{id}: {done}")?,
+                Err(e) => eprintln!("error: {e}"),
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CommandError::Some {
+            failed,
+            total: results.len(),
+        });
+    }
+    Ok(())
+}
+
+/// What `dlq retry` says of each job (the Node.js queuectl's words).
+const RETRIED: &str = "Job {} moved from the DLQ to pending";
+
+fn dlq_retry(
+    dir: &DataDir,
+    ids: Vec<String>,
+    all: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    if all {
+        let Reply::Each(results) = call(dir, &Request::DlqRetryAll)? else {
+            return Err(CommandError::Unexpected);
+        };
+        if results.is_empty() && !json {
+            writeln!(out, "No dead jobs.")?;
+            return Ok(());
+        }
+        return print_each(&results, RETRIED, json, out);
+    }
+    if let [id] = ids.as_slice() {
+        // One job: its error is the command's (exit status 2 for an unknown or live job).
+        return match call(dir, &Request::DlqRetry { id: id.clone() })? {
+            Reply::Retried(job) => print_each(&[(id.clone(), Ok(job))], RETRIED, json, out),
+            other => unexpected(other),
+        };
+    }
+    // One request per id: each is applied once even if the spool replays it.
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
+        match call(dir, &Request::DlqRetry { id: id.clone() }) {
+            Ok(Reply::Retried(job)) => results.push((id, Ok(job))),
+            Ok(other) => return unexpected(other),
+            Err(CommandError::Invalid(e)) => results.push((id, Err(e))),
+            Err(e) => return Err(e),
+        }
+    }
+    print_each(&results, RETRIED, json, out)
 }
 
 /// Reads JSON Lines (blank lines skipped); the first bad line refuses the whole file.
@@ -205,12 +433,15 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
     let Reply::Status(s) = call(dir, &Request::Status)? else {
         return Err(CommandError::Unexpected);
     };
+    let data_dir = std::path::absolute(dir.root()).unwrap_or_else(|_| dir.root().to_path_buf());
     if json {
-        writeln!(out, "{}", status_json(&s))?;
+        let mut v = status_json(&s);
+        v["data_dir"] = data_dir.display().to_string().into();
+        writeln!(out, "{v}")?;
         return Ok(());
     }
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(["STATE", "JOBS"]);
+    t.set_header(["STATE", "JOBS"]);
     for st in JobState::ALL {
         t.add_row([
             Cell::new(st),
@@ -221,7 +452,7 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
         Cell::new("total"),
         Cell::new(s.counts.total()).set_alignment(CellAlignment::Right),
     ]);
-    writeln!(out, "{t}")?;
+    writeln!(out, "{}", render(&mut t, &[], &[]))?;
     match s.owner.supervisor_pid {
         Some(pid) => writeln!(
             out,
@@ -230,6 +461,7 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
         )?,
         None => writeln!(out, "Workers: 0 (no supervisor running)")?,
     }
+    writeln!(out, "Data directory: {}", data_dir.display())?;
     Ok(())
 }
 
@@ -247,35 +479,71 @@ fn status_json(s: &StatusInfo) -> serde_json::Value {
     })
 }
 
-fn list(dir: &DataDir, args: ListArgs, out: &mut impl Write) -> Result<()> {
-    let state = match &args.state {
-        None => None,
-        Some(s) => Some(
-            s.parse::<JobState>()
-                .map_err(|e| CommandError::Invalid(e.to_string()))?,
-        ),
+/// `pending`, or several separated by commas (`failed,dead`), without repeats, in the order
+/// given.
+fn parse_states(text: &str) -> Result<Vec<JobState>> {
+    let mut states = Vec::new();
+    for part in text.split(',') {
+        let st = part
+            .trim()
+            .parse::<JobState>()
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        if !states.contains(&st) {
+            states.push(st);
+        }
+    }
+    Ok(states)
+}
+
+fn list(dir: &DataDir, args: ListArgs, json: bool, out: &mut impl Write) -> Result<()> {
+    let states = match &args.state {
+        None => Vec::new(),
+        Some(s) => parse_states(s)?,
     };
-    let req = Request::List {
-        state,
-        offset: args.offset,
-        limit: args.limit.unwrap_or(usize::MAX),
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let fetch = |state, offset, limit| -> Result<Vec<Job>> {
+        match call(
+            dir,
+            &Request::List {
+                state,
+                offset,
+                limit,
+            },
+        )? {
+            Reply::Jobs(jobs) => Ok(jobs),
+            other => unexpected(other),
+        }
     };
-    let Reply::Jobs(jobs) = call(dir, &req)? else {
-        return Err(CommandError::Unexpected);
+    let jobs = if states.len() <= 1 {
+        fetch(states.first().copied(), args.offset, limit)?
+    } else {
+        // State by state, as an unfiltered list orders them; the page is cut from the whole.
+        let wanted = args.offset.saturating_add(limit);
+        let mut all = Vec::new();
+        for st in &states {
+            all.extend(fetch(Some(*st), 0, wanted)?);
+        }
+        all.into_iter().skip(args.offset).take(limit).collect()
     };
-    if args.json {
+    if json {
         let views: Vec<JobView> = jobs.iter().map(JobView::from).collect();
         writeln!(out, "{}", to_json(&views))?;
         return Ok(());
     }
     if jobs.is_empty() {
-        match state {
-            Some(st) => writeln!(out, "No {st} jobs.")?,
-            None => writeln!(out, "No jobs.")?,
+        let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        match names.as_slice() {
+            [] => writeln!(out, "No jobs.")?,
+            names => writeln!(out, "No {} jobs.", names.join(" or "))?,
         }
         return Ok(());
     }
-    writeln!(out, "{}", jobs_table(&jobs))?;
+    // COMMAND and LAST ERROR wrap; UPDATED, NEXT RUN, PRIORITY, LAST ERROR go first.
+    writeln!(
+        out,
+        "{}",
+        render(&mut jobs_table(&jobs), &[5, 8], &[6, 7, 4, 8])
+    )?;
     Ok(())
 }
 
@@ -283,12 +551,69 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
+/// A table as printed: no borders, no trailing spaces, as wide as the terminal allows
+/// (`$COLUMNS` when set, else the terminal's width; unlimited when not a terminal). Only the
+/// `flexible` columns wrap; if the others alone do not fit, those in `drop_first` are left out,
+/// in that order.
+fn render(t: &mut Table, flexible: &[usize], drop_first: &[usize]) -> String {
+    /// The least a wrapping column is given before others are dropped.
+    const MIN_FLEXIBLE: u16 = 16;
+    t.load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some(w) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<u16>().ok())
+        .filter(|w| *w > 0)
+    {
+        t.set_width(w);
+    }
+    if let Some(width) = t.width() {
+        let widths = t.column_max_content_widths();
+        let mut hidden: Vec<usize> = Vec::new();
+        let needed = |hidden: &[usize]| -> u32 {
+            widths
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !hidden.contains(i))
+                .map(|(i, w)| {
+                    let w = if flexible.contains(&i) {
+                        (*w).min(MIN_FLEXIBLE)
+                    } else {
+                        *w
+                    };
+                    u32::from(w) + 2
+                })
+                .sum()
+        };
+        for &i in drop_first {
+            if needed(&hidden) <= u32::from(width) {
+                break;
+            }
+            hidden.push(i);
+        }
+        for i in 0..widths.len() {
+            if let Some(col) = t.column_mut(i) {
+                if hidden.contains(&i) {
+                    col.set_constraint(ColumnConstraint::Hidden);
+                } else if flexible.contains(&i) {
+                    let least = widths.get(i).copied().unwrap_or(0).min(MIN_FLEXIBLE);
+                    col.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(least)));
+                } else {
+                    col.set_constraint(ColumnConstraint::ContentWidth);
+                }
+            }
+        }
+    }
+    t.trim_fmt()
+}
+
 fn jobs_table(jobs: &[Job]) -> Table {
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header([
+    t.set_header([
         "ID",
         "STATE",
-        "ATTEMPTS",
+        "RUNS",
+        "FAILURES",
         "PRIORITY",
         "COMMAND",
         "UPDATED",
@@ -299,7 +624,8 @@ fn jobs_table(jobs: &[Job]) -> Table {
         t.add_row([
             j.id.clone(),
             j.state.to_string(),
-            format!("{}/{}", j.attempts, j.max_retries),
+            j.runs.to_string(),
+            format!("{} of {}", j.attempts, j.failures_allowed()),
             j.priority.to_string(),
             shorten(&j.command, 40),
             format_ts(j.updated_at),
@@ -333,37 +659,81 @@ fn show(dir: &DataDir, id: String, json: bool, out: &mut impl Write) -> Result<(
         writeln!(out, "{}", to_json(&view))?;
         return Ok(());
     }
-    let value = serde_json::to_value(&view).unwrap_or_default();
-    if let serde_json::Value::Object(map) = value {
-        for (k, v) in map {
-            let v = match v {
-                serde_json::Value::Null => "-".to_string(),
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            writeln!(out, "{k:<13} {v}")?;
-        }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let env = if job.env.is_empty() {
+        "-".to_string()
+    } else {
+        job.env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shlex::try_quote(v).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let lines: [(&str, String); 14] = [
+        ("id", view.id),
+        ("command", view.command),
+        ("state", view.state.to_string()),
+        ("attempts", job.attempts_summary()),
+        ("priority", view.priority.to_string()),
+        ("timeout", opt(job.timeout_ms.map(format_duration))),
+        ("cwd", opt(view.cwd)),
+        ("env", env),
+        ("created_at", view.created_at),
+        ("updated_at", view.updated_at),
+        ("available_at", opt(view.available_at)),
+        ("locked_by", opt(view.locked_by)),
+        ("locked_at", opt(view.locked_at)),
+        ("last_error", opt(view.last_error)),
+    ];
+    for (k, v) in lines {
+        writeln!(out, "{k:<13} {v}")?;
     }
     Ok(())
 }
 
-fn logs(dir: &DataDir, id: String, run: Option<u32>, out: &mut impl Write) -> Result<()> {
+fn logs(
+    dir: &DataDir,
+    id: String,
+    run: Option<u32>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
     let Reply::Logs { job, run, output } = call(dir, &Request::Logs { id, run })? else {
         return Err(CommandError::Unexpected);
     };
+    let running = job.state == JobState::Processing && run == job.runs;
+    if json {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let v = serde_json::json!({
+            "id": job.id,
+            "run": run,
+            "runs": job.runs,
+            "running": running && output.is_none(),
+            "outcome": output.as_ref().map(|o| o.outcome.describe()),
+            "success": output.as_ref().map(|o| o.outcome.is_success()),
+            "finished_at": output.as_ref().map(|o| format_ts(o.finished_at)),
+            "duration_ms": output.as_ref().map(|o| o.duration_ms),
+            "stdout": output.as_ref().map(|o| text(&o.stdout)).unwrap_or_default(),
+            "stderr": output.as_ref().map(|o| text(&o.stderr)).unwrap_or_default(),
+        });
+        writeln!(out, "{}", to_json(&v))?;
+        return Ok(());
+    }
     match output {
-        None if job.state == JobState::Processing && run == job.runs => {
-            writeln!(out, "(attempt {run} of job {} is still running)", job.id)?
-        }
-        None => writeln!(out, "(attempt {run} of job {} left no output)", job.id)?,
+        None if running => writeln!(out, "(run {run} of job {} is still running)", job.id)?,
+        None => writeln!(out, "(run {run} of job {} left no output)", job.id)?,
         Some(o) => {
+            // A time-out already says how long the run took.
+            let took = match o.outcome {
+                Outcome::TimedOut { .. } => String::new(),
+                _ => format!(", took {:.2}s", o.duration_ms as f64 / 1000.0),
+            };
             writeln!(
                 out,
-                "=== job {} attempt {run}/{}: {} in {:.2}s, finished {} ===",
+                "=== job {}, run {run} of {}: {}{took}, finished {} ===",
                 job.id,
                 job.runs,
                 o.outcome.describe(),
-                o.duration_ms as f64 / 1000.0,
                 format_ts(o.finished_at)
             )?;
             writeln!(out, "--- stdout ---")?;
@@ -381,10 +751,18 @@ fn logs(dir: &DataDir, id: String, run: Option<u32>, out: &mut impl Write) -> Re
     Ok(())
 }
 
-fn config(dir: &DataDir, c: ConfigCommand, out: &mut impl Write) -> Result<()> {
+fn config(dir: &DataDir, c: ConfigCommand, json: bool, out: &mut impl Write) -> Result<()> {
     let parse_key = |k: &str| {
         k.parse::<ConfigKey>()
             .map_err(|e| CommandError::Invalid(e.to_string()))
+    };
+    let pair = |out: &mut dyn Write, key: &str, v: u64| -> Result<()> {
+        if json {
+            writeln!(out, "{}", serde_json::json!({ key: v }))?;
+        } else {
+            writeln!(out, "{key} = {v}")?;
+        }
+        Ok(())
     };
     match c {
         ConfigCommand::Set { key, value } => {
@@ -399,7 +777,7 @@ fn config(dir: &DataDir, c: ConfigCommand, out: &mut impl Write) -> Result<()> {
                     value: v,
                 },
             )? {
-                Reply::Done => writeln!(out, "{key} = {v}")?,
+                Reply::Done => pair(out, &key, v)?,
                 other => return unexpected(other),
             }
         }
@@ -408,9 +786,13 @@ fn config(dir: &DataDir, c: ConfigCommand, out: &mut impl Write) -> Result<()> {
             let Reply::Config(cfg) = call(dir, &Request::Config)? else {
                 return Err(CommandError::Unexpected);
             };
-            writeln!(out, "{}", cfg.get(k))?;
+            if json {
+                pair(out, &key, cfg.get(k))?;
+            } else {
+                writeln!(out, "{}", cfg.get(k))?;
+            }
         }
-        ConfigCommand::Show { json } => {
+        ConfigCommand::Show => {
             let Reply::Config(cfg) = call(dir, &Request::Config)? else {
                 return Err(CommandError::Unexpected);
             };
@@ -423,18 +805,18 @@ fn config(dir: &DataDir, c: ConfigCommand, out: &mut impl Write) -> Result<()> {
                 writeln!(out, "{}", to_json(&map))?;
             } else {
                 let mut t = Table::new();
-                t.load_preset(NOTHING).set_header(["KEY", "VALUE"]);
+                t.set_header(["KEY", "VALUE"]);
                 for (k, v) in cfg.entries() {
                     t.add_row([k.to_string(), v.to_string()]);
                 }
-                writeln!(out, "{t}")?;
+                writeln!(out, "{}", render(&mut t, &[], &[]))?;
             }
         }
     }
     Ok(())
 }
 
-fn export(dir: &DataDir, path: &Path, force: bool, out: &mut impl Write) -> Result<()> {
+fn export(dir: &DataDir, path: &Path, force: bool, json: bool, out: &mut impl Write) -> Result<()> {
     // A directory is refused by the export itself: "use --force" would be wrong advice.
     if !force && path.exists() && !path.is_dir() {
         return Err(ExportError::Exists {
@@ -446,12 +828,21 @@ fn export(dir: &DataDir, path: &Path, force: bool, out: &mut impl Write) -> Resu
         return Err(CommandError::Unexpected);
     };
     let summary = export::export_sqlite(path, force, jobs, &config)?;
-    writeln!(
-        out,
-        "Exported {} jobs and {} config keys to {}",
-        summary.jobs,
-        summary.config_keys,
-        path.display()
-    )?;
+    if json {
+        let v = serde_json::json!({
+            "jobs": summary.jobs,
+            "config_keys": summary.config_keys,
+            "path": path.display().to_string(),
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "Exported {} jobs and {} config keys to {}",
+            summary.jobs,
+            summary.config_keys,
+            path.display()
+        )?;
+    }
     Ok(())
 }

@@ -40,6 +40,16 @@ pub enum Request {
     Config,
     /// Every job and the config, read at one instant (for export).
     Dump,
+    /// Stop jobs that have not finished: each goes to `dead` with `last_error` "cancelled".
+    Cancel {
+        ids: Vec<String>,
+    },
+    /// Delete finished jobs and their output.
+    Remove {
+        ids: Vec<String>,
+    },
+    /// Move every dead job back to pending.
+    DlqRetryAll,
 }
 
 impl Request {
@@ -47,7 +57,12 @@ impl Request {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Request::Enqueue { .. } | Request::DlqRetry { .. } | Request::ConfigSet { .. }
+            Request::Enqueue { .. }
+                | Request::DlqRetry { .. }
+                | Request::ConfigSet { .. }
+                | Request::Cancel { .. }
+                | Request::Remove { .. }
+                | Request::DlqRetryAll
         )
     }
 }
@@ -95,6 +110,9 @@ pub enum Reply {
         jobs: Vec<Job>,
         config: Config,
     },
+    /// One result per id of a request about several jobs, in the order asked: the job after
+    /// the change, or why it could not be changed.
+    Each(Vec<(String, Result<Job, String>)>),
     Error {
         kind: ErrorKind,
         message: String,
@@ -199,8 +217,42 @@ pub fn apply(
             let jobs = store.all_jobs().collect::<Result<Vec<_>, _>>()?;
             Ok(Reply::Dump { jobs, config })
         }),
+        Request::Cancel { ids } => each(ids, |id| match store.cancel(id, now) {
+            // Cancelling twice (or a request applied again after a crash) is not an error.
+            Err(StoreError::Finished {
+                state: JobState::Dead,
+                ..
+            }) => match store.get(id)? {
+                Some(job) if job.last_error.as_deref() == Some(crate::store::CANCELLED) => Ok(job),
+                _ => store.cancel(id, now),
+            },
+            other => other,
+        }),
+        Request::Remove { ids } => each(ids, |id| store.remove(id)),
+        Request::DlqRetryAll => store
+            .list(Some(JobState::Dead), 0, usize::MAX)
+            .and_then(|dead| {
+                let ids: Vec<String> = dead.into_iter().map(|j| j.id).collect();
+                each(&ids, |id| store.dlq_retry(id, now, None))
+            }),
     };
     result.unwrap_or_else(Reply::from_store_error)
+}
+
+/// Applies `op` to each id; a user error is that id's answer, any other error the request's.
+fn each(
+    ids: &[String],
+    mut op: impl FnMut(&str) -> Result<Job, StoreError>,
+) -> Result<Reply, StoreError> {
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
+        match op(id) {
+            Ok(job) => results.push((id.clone(), Ok(job))),
+            Err(e) if e.is_user_error() => results.push((id.clone(), Err(e.to_string()))),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Reply::Each(results))
 }
 
 #[cfg(test)]

@@ -63,7 +63,9 @@ macro_rules! conformance_tests {
             output_is_kept_per_run,
             counts_follow_every_transition,
             everything_survives_a_reopen,
-            random_operations_keep_the_invariants
+            random_operations_keep_the_invariants,
+            cancel_moves_waiting_jobs_to_dead_and_out_of_the_order,
+            remove_deletes_finished_jobs_and_their_output
         );
     };
     (@each $attrs:tt $make:expr; $($name:ident),*) => {
@@ -129,6 +131,100 @@ const CFG: Config = Config {
 };
 
 // ---- behaviours -----------------------------------------------------------------------------
+
+/// `cancel`: a pending (due or scheduled) or failed job goes to dead with "cancelled" and is
+/// never reserved again; a processing, finished or unknown job is refused and left alone.
+pub fn cancel_moves_waiting_jobs_to_dead_and_out_of_the_order(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let mut later = new_job("later");
+    later.run_at = Some(10_000);
+    s.enqueue(&[new_job("now"), later, new_job("run")], &CFG, 100, None)
+        .unwrap();
+    assert_eq!(s.reserve("w", 150).unwrap().unwrap().id, "now");
+    for id in ["later", "run"] {
+        let j = s.cancel(id, 200).unwrap();
+        assert_eq!(
+            (
+                j.state,
+                j.last_error.as_deref(),
+                j.available_at,
+                j.updated_at
+            ),
+            (JobState::Dead, Some(crate::store::CANCELLED), None, 200)
+        );
+        assert_eq!(s.get(id).unwrap().unwrap(), j);
+    }
+    assert_consistent(&*s);
+    assert!(
+        s.reserve("w", 20_000).unwrap().is_none(),
+        "cancelled jobs never run"
+    );
+    assert!(matches!(s.cancel("now", 300), Err(StoreError::Running(_))));
+    assert_eq!(s.get("now").unwrap().unwrap().state, JobState::Processing);
+    assert!(matches!(
+        s.cancel("run", 300),
+        Err(StoreError::Finished {
+            state: JobState::Dead,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.cancel("nope", 300),
+        Err(StoreError::NotFound(_))
+    ));
+    // A failed job waiting for its retry keeps its count of failures.
+    fail(&*s, "now", 2, 400);
+    let j = s.cancel("now", 500).unwrap();
+    assert_eq!((j.state, j.attempts, j.runs), (JobState::Dead, 1, 1));
+    assert!(s.reserve("w", 1_000_000).unwrap().is_none());
+    let c = s.counts().unwrap();
+    assert_eq!((c.dead, c.total()), (3, 3));
+    assert_consistent(&*s);
+}
+
+/// `remove`: a completed or dead job and the output of its runs are deleted (not the output of
+/// another job whose id starts the same); any other job is refused and left alone.
+pub fn remove_deletes_finished_jobs_and_their_output(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 100, None)
+        .unwrap();
+    s.reserve("w", 100).unwrap().unwrap();
+    let out = AttemptOutput {
+        run: 1,
+        outcome: Outcome::Exited(0),
+        finished_at: 200,
+        duration_ms: 100,
+        stdout: b"hi".to_vec(),
+        stderr: Vec::new(),
+    };
+    s.put_output("a", &out).unwrap();
+    s.put_output("ab", &out).unwrap();
+    assert!(matches!(
+        s.remove("a"),
+        Err(StoreError::NotFinished {
+            state: JobState::Processing,
+            ..
+        })
+    ));
+    assert!(s.output("a", 1).unwrap().is_some());
+    complete(&*s, "a", 200);
+    assert_eq!(s.remove("a").unwrap().id, "a");
+    assert!(s.get("a").unwrap().is_none());
+    assert!(s.output("a", 1).unwrap().is_none());
+    assert!(s.output("ab", 1).unwrap().is_some());
+    assert!(matches!(s.remove("a"), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.remove("b"),
+        Err(StoreError::NotFinished {
+            state: JobState::Pending,
+            ..
+        })
+    ));
+    s.cancel("b", 300).unwrap();
+    s.remove("b").unwrap();
+    assert_eq!(s.counts().unwrap().total(), 0);
+    assert_consistent(&*s);
+}
 
 /// A job goes pending -> processing -> completed, with every field set on the way.
 pub fn enqueue_reserve_complete(fresh: Fresh<'_>) {

@@ -44,7 +44,16 @@ pub enum StoreError {
     },
     #[error("the store has format version {found}; this queuectl reads version {expected}")]
     Schema { found: u32, expected: u32 },
+    #[error("job `{id}` is already {state}")]
+    Finished { id: String, state: JobState },
+    #[error("job `{id}` is {state}: only completed or dead jobs can be removed")]
+    NotFinished { id: String, state: JobState },
+    #[error("job `{0}` is running")]
+    Running(String),
 }
+
+/// The `last_error` of a job stopped by `queuectl cancel`.
+pub const CANCELLED: &str = "cancelled";
 
 impl StoreError {
     /// Whether the error is the user's (bad id, duplicate, wrong state) rather than the disk's.
@@ -55,6 +64,9 @@ impl StoreError {
                 | StoreError::DuplicateInBatch(_)
                 | StoreError::NotFound(_)
                 | StoreError::WrongState { .. }
+                | StoreError::Finished { .. }
+                | StoreError::NotFinished { .. }
+                | StoreError::Running(_)
         )
     }
 }
@@ -211,4 +223,16 @@ pub trait JobStore: Send + Sync {
     /// the backend keeps beside the jobs agreeing with them). `jobs` is how many jobs there are;
     /// `problems` is empty when all is well.
     fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// Cancels a job that is not running (`queuectl cancel`): a pending or failed job, due or
+    /// waiting for its time, moves to `dead` with `last_error` [`CANCELLED`], unlocked, with no
+    /// `available_at`, out of the availability order (it is never reserved again); `attempts`
+    /// and `runs` are unchanged. Errors, changing nothing: `NotFound`; `Running` for a
+    /// processing job; `Finished` (with its state) for a completed or dead job.
+    fn cancel(&self, id: &str, now: Millis) -> Result<Job, StoreError>;
+
+    /// Removes a finished job (`queuectl rm`): a completed or dead job and the output of every
+    /// run are deleted; the job is returned as it was. Errors, changing nothing: `NotFound`;
+    /// `NotFinished` (with its state) for a pending, processing or failed job.
+    fn remove(&self, id: &str) -> Result<Job, StoreError>;
 }

@@ -935,6 +935,75 @@ impl JobStore for SledStore {
         }
     }
 
+    /// Pending or failed → dead with `last_error` "cancelled", out of `due`/`scheduled`.
+    fn cancel(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
+        // The owner is the only writer: what is read here cannot change before the transaction.
+        let job = self
+            .get(id)?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let from = job.state;
+        match from {
+            JobState::Pending | JobState::Failed => {}
+            JobState::Processing => return Err(StoreError::Running(id.to_string())),
+            state => {
+                return Err(StoreError::Finished {
+                    id: id.to_string(),
+                    state,
+                })
+            }
+        }
+        Ok(self.tx(|t| {
+            let Some(mut job) = t.take(from, id)? else {
+                return abort(StoreError::NotFound(id.to_string()));
+            };
+            // The job is in exactly one of the two indexes, under its `available_at`.
+            if let Some(at) = job.available_at {
+                t.due()
+                    .remove(&keys::due_key(job.priority, at, job.seq)[..])?;
+                t.scheduled()
+                    .remove(&keys::scheduled_key(at, job.seq)[..])?;
+            }
+            job.state = JobState::Dead;
+            job.last_error = Some(crate::store::CANCELLED.to_string());
+            job.available_at = None;
+            unlock(&mut job, now);
+            t.put(&job)?;
+            t.moved(from, JobState::Dead)?;
+            Ok(job)
+        })?)
+    }
+
+    /// Deletes a completed or dead job and every `output` record under its id.
+    fn remove(&self, id: &str) -> Result<Job, StoreError> {
+        let job = self
+            .get(id)?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        if !matches!(job.state, JobState::Completed | JobState::Dead) {
+            return Err(StoreError::NotFinished {
+                id: id.to_string(),
+                state: job.state,
+            });
+        }
+        let outputs: Vec<sled::IVec> = self
+            .output
+            .scan_prefix(keys::output_prefix(id))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        // Output first: a crash in between leaves the job without its output (which `logs`
+        // reports), never output that a new job of the same id would show as its own.
+        for k in &outputs {
+            self.output.remove(k)?;
+        }
+        let state = job.state;
+        self.tx(|t| {
+            if t.take(state, id)?.is_some() {
+                t.count(state, -1)?;
+            }
+            Ok(())
+        })?;
+        Ok(job)
+    }
+
     /// Checks both invariants over the whole store: each job in exactly one state tree whose
     /// name matches its record, and the index holding exactly the pending and failed jobs.
     fn verify(&self) -> Result<VerifyReport, StoreError> {

@@ -1,0 +1,620 @@
+//! Everyday job control, run as a user would: `add`, durations, where a job runs (cwd, env),
+//! `cancel`, `rm`, one wording of attempts, `--json` everywhere, completions and the man page,
+//! read-only commands that create nothing, tables that fit, `dlq retry --all`, several states.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{wait_until, Env};
+use serde_json::Value;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs bad input; asserts exit status 2, one `error:` line containing `expect`, and that the
+/// list of jobs did not change.
+fn refused(env: &Env, args: &[&str], expect: &str) {
+    let before = env.ok(&["list", "--json"]);
+    let out = env.run(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err:?}");
+    assert!(err.contains(expect), "{args:?}: {err:?} lacks {expect:?}");
+    assert!(!err.contains("invalid type"), "parser words: {err}");
+    assert_eq!(env.ok(&["list", "--json"]), before, "{args:?} changed jobs");
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `queuectl --data-dir DIR` run from the directory `cwd`.
+fn cmd_in(env: &Env, cwd: &Path) -> assert_cmd::Command {
+    let mut c = env.cmd();
+    c.current_dir(cwd);
+    c
+}
+
+#[test]
+fn add_quotes_each_argument_and_records_the_callers_directory() {
+    let env = Env::new();
+    let here = env.file("here");
+    std::fs::create_dir(&here).unwrap();
+    let out = cmd_in(&env, &here)
+        .args([
+            "add",
+            "--id",
+            "a",
+            "--priority",
+            "-3",
+            "--max-retries",
+            "0",
+            "--timeout",
+            "90s",
+            "--env",
+            "GREETING=hi there",
+            "--env",
+            "B=1",
+            "--",
+            "printf",
+            "%s|",
+            "it's",
+            "two words",
+            "$HOME",
+            "a;b",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "a");
+    assert!(
+        stderr(&out).contains("no supervisor is running"),
+        "a hint on stderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let j = env.show("a");
+    let words = shlex::split(j["command"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        words,
+        ["printf", "%s|", "it's", "two words", "$HOME", "a;b"],
+        "{j}"
+    );
+    assert_eq!(j["priority"], -3);
+    assert_eq!(j["max_retries"], 0);
+    assert_eq!(j["timeout"], 90.0);
+    assert_eq!(j["cwd"], here.to_str().unwrap());
+    assert_eq!(
+        j["env"],
+        serde_json::json!({"B": "1", "GREETING": "hi there"})
+    );
+    let shown = env.ok(&["show", "a"]);
+    assert!(
+        shown.contains(&format!("cwd           {}", here.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("GREETING='hi there'"), "{shown}");
+    assert!(shown.contains("timeout       1m 30s"), "{shown}");
+
+    // --json prints the id as an object; --cwd (relative to the caller) and --at.
+    let sub = here.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let out = cmd_in(&env, &here)
+        .args([
+            "add",
+            "--json",
+            "--cwd",
+            "sub",
+            "--at",
+            "2030-01-01T09:00:00+09:00",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = json(&stdout(&out))["id"].as_str().unwrap().to_string();
+    let j = env.show(&id);
+    assert_eq!(j["cwd"], sub.to_str().unwrap());
+    assert_eq!(j["available_at"], "2030-01-01T00:00:00.000Z");
+}
+
+#[test]
+fn add_refuses_bad_flags_in_our_words() {
+    let env = Env::new();
+    refused(
+        &env,
+        &["add", "--delay", "soon", "--", "true"],
+        "--delay: invalid duration `soon`",
+    );
+    refused(
+        &env,
+        &["add", "--timeout", "0", "--", "true"],
+        "`timeout` must be more than 0",
+    );
+    refused(
+        &env,
+        &["add", "--at", "tomorrow", "--", "true"],
+        "invalid time `tomorrow`",
+    );
+    refused(
+        &env,
+        &["add", "--env", "NOVALUE", "--", "true"],
+        "--env expects KEY=VALUE",
+    );
+    refused(
+        &env,
+        &["add", "--env", "=x", "--", "true"],
+        "not a valid environment variable",
+    );
+    refused(
+        &env,
+        &["add", "--priority", "high", "--", "true"],
+        "--priority must be a whole number",
+    );
+    refused(
+        &env,
+        &["add", "--max-retries", "-1", "--", "true"],
+        "--max-retries must be",
+    );
+    refused(
+        &env,
+        &["add", "--cwd", "/no/such/dir", "--", "true"],
+        "not a directory",
+    );
+    refused(&env, &["add", "--", ""], "`command` must not be empty");
+}
+
+#[test]
+fn durations_as_people_write_them_in_json() {
+    let env = Env::new();
+    let cases = [
+        ("30", 30_000),
+        ("1.5", 1_500),
+        ("\"90s\"", 90_000),
+        ("\"5m\"", 300_000),
+        ("\"2h\"", 7_200_000),
+        ("\"1d\"", 86_400_000),
+        ("\"1h 30m\"", 5_400_000),
+    ];
+    for (i, (delay, ms)) in cases.iter().enumerate() {
+        let id = format!("d{i}");
+        let j = format!(r#"{{"id":"{id}","command":"true","delay":{delay},"timeout":{delay}}}"#);
+        env.enqueue(&j);
+        let shown = env.show(&id);
+        let created = chrono::DateTime::parse_from_rfc3339(shown["created_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        let at = chrono::DateTime::parse_from_rfc3339(shown["available_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        // `delay` counts from the moment the command read the clock, just before storing.
+        assert!((at - created - ms).abs() < 5_000, "{delay}: {shown}");
+        assert_eq!(
+            shown["timeout"].as_f64().unwrap(),
+            *ms as f64 / 1000.0,
+            "{delay}"
+        );
+    }
+    // A run_at with any offset.
+    env.enqueue(r#"{"id":"o","command":"true","run_at":"2030-06-01T12:00:00-04:30"}"#);
+    assert_eq!(env.show("o")["available_at"], "2030-06-01T16:30:00.000Z");
+
+    for (field, value, expect) in [
+        (
+            "delay",
+            "\"soon\"",
+            "`delay` must be a number of seconds or a duration like 5m",
+        ),
+        (
+            "delay",
+            "true",
+            "`delay` must be a number of seconds or a duration like 5m",
+        ),
+        (
+            "delay",
+            "-1",
+            "`delay` must be a number of seconds or a duration like 5m",
+        ),
+        (
+            "timeout",
+            "[1]",
+            "`timeout` must be a number of seconds or a duration like 5m",
+        ),
+        (
+            "max_retries",
+            "\"3\"",
+            "`max_retries` must be a whole number >= 0",
+        ),
+        ("priority", "1.5", "`priority` must be a whole number"),
+        ("command", "5", "`command` must be a string"),
+        ("cwd", "7", "`cwd` must be a string"),
+        ("env", "{\"A\":1}", "`env` must be an object of strings"),
+        ("env", "[\"A\"]", "`env` must be an object of strings"),
+        ("run_at", "12", "`run_at` must be an RFC 3339 time"),
+    ] {
+        let j = if field == "command" {
+            format!(r#"{{"command":{value}}}"#)
+        } else {
+            format!(r#"{{"command":"true","{field}":{value}}}"#)
+        };
+        refused(&env, &["enqueue", &j], expect);
+    }
+}
+
+#[test]
+fn enqueue_records_the_callers_directory_unless_json_gives_cwd() {
+    let env = Env::new();
+    let a = env.file("a");
+    std::fs::create_dir(&a).unwrap();
+    let run = |json: &str| {
+        let out = cmd_in(&env, &a).args(["enqueue", json]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let id = run(r#"{"command":"./backup.sh"}"#);
+    assert_eq!(env.show(&id)["cwd"], a.to_str().unwrap());
+    let id = run(r#"{"command":"true","cwd":"/srv/app","env":{"LANG":"C","X":""}}"#);
+    let j = env.show(&id);
+    assert_eq!(j["cwd"], "/srv/app");
+    assert_eq!(j["env"], serde_json::json!({"LANG": "C", "X": ""}));
+    // A relative cwd is taken from the caller's directory.
+    let id = run(r#"{"command":"true","cwd":"sub"}"#);
+    assert_eq!(env.show(&id)["cwd"], a.join("sub").to_str().unwrap());
+    // Files too.
+    let file = env.file("jobs.jsonl");
+    std::fs::write(&file, "{\"id\":\"f1\",\"command\":\"true\"}\n").unwrap();
+    let out = cmd_in(&env, &a)
+        .args(["enqueue", "--json", "--file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&stdout(&out)),
+        serde_json::json!({"enqueued": 1, "ids": ["f1"]})
+    );
+    assert_eq!(env.show("f1")["cwd"], a.to_str().unwrap());
+}
+
+#[test]
+fn export_adds_cwd_and_env_after_the_documented_columns() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"e","command":"true","cwd":"/tmp","env":{"A":"1"}}"#);
+    let db = env.file("out.db");
+    let out = env.ok(&["export", "--json", "--sqlite", db.to_str().unwrap()]);
+    assert_eq!(json(&out)["jobs"], 1);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('jobs') ORDER BY cid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let n = cols.len();
+    assert_eq!(&cols[n - 2..], ["cwd", "env"], "{cols:?}");
+    let (cwd, envs): (String, String) = conn
+        .query_row("SELECT cwd, env FROM jobs WHERE id = 'e'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(cwd, "/tmp");
+    assert_eq!(json(&envs), serde_json::json!({"A": "1"}));
+}
+
+#[test]
+fn cancel_and_rm_answer_per_id() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"p","command":"true"}"#);
+    env.enqueue(r#"{"id":"s","command":"true","delay":"1h"}"#);
+    // Not running: straight to dead, "cancelled", never reserved.
+    let out = env.ok(&["cancel", "p", "s"]);
+    assert_eq!(out, "p: cancelled\ns: cancelled\n");
+    for id in ["p", "s"] {
+        let j = env.show(id);
+        assert_eq!(
+            (j["state"].as_str(), j["last_error"].as_str()),
+            (Some("dead"), Some("cancelled"))
+        );
+        assert_eq!(j["available_at"], Value::Null);
+    }
+    // Cancelling again is not an error; an unknown id is, with a line of its own.
+    assert_eq!(env.ok(&["cancel", "p"]), "p: cancelled\n");
+    let out = env.run(&["cancel", "p", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "p: cancelled\n");
+    assert!(
+        stderr(&out).contains("error: no job with id `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["cancel", "--json", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let items = json(&stdout(&out));
+    assert_eq!(items[0]["id"], "nope");
+    assert_eq!(items[0]["ok"], false);
+
+    // rm: finished jobs only, with a reason for the others.
+    env.enqueue(r#"{"id":"q","command":"true"}"#);
+    let out = env.run(&["rm", "p", "q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "p: removed\n");
+    assert!(
+        stderr(&out).contains("job `q` is pending: only completed or dead jobs can be removed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.count("pending"), 1);
+    assert_eq!(env.count("dead"), 1);
+    assert_eq!(env.count("total"), 2);
+    let out = env.run(&["show", "p"]);
+    assert!(stderr(&out).contains("no job with id `p`"));
+    assert!(!env.run(&["rm"]).status.success(), "ids are required");
+}
+
+#[test]
+fn dlq_retry_all_and_several_states() {
+    let env = Env::new();
+    for id in ["a", "b", "c"] {
+        env.enqueue(&format!(r#"{{"id":"{id}","command":"true"}}"#));
+    }
+    env.ok(&["cancel", "a", "b"]);
+    let dead = env.list("dead");
+    assert_eq!(dead.len(), 2);
+    let both: Vec<Value> = json(&env.ok(&["list", "--state", "pending,dead", "--json"]))
+        .as_array()
+        .unwrap()
+        .clone();
+    let ids: Vec<&str> = both.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c", "a", "b"], "state by state, in the order given");
+    let page = json(&env.ok(&[
+        "list",
+        "--state",
+        "pending,dead",
+        "--json",
+        "--offset",
+        "1",
+        "--limit",
+        "1",
+    ]));
+    assert_eq!(page[0]["id"], "a");
+    assert_eq!(
+        env.ok(&["list", "--state", "failed,processing"]),
+        "No failed or processing jobs.\n"
+    );
+    refused(
+        &env,
+        &["list", "--state", "pending,done"],
+        "unknown state `done`",
+    );
+
+    let out = env.ok(&["dlq", "retry", "--all"]);
+    assert_eq!(
+        out,
+        "Job a moved from the DLQ to pending\nJob b moved from the DLQ to pending\n"
+    );
+    assert_eq!(env.count("pending"), 3);
+    assert_eq!(env.ok(&["dlq", "retry", "--all"]), "No dead jobs.\n");
+    assert!(
+        !env.run(&["dlq", "retry"]).status.success(),
+        "an id or --all"
+    );
+}
+
+#[test]
+fn json_on_every_printing_command() {
+    let env = Env::new();
+    let id = json(&env.ok(&["enqueue", "--json", r#"{"command":"true"}"#]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 26);
+    assert_eq!(
+        json(&env.ok(&["config", "get", "max_retries", "--json"])),
+        serde_json::json!({"max_retries": 3})
+    );
+    assert_eq!(
+        json(&env.ok(&["config", "set", "poll_interval_ms", "2s", "--json"])),
+        serde_json::json!({"poll_interval_ms": 2000})
+    );
+    let st = json(&env.ok(&["status", "--json"]));
+    let dir = std::path::absolute(env.path()).unwrap();
+    assert_eq!(st["data_dir"], dir.to_str().unwrap());
+    assert!(env
+        .ok(&["status"])
+        .contains(&format!("Data directory: {}", dir.display())));
+    assert_eq!(
+        json(&env.ok(&["worker", "stop", "--json"]))["message"],
+        "No supervisor is running"
+    );
+    env.ok(&["cancel", &id]);
+    let retried = json(&env.ok(&["dlq", "retry", &id, "--json"]));
+    assert_eq!(retried[0]["state"], "pending");
+}
+
+#[test]
+fn attempts_have_one_meaning_and_logs_name_runs() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"f","command":"echo out; echo err >&2; exit 3","max_retries":2}"#);
+    env.enqueue(r#"{"id":"z","command":"true","max_retries":0}"#);
+    let sup = env.start(1);
+    wait_until("f to fail once", || env.show("f")["state"] == "failed");
+    wait_until("z to complete", || env.show("z")["state"] == "completed");
+    let shown = env.ok(&["show", "f"]);
+    assert!(
+        shown.contains("attempts      runs 1, failures 1 of 2 allowed"),
+        "{shown}"
+    );
+    let z = env.ok(&["show", "z"]);
+    assert!(z.contains("runs 1, failures 0 of 1 allowed"), "{z}");
+    let table = env.ok(&["list", "--state", "failed,completed"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("RUNS") && header.contains("FAILURES"),
+        "{table}"
+    );
+    assert!(!header.contains("ATTEMPTS"), "{table}");
+    assert!(table.contains("1 of 2"), "{table}");
+
+    let logs = env.ok(&["logs", "f", "--run", "1"]);
+    assert!(
+        logs.starts_with("=== job f, run 1 of 1: exit code 3, took "),
+        "{logs}"
+    );
+    assert!(logs.contains("out\n") && logs.contains("err\n"), "{logs}");
+    let lj = json(&env.ok(&["logs", "f", "--json"]));
+    assert_eq!(
+        (lj["run"].as_u64(), lj["runs"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(lj["stdout"], "out\n");
+    assert_eq!(lj["stderr"], "err\n");
+    assert_eq!(lj["outcome"], "exit code 3");
+    assert_eq!(lj["success"], false);
+    sup.stop();
+}
+
+#[test]
+fn tables_have_no_trailing_spaces_and_fit_the_width() {
+    let env = Env::new();
+    for i in 0..3 {
+        env.enqueue(&format!(
+            r#"{{"command":"echo a rather long command line number {i} that goes on and on","delay":"1h"}}"#
+        ));
+    }
+    for cols in ["100", "80"] {
+        for args in [&["list"][..], &["status"], &["config", "show"]] {
+            let out = env.cmd().env("COLUMNS", cols).args(args).output().unwrap();
+            assert!(out.status.success());
+            let text = stdout(&out);
+            for line in text.lines() {
+                assert!(!line.ends_with(' '), "{args:?}: trailing space in {line:?}");
+                assert!(
+                    line.chars().count() <= cols.parse().unwrap(),
+                    "{args:?} at {cols} columns: {line:?}"
+                );
+            }
+        }
+    }
+    // Without a terminal nor COLUMNS nothing is cut.
+    let wide = env
+        .cmd()
+        .env_remove("COLUMNS")
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert!(stdout(&wide).lines().next().unwrap().contains("NEXT RUN"));
+}
+
+#[test]
+fn read_only_commands_never_create_a_data_directory() {
+    let env = Env::new();
+    let missing = env.file("typo");
+    for args in [
+        &["status"][..],
+        &["list"],
+        &["show", "x"],
+        &["logs", "x"],
+        &["dlq", "list"],
+        &["config", "show"],
+        &["config", "get", "max_retries"],
+        &["cancel", "x"],
+        &["rm", "x"],
+        &["worker", "stop"],
+    ] {
+        let out = assert_cmd::Command::cargo_bin("queuectl")
+            .unwrap()
+            .arg("--data-dir")
+            .arg(&missing)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("no queue at"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+    // Writing commands do create it.
+    let out = assert_cmd::Command::cargo_bin("queuectl")
+        .unwrap()
+        .arg("--data-dir")
+        .arg(&missing)
+        .args(["add", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(missing.is_dir());
+}
+
+#[test]
+fn completions_and_man_page() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef queuectl"),
+        ("fish", "complete -c queuectl"),
+    ] {
+        let out = env.ok(&["completions", shell]);
+        assert!(
+            out.contains(marker),
+            "{shell}: {}",
+            &out[..out.len().min(200)]
+        );
+        for word in ["add", "cancel", "wait", "rm"] {
+            if word == "wait" {
+                continue; // not yet a command
+            }
+            assert!(out.contains(word), "{shell} completes {word}");
+        }
+    }
+    let man = env.ok(&["man"]);
+    assert!(man.contains(".TH queuectl 1"), "{}", &man[..200]);
+    assert!(man.contains("enqueue") && man.contains("add"));
+    let out = env.run(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_speaks_users_words() {
+    let env = Env::new();
+    let top = env.ok(&["--help"]);
+    let mut commands: Vec<Vec<String>> = vec![vec![]];
+    let names: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|n| n != "help")
+        .collect();
+    assert!(names.contains(&"add".to_string()), "{top}");
+    for n in &names {
+        commands.push(vec![n.clone()]);
+        for sub in ["start", "stop", "list", "retry", "show", "get", "set"] {
+            commands.push(vec![n.clone(), sub.to_string()]);
+        }
+    }
+    for c in commands {
+        let mut args: Vec<&str> = c.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = env.run(&args);
+        if !out.status.success() {
+            continue; // no such subcommand
+        }
+        let text = stdout(&out).to_lowercase();
+        for word in ["seed", "internal"] {
+            assert!(!text.contains(word), "{args:?} says {word:?}: {text}");
+        }
+    }
+}
