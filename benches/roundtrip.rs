@@ -1,30 +1,51 @@
-//! The whole-process round trip of `queuectl enqueue`: `cargo bench --bench roundtrip`.
+//! Whole-process round trips of `queuectl` commands: `cargo bench --bench roundtrip`.
 //!
-//! Three things are timed, each as N sequential process runs (spawn + wait), in the same run:
+//! Part 1 times N sequential process runs (spawn + wait) of each of these, **interleaved** (one
+//! run of each in turn), so that every series sees the same load on a busy machine:
 //!
 //! - `/bin/true`: the cost of starting any process here, the baseline;
-//! - `enqueue` with no supervisor: the command takes the lock, opens sled, applies the job and
-//!   flushes it itself;
-//! - `enqueue` through the spool to a running supervisor with one worker: request file (fsync,
-//!   rename, fsync of the directory), wake-up, one transaction and flush in the supervisor, reply.
+//! - `queuectl --version`: starting queuectl itself (loading, argument parsing);
+//! - `enqueue` and `status` with no supervisor: the command takes the lock, opens the store,
+//!   applies (and for the enqueue flushes) itself;
+//! - `enqueue` and `status` with a supervisor running one worker: request file, wake-up, the
+//!   supervisor applies it (and flushes a write), reply.
 //!
-//! The job is `{"command":"true"}`, so in the spool case the supervisor's worker runs each job
-//! while later requests arrive, as it would in real use. The binary is the one Cargo builds for
-//! this bench (`CARGO_BIN_EXE_queuectl`, which Cargo sets for benches and integration tests).
-//! Data directories live under Cargo's target tmp directory (or `QUEUECTL_BENCH_DIR`), not
-//! `/tmp`, which may be a RAM disk where fsync costs nothing. `QUEUECTL_BENCH_N` changes N.
+//! Each line gives the median and p90, and the median's excess over `/bin/true`.
+//!
+//! Part 2 runs 8 concurrent enqueuers (each a loop of sequential `enqueue` processes) against a
+//! supervisor and reports the latency p50/p99 and how many requests the supervisor answered per
+//! store flush (group commit), from its own log (debug level).
+//!
+//! The job is `{"command":"true"}`, so the supervisor's worker runs jobs while later requests
+//! arrive, as it would in real use. The binary is the one Cargo builds for this bench
+//! (`CARGO_BIN_EXE_queuectl`). Data directories live under Cargo's target tmp directory (or
+//! `QUEUECTL_BENCH_DIR`), not `/tmp`, which may be a RAM disk where fsync costs nothing.
+//! `QUEUECTL_BENCH_N` changes N (default 300), `QUEUECTL_BENCH_CONCURRENT_N` the requests per
+//! concurrent enqueuer (default 100).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEFAULT_N: usize = 300;
-/// Untimed runs before each series (page cache, first open of the store).
+const DEFAULT_CONCURRENT_N: usize = 100;
+const ENQUEUERS: usize = 8;
+/// Untimed runs of each command before the series (page cache, first open of the store).
 const WARM_UP: usize = 10;
 const JOB: &str = r#"{"command":"true"}"#;
+/// What the supervisor logs (debug level) after answering a group of requests.
+const GROUP_LOG: &str = "with one flush of the store";
 
 fn queuectl() -> &'static str {
     env!("CARGO_BIN_EXE_queuectl")
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
 }
 
 fn bench_dir() -> tempfile::TempDir {
@@ -60,21 +81,11 @@ fn run_quiet(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?}: {status}");
 }
 
-/// Runs `make()` `WARM_UP` times untimed, then `n` times timed; returns the sorted durations.
-fn series(n: usize, mut make: impl FnMut() -> Command) -> Vec<Duration> {
-    for _ in 0..WARM_UP {
-        run_quiet(&mut make());
-    }
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let mut cmd = make();
-            let started = Instant::now();
-            run_quiet(&mut cmd);
-            started.elapsed()
-        })
-        .collect();
-    times.sort_unstable();
-    times
+/// Times one run of `cmd`.
+fn timed(mut cmd: Command) -> Duration {
+    let started = Instant::now();
+    run_quiet(&mut cmd);
+    started.elapsed()
 }
 
 /// The `q`-quantile of sorted durations (nearest rank).
@@ -94,11 +105,13 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn start(dir: &Path, workers: u32) -> Supervisor {
-        let out = command(dir, &["worker", "start", "--count", &workers.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run worker start");
+    /// Starts a supervisor; with `debug`, it logs at debug level (the group commit lines).
+    fn start(dir: &Path, workers: u32, debug: bool) -> Supervisor {
+        let mut cmd = command(dir, &["worker", "start", "--count", &workers.to_string()]);
+        if debug {
+            cmd.env("RUST_LOG", "debug");
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("run worker start");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -147,49 +160,172 @@ impl Drop for Supervisor {
     }
 }
 
+/// One interleaved series: a name and how to make its command.
+struct Series<'a> {
+    name: &'static str,
+    make: Box<dyn Fn() -> Command + 'a>,
+    times: Vec<Duration>,
+}
+
+fn interleaved(n: usize, series: &mut [Series<'_>]) {
+    for _ in 0..WARM_UP {
+        for s in series.iter() {
+            run_quiet(&mut (s.make)());
+        }
+    }
+    for _ in 0..n {
+        for s in series.iter_mut() {
+            let t = timed((s.make)());
+            s.times.push(t);
+        }
+    }
+    for s in series.iter_mut() {
+        s.times.sort_unstable();
+    }
+}
+
+/// Part 2: `ENQUEUERS` threads, each running `per_client` enqueues one after the other.
+/// Returns the sorted latencies, the wall time, and (requests, flushes) from the log.
+fn concurrent(dir: &Path, per_client: usize) -> (Vec<Duration>, Duration, usize, usize) {
+    let supervisor = Supervisor::start(dir, 1, true);
+    for _ in 0..WARM_UP {
+        run_quiet(&mut command(dir, &["enqueue", JOB]));
+    }
+    let log = dir.join("worker.log");
+    let before = groups_in_log(&log);
+    let started = Instant::now();
+    let mut times: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..ENQUEUERS)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..per_client)
+                        .map(|_| timed(command(dir, &["enqueue", JOB])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("an enqueuer thread"))
+            .collect()
+    });
+    let wall = started.elapsed();
+    assert!(supervisor.alive(), "the supervisor died during the bench");
+    drop(supervisor);
+    let after = groups_in_log(&log);
+    times.sort_unstable();
+    (times, wall, after.0 - before.0, after.1 - before.1)
+}
+
+/// Sums the supervisor's group commit lines: (requests answered, flushes).
+fn groups_in_log(log: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut total = (0, 0);
+    for line in text.lines().filter(|l| l.contains(GROUP_LOG)) {
+        // "... answered N requests (W changes) with one flush of the store"
+        let writes = line
+            .split('(')
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|w| w.parse::<usize>().ok());
+        if let Some(w) = writes.filter(|&w| w > 0) {
+            total.0 += w;
+            total.1 += 1;
+        }
+    }
+    total
+}
+
 fn main() {
-    // `cargo bench` passes `--bench` (and maybe a filter); there is nothing to select here.
-    let n = std::env::var("QUEUECTL_BENCH_N")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(DEFAULT_N);
+    // `cargo bench` passes `--bench` (and maybe a filter); `cargo test --benches` runs us with
+    // `--test`: nothing to do then.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let n = env_num("QUEUECTL_BENCH_N", DEFAULT_N);
+    let per_client = env_num("QUEUECTL_BENCH_CONCURRENT_N", DEFAULT_CONCURRENT_N);
     let base = bench_dir();
     let direct_dir = base.path().join("direct");
     let spool_dir = base.path().join("spool");
+    let concurrent_dir = base.path().join("concurrent");
     println!(
-        "queuectl enqueue round trip, {n} sequential process runs each (+{WARM_UP} warm-up)\n\
-         binary {}\ndata directories under {}\n",
+        "queuectl round trips, {n} sequential process runs of each, interleaved (+{WARM_UP} \
+         warm-up)\nbinary {}\ndata directories under {}\n",
         queuectl(),
         base.path().display()
     );
 
-    let baseline = series(n, || Command::new("/bin/true"));
-    let direct = series(n, || command(&direct_dir, &["enqueue", JOB]));
-    let spooled = {
-        let supervisor = Supervisor::start(&spool_dir, 1);
-        let times = series(n, || command(&spool_dir, &["enqueue", JOB]));
-        assert!(supervisor.alive(), "the supervisor died during the bench");
-        drop(supervisor);
-        times
-    };
+    let supervisor = Supervisor::start(&spool_dir, 1, false);
+    let mut series = [
+        Series {
+            name: "/bin/true",
+            make: Box::new(|| Command::new("/bin/true")),
+            times: Vec::new(),
+        },
+        Series {
+            name: "queuectl --version",
+            make: Box::new(|| command(&direct_dir, &["--version"])),
+            times: Vec::new(),
+        },
+        Series {
+            name: "enqueue, direct (no supervisor)",
+            make: Box::new(|| command(&direct_dir, &["enqueue", JOB])),
+            times: Vec::new(),
+        },
+        Series {
+            name: "status, direct (no supervisor)",
+            make: Box::new(|| command(&direct_dir, &["status"])),
+            times: Vec::new(),
+        },
+        Series {
+            name: "enqueue, with a supervisor",
+            make: Box::new(|| command(&spool_dir, &["enqueue", JOB])),
+            times: Vec::new(),
+        },
+        Series {
+            name: "status, with a supervisor",
+            make: Box::new(|| command(&spool_dir, &["status"])),
+            times: Vec::new(),
+        },
+    ];
+    interleaved(n, &mut series);
+    assert!(supervisor.alive(), "the supervisor died during the bench");
+    drop(supervisor);
 
-    let base_median = quantile(&baseline, 0.5);
+    let base_median = quantile(&series[0].times, 0.5);
     println!(
-        "{:<34} {:>10} {:>10} {:>14}",
-        "", "median", "p90", "median / true"
+        "{:<34} {:>10} {:>10} {:>16}",
+        "", "median", "p90", "median - true"
     );
-    for (name, times) in [
-        ("/bin/true", &baseline),
-        ("enqueue, direct (no supervisor)", &direct),
-        ("enqueue, through the spool", &spooled),
-    ] {
-        let median = quantile(times, 0.5);
+    for s in &series {
+        let median = quantile(&s.times, 0.5);
         println!(
-            "{name:<34} {:>8.2}ms {:>8.2}ms {:>13.1}x",
+            "{:<34} {:>8.2}ms {:>8.2}ms {:>+14.2}ms",
+            s.name,
             ms(median),
-            ms(quantile(times, 0.9)),
-            median.as_secs_f64() / base_median.as_secs_f64()
+            ms(quantile(&s.times, 0.9)),
+            ms(median) - ms(base_median)
         );
+    }
+
+    let (times, wall, requests, flushes) = concurrent(&concurrent_dir, per_client);
+    println!(
+        "\n{ENQUEUERS} concurrent enqueuers x {per_client} enqueues, with a supervisor: \
+         {:.0} enqueues/s",
+        times.len() as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "  latency p50 {:.2}ms  p90 {:.2}ms  p99 {:.2}ms",
+        ms(quantile(&times, 0.5)),
+        ms(quantile(&times, 0.9)),
+        ms(quantile(&times, 0.99))
+    );
+    if flushes > 0 {
+        println!(
+            "  {requests} acknowledged changes in {flushes} store flushes: {:.2} per flush",
+            requests as f64 / flushes as f64
+        );
+    } else {
+        println!("  (no group commit lines in the supervisor's log)");
     }
 }

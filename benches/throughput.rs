@@ -1,14 +1,15 @@
 //! Throughput of the whole system against the machine's own limit.
 //!
 //! `cargo bench --bench throughput` runs, in alternating rounds:
-//! - **queuectl**: a supervisor with 4 workers is started on an empty data directory, then one
-//!   `enqueue --file` hands it 1,000 `true` jobs; the time is from the first job's `created_at`
+//! - **queuectl**: a supervisor with 4 workers (and, in its own round, 16) is started on an
+//!   empty data directory, then one `enqueue --file` hands it 1,000 `true` jobs; the time is from the first job's `created_at`
 //!   to the last job's completion (`updated_at`), read back from the store afterwards, so the
 //!   measurement does not disturb the run (no polling while it drains).
 //! - **xargs -P4**: `seq 1000 | xargs -P4 -I{} sh -c true`, the raw rate of starting the same
 //!   shell four at a time.
 //!
-//! It prints jobs/s for each round, the medians, and their ratio. Set `QUEUECTL_BENCH_JOBS` or
+//! It prints jobs/s for each round, the medians, and the ratios of queuectl with 4 and with 16
+//! workers to `xargs -P4`. Set `QUEUECTL_BENCH_JOBS` or
 //! `QUEUECTL_BENCH_ROUNDS` to change the size.
 
 use std::path::Path;
@@ -58,7 +59,7 @@ fn completed(dir: &Path) -> u64 {
 }
 
 /// One queuectl round: jobs per second.
-fn queuectl_round(jobs: usize) -> f64 {
+fn queuectl_round(jobs: usize, workers: u32) -> f64 {
     let tmp = tempfile::Builder::new()
         .prefix("queuectl-bench-")
         .tempdir_in(std::env::var_os("QUEUECTL_BENCH_DIR").unwrap_or_else(|| "target".into()))
@@ -69,7 +70,11 @@ fn queuectl_round(jobs: usize) -> f64 {
         .collect();
     let file = tmp.path().join("jobs.jsonl");
     std::fs::write(&file, lines).expect("write jobs");
-    run_ok(queuectl(&dir).args(["worker", "start", "--count", "4"]));
+    run_ok(
+        queuectl(&dir)
+            .args(["worker", "start", "--count"])
+            .arg(workers.to_string()),
+    );
     let _stop = Stopper(&dir);
     run_ok(queuectl(&dir).arg("enqueue").arg("--file").arg(&file));
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -119,17 +124,30 @@ fn main() {
     }
     let jobs = env_num("QUEUECTL_BENCH_JOBS", 1000);
     let rounds = env_num("QUEUECTL_BENCH_ROUNDS", 5);
-    let (mut q, mut x) = (Vec::new(), Vec::new());
+    let (mut q4, mut q16, mut x) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let rx = xargs_round(jobs);
-        let rq = queuectl_round(jobs);
-        println!("round {round}: xargs -P4 {rx:8.0} jobs/s   queuectl 4 workers {rq:8.0} jobs/s   ratio {:.2}", rq / rx);
+        let r4 = queuectl_round(jobs, 4);
+        let r16 = queuectl_round(jobs, 16);
+        println!(
+            "round {round}: xargs -P4 {rx:6.0} jobs/s   queuectl 4 workers {r4:6.0} ({:.2})   \
+             16 workers {r16:6.0} ({:.2})",
+            r4 / rx,
+            r16 / rx
+        );
         x.push(rx);
-        q.push(rq);
+        q4.push(r4);
+        q16.push(r16);
     }
-    let (mq, mx) = (median(q), median(x));
+    let (m4, m16, mx) = (median(q4), median(q16), median(x));
     println!("median over {rounds} rounds of {jobs} `true` jobs:");
     println!("  xargs -P4 sh -c true   {mx:8.0} jobs/s");
-    println!("  queuectl, 4 workers    {mq:8.0} jobs/s");
-    println!("  ratio                  {:8.2}", mq / mx);
+    println!(
+        "  queuectl, 4 workers    {m4:8.0} jobs/s   ratio {:.2}",
+        m4 / mx
+    );
+    println!(
+        "  queuectl, 16 workers   {m16:8.0} jobs/s   ratio {:.2}",
+        m16 / mx
+    );
 }

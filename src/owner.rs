@@ -165,6 +165,13 @@ impl Owner {
                 }
             }
         }
+        if done.writes > 0 {
+            tracing::debug!(
+                "answered {} requests ({} changes) with one flush of the store",
+                done.requests,
+                done.writes
+            );
+        }
         Ok(done)
     }
 

@@ -4,6 +4,10 @@
 //! While it waits, the command keeps trying the lock: if the supervisor has gone away (stopped,
 //! or killed), the command takes the store over itself and drains the spool, its own request
 //! included. A request is therefore answered by whoever owns the store next, never lost.
+//!
+//! The request file is not fsynced while the command waits: the reply is sent only after the
+//! owner flushed the effect, so a crash before it loses nothing that was promised. Only when
+//! the command gives up waiting and reports the request as queued is the file made durable.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +45,8 @@ pub fn call(dir: &DataDir, req: &Request, timeout: Duration) -> Result<Reply, Cl
     let spool = Spool::open(dir.root())?;
     let id = Spool::new_request_id();
     let waiter = spool.reply_waiter(&id)?;
-    spool.submit(&id, &request::encode(req)?)?;
+    // Not fsynced: we wait for the reply, which comes only after the owner flushed the effect.
+    spool.submit_awaited(&id, &request::encode(req)?)?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(body) = waiter.wait(WAIT_SLICE)? {
@@ -54,6 +59,11 @@ pub fn call(dir: &DataDir, req: &Request, timeout: Duration) -> Result<Reply, Cl
         }
         if Instant::now() >= deadline {
             let waited_secs = timeout.as_secs();
+            // Saying "queued" is a promise: make the write durable first. (If it is gone, it
+            // was applied and flushed, or set aside, meanwhile: nothing left to keep.)
+            if req.is_write() {
+                spool.make_durable(&id)?;
+            }
             return Err(if req.is_write() {
                 ClientError::Queued {
                     request_id: id,

@@ -23,8 +23,9 @@
 //! 1. The client takes an id ([`Spool::new_request_id`]) and creates its doorbell
 //!    `reply/<id>.fifo`, which it holds open read-write ([`Spool::reply_waiter`]) so that its
 //!    reads never see end of file and the supervisor's non-blocking open for writing succeeds.
-//! 2. It writes `tmp/<id>.req` (created exclusively, mode 0600), fsyncs it, renames it to
-//!    `new/<id>.req`, fsyncs `new/` and writes one byte to `wake` ([`Spool::submit`]).
+//! 2. It writes `tmp/<id>.req` (created exclusively, mode 0600), renames it to
+//!    `new/<id>.req` and writes one byte to `wake` ([`Spool::submit_awaited`]; [`Spool::submit`]
+//!    also fsyncs the file before the rename and `new/` after it).
 //! 3. The supervisor's listener thread ([`Spool::listen`]) reads the byte(s) and sends one
 //!    message on a channel; the supervisor lists `new/` ([`Spool::pending`]), reads each request
 //!    ([`Spool::read`]), applies it, writes `reply/<id>.tmp`, renames it to `reply/<id>.reply`
@@ -36,11 +37,16 @@
 //!
 //! # Invariants
 //!
-//! - A request is never lost: it is durable before it is visible. Its content is fsynced in
-//!   `tmp/` before the rename makes it appear in `new/`, and `new/` is fsynced before
-//!   [`Spool::submit`] returns. It stays in `new/` until the supervisor has applied it and
-//!   flushed the effect. [`Spool::finish`] does not fsync, so after a crash a finished request
-//!   may show up again: applying a request must be idempotent by its id.
+//! - A request is never lost once something was promised about it. [`Spool::submit`] makes it
+//!   durable before it is visible (its content is fsynced in `tmp/` before the rename makes it
+//!   appear in `new/`, and `new/` is fsynced before it returns). [`Spool::submit_awaited`],
+//!   for a client that waits for the reply, skips both fsyncs: the reply is the promise, and
+//!   it is sent only after the effect is flushed; a client that gives up waiting calls
+//!   [`Spool::make_durable`] before it says the request is queued. A request is only ever
+//!   visible whole (written in `tmp/`, then renamed). It stays in `new/` until the supervisor
+//!   has applied it and flushed the effect. [`Spool::finish`] does not fsync, so after a crash
+//!   a finished request may show up again (or, if it was never fsynced, show up empty and be
+//!   set aside): applying a request must be idempotent by its id.
 //! - No wake-up is lost: a client rings `wake` only after the rename, and the supervisor lists
 //!   `new/` only after reading the byte, so each listing sees every request whose byte it
 //!   consumed. The supervisor must start [`Spool::listen`] before its first listing. Likewise
@@ -473,6 +479,39 @@ impl Spool {
     /// fsyncs `new/`, then [`wake`](Spool::wake)s the supervisor. When this returns `Ok` the
     /// request is durable. A body over [`MAX_REQUEST_BYTES`] is refused (it would be).
     pub fn submit(&self, id: &str, body: &[u8]) -> Result<(), SpoolError> {
+        self.submit_with(id, body, true)
+    }
+
+    /// Like [`submit`](Spool::submit) without either fsync: for a submitter that waits for the
+    /// reply. The reply comes only after the owner has flushed the request's effect, so until
+    /// then nothing was promised, and a process crash on either side leaves the file in the page
+    /// cache for the next owner. Before promising anything without a reply (giving up
+    /// waiting), call [`make_durable`](Spool::make_durable).
+    pub fn submit_awaited(&self, id: &str, body: &[u8]) -> Result<(), SpoolError> {
+        self.submit_with(id, body, false)
+    }
+
+    /// Makes a request submitted with [`submit_awaited`](Spool::submit_awaited) durable: fsyncs
+    /// `new/<id>.req` and `new/`. `Ok(false)` when the request is no longer there (it was
+    /// applied and its effect flushed, or set aside).
+    pub fn make_durable(&self, id: &str) -> Result<bool, SpoolError> {
+        check_id(id)?;
+        let path = self.request_path(id);
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(io_err("open", &path)(error)),
+        };
+        file.sync_all().map_err(io_err("fsync", &path))?;
+        fsync_dir(&self.new)?;
+        Ok(true)
+    }
+
+    fn submit_with(&self, id: &str, body: &[u8], sync: bool) -> Result<(), SpoolError> {
         check_id(id)?;
         let name = format!("{id}.req");
         let tmp = self.tmp.join(&name);
@@ -480,13 +519,15 @@ impl Spool {
         if len > MAX_REQUEST_BYTES {
             return Err(SpoolError::TooLarge { path: tmp, len });
         }
-        write_file(&tmp, body, true, true)?;
+        write_file(&tmp, body, true, sync)?;
         let new = self.new.join(&name);
         if let Err(error) = fs::rename(&tmp, &new) {
             let _ = fs::remove_file(&tmp);
             return Err(io_err("move request into place at", &new)(error));
         }
-        fsync_dir(&self.new)?;
+        if sync {
+            fsync_dir(&self.new)?;
+        }
         self.wake();
         Ok(())
     }
@@ -866,6 +907,32 @@ mod tests {
 
         drop(waiter);
         assert_eq!(fs::read_dir(root.join("reply")).unwrap().count(), 0);
+        stop_listener(&spool, rx, listener);
+    }
+
+    #[test]
+    fn an_awaited_request_is_visible_whole_and_made_durable_on_demand() {
+        let (_dir, spool) = setup();
+        let (tx, rx) = unbounded();
+        let listener = spool.listen(tx).unwrap();
+        let id = Spool::new_request_id();
+        let waiter = spool.reply_waiter(&id).unwrap();
+        spool.submit_awaited(&id, b"hello").unwrap();
+        rx.recv_timeout(BOUND).unwrap();
+        assert!(fs::read_dir(&spool.tmp).unwrap().next().is_none());
+        let pending = spool.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(spool.read(&pending[0]).unwrap(), b"hello");
+        assert!(spool.make_durable(&id).unwrap());
+        spool.reply(&id, b"done").unwrap();
+        assert_eq!(waiter.wait(BOUND).unwrap().unwrap(), b"done");
+        spool.finish(&pending[0]).unwrap();
+        // Applied and finished: nothing is left to make durable.
+        assert!(!spool.make_durable(&id).unwrap());
+        assert!(matches!(
+            spool.make_durable("../x"),
+            Err(SpoolError::InvalidId { .. })
+        ));
         stop_listener(&spool, rx, listener);
     }
 

@@ -283,6 +283,23 @@ mod tests {
         };
         assert_eq!(decode::<Reply>(&encode(&rep).unwrap()).unwrap(), rep);
         assert!(decode::<Request>(b"\xc1garbage").is_err());
+        // What an unsynced request file may hold after a machine crash never decodes.
+        let whole = encode(&reqs_for_crash()).unwrap();
+        for cut in 0..whole.len() {
+            assert!(decode::<Request>(&whole[..cut]).is_err(), "cut at {cut}");
+        }
+        for len in [0, 1, 113, 4096] {
+            assert!(
+                decode::<Request>(&vec![0u8; len]).is_err(),
+                "{len} zero bytes"
+            );
+        }
+    }
+
+    fn reqs_for_crash() -> Request {
+        Request::Enqueue {
+            jobs: vec![NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0).unwrap()],
+        }
     }
 
     #[test]
