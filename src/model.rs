@@ -582,10 +582,75 @@ impl Outcome {
     }
 }
 
+/// How much of stderr goes into `last_error`.
+const ERROR_TAIL_CHARS: usize = 500;
+
+/// How one attempt ended, with the end of its output: the one type that carries an attempt's
+/// result from the job's shell (`worker::command`) over the pipe (`worker::protocol`) through
+/// the supervisor to the store, which keeps it as an [`AttemptOutput`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    /// Wall time from spawning the shell to its exit.
+    pub duration_ms: u64,
+    /// The last 64 KiB of standard output.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// The last 64 KiB of standard error.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+}
+
+impl AttemptResult {
+    /// An attempt that ended with `outcome` and left no output (its worker died, say).
+    pub fn without_output(outcome: Outcome) -> AttemptResult {
+        AttemptResult {
+            outcome,
+            duration_ms: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+
+    /// A successful attempt that printed nothing leaves nothing to keep.
+    pub fn has_output_to_keep(&self) -> bool {
+        !(self.outcome.is_success() && self.stdout.is_empty() && self.stderr.is_empty())
+    }
+
+    /// `last_error` for a failed attempt: what happened, then the end of its stderr.
+    pub fn last_error(&self) -> String {
+        let text = String::from_utf8_lossy(&self.stderr);
+        let text = text.trim();
+        let mut msg = self.outcome.describe();
+        if !text.is_empty() {
+            let skip = text.chars().count().saturating_sub(ERROR_TAIL_CHARS);
+            let tail: String = text.chars().skip(skip).collect();
+            msg.push_str(": ");
+            if skip > 0 {
+                msg.push('…');
+            }
+            msg.push_str(&tail);
+        }
+        msg
+    }
+
+    /// The record the store keeps of attempt number `attempt`, ended at `finished_at`.
+    pub fn into_output(self, attempt: u32, finished_at: Millis) -> AttemptOutput {
+        AttemptOutput {
+            run: attempt,
+            outcome: self.outcome,
+            finished_at,
+            duration_ms: self.duration_ms,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
 /// The captured output of one attempt, as kept with the job (`queuectl logs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptOutput {
-    /// Which run of the job (1-based, counts every attempt started).
+    /// Which attempt of the job (1-based, counts every attempt started; the job's `runs`).
     pub run: u32,
     pub outcome: Outcome,
     pub finished_at: Millis,
@@ -856,5 +921,42 @@ mod tests {
             Ok(1_762_676_473_456)
         );
         assert!(parse_ts("1969-12-31T23:59:59Z").is_err());
+    }
+
+    #[test]
+    fn last_error_names_the_cause_then_stderr() {
+        let failed = |outcome: Outcome, stderr: &[u8]| AttemptResult {
+            stderr: stderr.to_vec(),
+            ..AttemptResult::without_output(outcome)
+        };
+        assert_eq!(failed(Outcome::Exited(3), b"").last_error(), "exit code 3");
+        assert_eq!(
+            failed(Outcome::Exited(1), b"oops\n").last_error(),
+            "exit code 1: oops"
+        );
+        assert!(failed(Outcome::TimedOut { after_ms: 1500 }, b"")
+            .last_error()
+            .starts_with("timed out after 1.5"));
+        let long = "x".repeat(2000);
+        let e = failed(Outcome::Signaled(9), long.as_bytes()).last_error();
+        assert!(e.starts_with("killed by signal 9: …"));
+        assert!(e.chars().count() < 560);
+    }
+
+    #[test]
+    fn only_a_silent_success_leaves_no_output() {
+        let ok = AttemptResult::without_output(Outcome::Exited(0));
+        assert!(!ok.has_output_to_keep());
+        let printed = AttemptResult {
+            stdout: b"x".to_vec(),
+            ..ok.clone()
+        };
+        assert!(printed.has_output_to_keep());
+        assert!(AttemptResult::without_output(Outcome::Exited(1)).has_output_to_keep());
+        let out = printed.into_output(3, 99);
+        assert_eq!(
+            (out.run, out.finished_at, out.stdout),
+            (3, 99, b"x".to_vec())
+        );
     }
 }

@@ -9,15 +9,14 @@
 //! - a job taken from a worker (its death, a forced stop) has its process group killed before
 //!   it is recorded or released, so it can never run twice at once;
 //! - after a stop began nothing is dispatched, and every idle worker is asked to exit;
-//! - events of an earlier worker of the same slot (an older generation) change nothing.
+//! - events of an earlier worker of the same worker (an older generation) change nothing.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::model::AttemptResult;
 use crate::model::{Job, Millis, Outcome};
-use crate::worker::protocol::{Finished, RunJob};
-
-use super::schedule;
+use crate::worker::protocol::RunJob;
 
 /// A process group is written to the store once its job has run this long. It only matters
 /// to a later owner after a crash, and a crash sooner than this after the start would also
@@ -36,18 +35,19 @@ pub enum Phase {
     Forced,
 }
 
-/// What happened. `slot` is a worker's index; `gen` tells its successive processes apart.
+/// What happened. `worker` is a worker's index (it keeps it across restarts); `gen` tells the
+/// worker's successive processes apart.
 #[derive(Debug)]
 pub enum Event {
-    /// The shell started a worker process for the slot.
-    Spawned { slot: usize, gen: u64 },
-    /// The shell could not restart the slot's worker.
-    SpawnFailed { slot: usize },
+    /// The shell started a (new) process for the worker.
+    Spawned { worker: usize, gen: u64 },
+    /// The shell could not restart the worker.
+    SpawnFailed { worker: usize },
     /// The worker said it is ready for jobs.
-    Ready { slot: usize, gen: u64 },
+    Ready { worker: usize, gen: u64 },
     /// The worker started a job's shell in process group `pgid`.
     Started {
-        slot: usize,
+        worker: usize,
         gen: u64,
         job_id: String,
         pgid: i32,
@@ -55,16 +55,17 @@ pub enum Event {
     },
     /// The worker reported the end of an attempt.
     Finished {
-        slot: usize,
+        worker: usize,
         gen: u64,
-        report: Finished,
+        job_id: String,
+        result: AttemptResult,
     },
     /// The worker's output ended: the process is gone.
-    Gone { slot: usize, gen: u64 },
-    /// The store reserved `job` for the slot's worker.
-    Reserved { slot: usize, job: Job },
-    /// A job could not be sent to the slot's worker (its pipe broke).
-    SendFailed { slot: usize },
+    Gone { worker: usize, gen: u64 },
+    /// The store reserved `job` for the worker.
+    Reserved { worker: usize, job: Job },
+    /// A job could not be sent to the worker (its pipe broke).
+    SendFailed { worker: usize },
     /// SIGINT or SIGTERM.
     Signal,
     /// Time passed (one turn of the event loop).
@@ -74,31 +75,31 @@ pub enum Event {
 /// What the shell must do, in order.
 #[derive(Debug, PartialEq)]
 pub enum Action {
-    /// Send the attempt to the slot's worker; on failure report [`Event::SendFailed`].
-    Run { slot: usize, job: RunJob },
-    /// Ask the slot's worker to exit once idle, and close its pipe.
-    Shutdown { slot: usize },
-    /// Close the slot's pipe without a word (a worker kills its job when the pipe closes).
-    ClosePipe { slot: usize },
-    /// Wait for the slot's exited worker process.
-    Reap { slot: usize },
+    /// Send the attempt to the worker; on failure report [`Event::SendFailed`].
+    Run { worker: usize, job: RunJob },
+    /// Ask the worker to exit once idle, and close its pipe.
+    Shutdown { worker: usize },
+    /// Close the worker's pipe without a word (a worker kills its job when the pipe closes).
+    ClosePipe { worker: usize },
+    /// Wait for the worker's exited process.
+    Reap { worker: usize },
     /// SIGKILL a job's process group.
     KillGroup { pgid: i32 },
-    /// Store the end of the attempt; with `reserve_next`, reserve the slot's next job in the
+    /// Store the end of the attempt; with `reserve_next`, reserve the worker's next job in the
     /// same transaction and report it as [`Event::Reserved`].
     Record {
-        slot: usize,
+        worker: usize,
         job: Job,
-        report: Finished,
+        result: AttemptResult,
         reserve_next: bool,
     },
     /// Return a job that is not running (any more) to pending, without counting an attempt.
     Release { job: Job },
-    /// Write the process group of the slot's running job to the store.
-    RecordPgid { slot: usize, pgid: i32 },
-    /// Start a new worker process for the slot; report [`Event::Spawned`] or
+    /// Write the process group of the worker's running job to the store.
+    RecordPgid { worker: usize, pgid: i32 },
+    /// Start a new process for the worker; report [`Event::Spawned`] or
     /// [`Event::SpawnFailed`].
-    Spawn { slot: usize },
+    Spawn { worker: usize },
     /// Tell the log.
     Note(Note),
 }
@@ -107,9 +108,9 @@ pub enum Action {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Note {
     /// A worker died while running a job.
-    WorkerLost { slot: usize, job_id: String },
+    WorkerLost { worker: usize, job_id: String },
     /// An idle worker died.
-    WorkerExited { slot: usize },
+    WorkerExited { worker: usize },
     /// Workers keep dying before they are ready: the supervisor stops.
     KeepsDying,
     /// A graceful stop began with `busy` jobs running.
@@ -120,7 +121,7 @@ pub enum Note {
 
 /// The attempt a worker is running.
 #[derive(Debug)]
-pub struct Running {
+pub struct Attempt {
     pub job: Job,
     pub pgid: Option<i32>,
     /// When the worker reported the process group, until it is written to the store.
@@ -129,30 +130,30 @@ pub struct Running {
 
 /// What the core knows of one worker.
 #[derive(Debug, Default)]
-struct SlotState {
+struct WorkerState {
     gen: u64,
     /// A process exists (spawned, not yet seen gone).
     alive: bool,
     /// Its pipe is open: it may be sent frames.
     pipe: bool,
     ready: bool,
-    running: Option<Running>,
+    running: Option<Attempt>,
 }
 
 /// The state of the supervisor's workers and its stop, and the rules that change it.
 #[derive(Debug)]
 pub struct Core {
-    slots: Vec<SlotState>,
+    workers: Vec<WorkerState>,
     phase: Phase,
     signals: u32,
     spawn_failures: u32,
 }
 
 impl Core {
-    /// `workers` slots, none of them spawned yet.
+    /// `workers` workers, none of them spawned yet.
     pub fn new(workers: usize) -> Core {
         Core {
-            slots: (0..workers).map(|_| SlotState::default()).collect(),
+            workers: (0..workers).map(|_| WorkerState::default()).collect(),
             phase: Phase::Running,
             signals: 0,
             spawn_failures: 0,
@@ -165,37 +166,37 @@ impl Core {
 
     /// Every worker has said it is ready.
     pub fn all_ready(&self) -> bool {
-        self.slots.iter().all(|s| s.ready)
+        self.workers.iter().all(|s| s.ready)
     }
 
     /// No worker process is left.
     pub fn all_gone(&self) -> bool {
-        self.slots.iter().all(|s| !s.alive)
+        self.workers.iter().all(|s| !s.alive)
     }
 
     /// Worker processes alive.
     pub fn alive(&self) -> usize {
-        self.slots.iter().filter(|s| s.alive).count()
+        self.workers.iter().filter(|s| s.alive).count()
     }
 
     /// Workers running a job.
     pub fn busy(&self) -> usize {
-        self.slots.iter().filter(|s| s.running.is_some()).count()
+        self.workers.iter().filter(|s| s.running.is_some()).count()
     }
 
-    /// The job the slot's worker runs.
-    pub fn running(&self, slot: usize) -> Option<&Running> {
-        self.slots[slot].running.as_ref()
+    /// The job the worker runs.
+    pub fn running(&self, worker: usize) -> Option<&Attempt> {
+        self.workers[worker].running.as_ref()
     }
 
-    /// The first slot from `from` on whose worker may be given a job now (none once a stop
+    /// The first worker from `from` on whose worker may be given a job now (none once a stop
     /// began).
-    pub fn idle_slot(&self, from: usize) -> Option<usize> {
+    pub fn idle_worker(&self, from: usize) -> Option<usize> {
         if self.phase != Phase::Running {
             return None;
         }
-        (from..self.slots.len()).find(|&i| {
-            let s = &self.slots[i];
+        (from..self.workers.len()).find(|&i| {
+            let s = &self.workers[i];
             s.ready && s.running.is_none() && s.pipe
         })
     }
@@ -215,7 +216,7 @@ impl Core {
         } else {
             None
         };
-        let wait = schedule::sleep_for(now_ms, next, poll_interval_ms);
+        let wait = sleep_until(now_ms, next, poll_interval_ms);
         match self.pgid_due_in(now) {
             Some(due) => wait.min(due),
             None => wait,
@@ -224,7 +225,7 @@ impl Core {
 
     /// How soon a process group not yet written falls due, if any.
     fn pgid_due_in(&self, now: Instant) -> Option<Duration> {
-        self.slots
+        self.workers
             .iter()
             .filter_map(|s| s.running.as_ref())
             .filter(|r| r.pgid.is_some())
@@ -236,8 +237,8 @@ impl Core {
     /// Applies one event; appends what the shell must do to `out`.
     pub fn handle(&mut self, ev: Event, out: &mut VecDeque<Action>) {
         match ev {
-            Event::Spawned { slot, gen } => {
-                self.slots[slot] = SlotState {
+            Event::Spawned { worker, gen } => {
+                self.workers[worker] = WorkerState {
                     gen,
                     alive: true,
                     pipe: true,
@@ -246,42 +247,45 @@ impl Core {
                 };
             }
             Event::SpawnFailed { .. } => self.spawn_failures += 1,
-            Event::Ready { slot, gen } if self.current(slot, gen) => {
-                self.slots[slot].ready = true;
+            Event::Ready { worker, gen } if self.current(worker, gen) => {
+                self.workers[worker].ready = true;
                 self.spawn_failures = 0;
                 if self.phase != Phase::Running {
-                    self.shut_down(slot, out);
+                    self.shut_down(worker, out);
                 }
             }
             Event::Started {
-                slot,
+                worker,
                 gen,
                 job_id,
                 pgid,
                 at,
-            } if self.current(slot, gen) => {
-                if let Some(run) = self.slots[slot].running.as_mut() {
-                    if run.job.id == job_id {
-                        run.pgid = Some(pgid);
-                        run.pgid_unrecorded_since = Some(at);
+            } if self.current(worker, gen) => {
+                if let Some(attempt) = self.workers[worker].running.as_mut() {
+                    if attempt.job.id == job_id {
+                        attempt.pgid = Some(pgid);
+                        attempt.pgid_unrecorded_since = Some(at);
                     }
                 }
             }
-            Event::Finished { slot, gen, report } if self.current(slot, gen) => {
-                self.finished(slot, report, out)
-            }
-            Event::Gone { slot, gen } if self.current(slot, gen) => self.gone(slot, out),
-            // An earlier worker of the slot.
+            Event::Finished {
+                worker,
+                gen,
+                job_id,
+                result,
+            } if self.current(worker, gen) => self.finished(worker, &job_id, result, out),
+            Event::Gone { worker, gen } if self.current(worker, gen) => self.gone(worker, out),
+            // An earlier worker of the worker.
             Event::Ready { .. }
             | Event::Started { .. }
             | Event::Finished { .. }
             | Event::Gone { .. } => {}
-            Event::Reserved { slot, job } => self.assign(slot, job, out),
-            Event::SendFailed { slot } => {
-                let s = &mut self.slots[slot];
+            Event::Reserved { worker, job } => self.assign(worker, job, out),
+            Event::SendFailed { worker } => {
+                let s = &mut self.workers[worker];
                 s.pipe = false;
-                if let Some(run) = s.running.take() {
-                    out.push_back(Action::Release { job: run.job });
+                if let Some(attempt) = s.running.take() {
+                    out.push_back(Action::Release { job: attempt.job });
                 }
             }
             Event::Signal => {
@@ -293,29 +297,30 @@ impl Core {
                 }
             }
             Event::Timer { now } => {
-                for (slot, s) in self.slots.iter_mut().enumerate() {
-                    let Some(run) = s.running.as_mut() else {
+                for (worker, s) in self.workers.iter_mut().enumerate() {
+                    let Some(attempt) = s.running.as_mut() else {
                         continue;
                     };
-                    let (Some(pgid), Some(since)) = (run.pgid, run.pgid_unrecorded_since) else {
+                    let (Some(pgid), Some(since)) = (attempt.pgid, attempt.pgid_unrecorded_since)
+                    else {
                         continue;
                     };
                     if now.saturating_duration_since(since) >= PGID_RECORD_AFTER {
-                        run.pgid_unrecorded_since = None;
-                        out.push_back(Action::RecordPgid { slot, pgid });
+                        attempt.pgid_unrecorded_since = None;
+                        out.push_back(Action::RecordPgid { worker, pgid });
                     }
                 }
             }
         }
     }
 
-    fn current(&self, slot: usize, gen: u64) -> bool {
-        self.slots[slot].gen == gen
+    fn current(&self, worker: usize, gen: u64) -> bool {
+        self.workers[worker].gen == gen
     }
 
-    /// Hands a reserved job to the slot's worker, or back if the worker cannot take it.
-    fn assign(&mut self, slot: usize, job: Job, out: &mut VecDeque<Action>) {
-        let s = &mut self.slots[slot];
+    /// Hands a reserved job to the worker, or back if the worker cannot take it.
+    fn assign(&mut self, worker: usize, job: Job, out: &mut VecDeque<Action>) {
+        let s = &mut self.workers[worker];
         if !s.pipe || s.running.is_some() {
             out.push_back(Action::Release { job });
             return;
@@ -325,72 +330,67 @@ impl Core {
             command: job.command.clone(),
             timeout_ms: job.timeout_ms,
         };
-        s.running = Some(Running {
+        s.running = Some(Attempt {
             job,
             pgid: None,
             pgid_unrecorded_since: None,
         });
-        out.push_back(Action::Run { slot, job: run });
+        out.push_back(Action::Run { worker, job: run });
     }
 
-    fn finished(&mut self, slot: usize, report: Finished, out: &mut VecDeque<Action>) {
-        let s = &mut self.slots[slot];
-        if !s
-            .running
-            .as_ref()
-            .is_some_and(|r| r.job.id == report.job_id)
-        {
+    fn finished(
+        &mut self,
+        worker: usize,
+        job_id: &str,
+        result: AttemptResult,
+        out: &mut VecDeque<Action>,
+    ) {
+        let s = &mut self.workers[worker];
+        if !s.running.as_ref().is_some_and(|r| r.job.id == job_id) {
             return; // a job we already gave up on (forced stop)
         }
-        let Some(run) = s.running.take() else {
+        let Some(attempt) = s.running.take() else {
             return;
         };
         let reserve_next = self.phase == Phase::Running && s.pipe;
         out.push_back(Action::Record {
-            slot,
-            job: run.job,
-            report,
+            worker,
+            job: attempt.job,
+            result,
             reserve_next,
         });
         if self.phase != Phase::Running {
-            self.shut_down(slot, out);
+            self.shut_down(worker, out);
         }
     }
 
-    fn gone(&mut self, slot: usize, out: &mut VecDeque<Action>) {
-        let s = &mut self.slots[slot];
+    fn gone(&mut self, worker: usize, out: &mut VecDeque<Action>) {
+        let s = &mut self.workers[worker];
         s.pipe = false;
         s.alive = false;
-        out.push_back(Action::Reap { slot });
+        out.push_back(Action::Reap { worker });
         let was_ready = std::mem::take(&mut s.ready);
-        if let Some(run) = s.running.take() {
+        if let Some(attempt) = s.running.take() {
             // The command may outlive its worker: kill its group before the job can run again.
-            if let Some(pgid) = run.pgid {
+            if let Some(pgid) = attempt.pgid {
                 out.push_back(Action::KillGroup { pgid });
             }
             if self.phase == Phase::Forced {
-                out.push_back(Action::Release { job: run.job });
+                out.push_back(Action::Release { job: attempt.job });
             } else {
                 out.push_back(Action::Note(Note::WorkerLost {
-                    slot,
-                    job_id: run.job.id.clone(),
+                    worker,
+                    job_id: attempt.job.id.clone(),
                 }));
-                let report = Finished {
-                    job_id: run.job.id.clone(),
-                    outcome: Outcome::WorkerLost,
-                    duration_ms: 0,
-                    stdout_tail: Vec::new(),
-                    stderr_tail: Vec::new(),
-                };
                 out.push_back(Action::Record {
-                    slot,
-                    job: run.job,
-                    report,
+                    worker,
+                    job: attempt.job,
+                    result: AttemptResult::without_output(Outcome::WorkerLost),
                     reserve_next: false,
                 });
             }
         } else if self.phase == Phase::Running {
-            out.push_back(Action::Note(Note::WorkerExited { slot }));
+            out.push_back(Action::Note(Note::WorkerExited { worker }));
         }
         if self.phase != Phase::Running {
             return;
@@ -403,15 +403,15 @@ impl Core {
             self.begin_stop(out);
             return;
         }
-        out.push_back(Action::Spawn { slot });
+        out.push_back(Action::Spawn { worker });
     }
 
     /// Asks an idle worker to exit.
-    fn shut_down(&mut self, slot: usize, out: &mut VecDeque<Action>) {
-        let s = &mut self.slots[slot];
+    fn shut_down(&mut self, worker: usize, out: &mut VecDeque<Action>) {
+        let s = &mut self.workers[worker];
         if s.pipe {
             s.pipe = false;
-            out.push_back(Action::Shutdown { slot });
+            out.push_back(Action::Shutdown { worker });
         }
     }
 
@@ -421,9 +421,9 @@ impl Core {
         }
         self.phase = Phase::Stopping;
         out.push_back(Action::Note(Note::Stopping { busy: self.busy() }));
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].running.is_none() {
-                self.shut_down(slot, out);
+        for worker in 0..self.workers.len() {
+            if self.workers[worker].running.is_none() {
+                self.shut_down(worker, out);
             }
         }
     }
@@ -433,18 +433,29 @@ impl Core {
     fn force_stop(&mut self, out: &mut VecDeque<Action>) {
         self.phase = Phase::Forced;
         out.push_back(Action::Note(Note::Forced));
-        for (slot, s) in self.slots.iter_mut().enumerate() {
-            if let Some(run) = s.running.take() {
-                if let Some(pgid) = run.pgid {
+        for (worker, s) in self.workers.iter_mut().enumerate() {
+            if let Some(attempt) = s.running.take() {
+                if let Some(pgid) = attempt.pgid {
                     out.push_back(Action::KillGroup { pgid });
                 }
-                out.push_back(Action::Release { job: run.job });
+                out.push_back(Action::Release { job: attempt.job });
             }
             if std::mem::take(&mut s.pipe) {
-                out.push_back(Action::ClosePipe { slot });
+                out.push_back(Action::ClosePipe { worker });
             }
         }
     }
+}
+
+/// How long to sleep: until the next scheduled job is due, and never longer than the poll
+/// interval.
+fn sleep_until(now: Millis, next_scheduled: Option<Millis>, poll_interval_ms: u64) -> Duration {
+    let cap = poll_interval_ms.max(1);
+    let ms = match next_scheduled {
+        Some(at) => at.saturating_sub(now).min(cap),
+        None => cap,
+    };
+    Duration::from_millis(ms)
 }
 
 #[cfg(test)]
@@ -475,13 +486,17 @@ mod tests {
         }
     }
 
-    fn report(id: &str, outcome: Outcome) -> Finished {
-        Finished {
+    fn finished(worker: usize, gen: u64, id: &str, outcome: Outcome) -> Event {
+        Event::Finished {
+            worker,
+            gen,
             job_id: id.into(),
-            outcome,
-            duration_ms: 7,
-            stdout_tail: b"out".to_vec(),
-            stderr_tail: Vec::new(),
+            result: AttemptResult {
+                outcome,
+                duration_ms: 7,
+                stdout: b"out".to_vec(),
+                stderr: Vec::new(),
+            },
         }
     }
 
@@ -492,23 +507,23 @@ mod tests {
     }
 
     impl T {
-        /// `n` workers, spawned (generation `slot + 1`) and ready.
+        /// `n` workers, spawned (generation `worker + 1`) and ready.
         fn ready(n: usize) -> T {
             let mut t = T {
                 core: Core::new(n),
                 t0: Instant::now(),
             };
-            for slot in 0..n {
+            for worker in 0..n {
                 assert!(t
                     .on(Event::Spawned {
-                        slot,
-                        gen: gen(slot)
+                        worker,
+                        gen: gen(worker)
                     })
                     .is_empty());
                 assert!(t
                     .on(Event::Ready {
-                        slot,
-                        gen: gen(slot)
+                        worker,
+                        gen: gen(worker)
                     })
                     .is_empty());
             }
@@ -521,13 +536,16 @@ mod tests {
             out.into()
         }
 
-        /// Gives the slot's worker `id` and checks it is sent.
-        fn run(&mut self, slot: usize, id: &str) {
-            let actions = self.on(Event::Reserved { slot, job: job(id) });
+        /// Gives the worker `id` and checks it is sent.
+        fn run(&mut self, worker: usize, id: &str) {
+            let actions = self.on(Event::Reserved {
+                worker,
+                job: job(id),
+            });
             assert_eq!(
                 actions,
                 vec![Action::Run {
-                    slot,
+                    worker,
                     job: RunJob {
                         job_id: id.into(),
                         command: format!("echo {id}"),
@@ -537,12 +555,12 @@ mod tests {
             );
         }
 
-        fn started(&mut self, slot: usize, id: &str, pgid: i32) {
+        fn started(&mut self, worker: usize, id: &str, pgid: i32) {
             let at = self.t0;
             assert!(self
                 .on(Event::Started {
-                    slot,
-                    gen: gen(slot),
+                    worker,
+                    gen: gen(worker),
                     job_id: id.into(),
                     pgid,
                     at,
@@ -551,18 +569,18 @@ mod tests {
         }
     }
 
-    fn gen(slot: usize) -> u64 {
-        slot as u64 + 1
+    fn gen(worker: usize) -> u64 {
+        worker as u64 + 1
     }
 
     fn record_of(a: &Action) -> (usize, &str, &Outcome, bool) {
         match a {
             Action::Record {
-                slot,
+                worker,
                 job,
-                report,
+                result,
                 reserve_next,
-            } => (*slot, job.id.as_str(), &report.outcome, *reserve_next),
+            } => (*worker, job.id.as_str(), &result.outcome, *reserve_next),
             other => panic!("expected a record, got {other:?}"),
         }
     }
@@ -580,19 +598,19 @@ mod tests {
             core: Core::new(3),
             t0: Instant::now(),
         };
-        for slot in 0..3 {
+        for worker in 0..3 {
             t.on(Event::Spawned {
-                slot,
-                gen: gen(slot),
+                worker,
+                gen: gen(worker),
             });
         }
-        assert_eq!(t.core.idle_slot(0), None, "nobody is ready yet");
-        t.on(Event::Ready { slot: 1, gen: 2 });
-        t.on(Event::Ready { slot: 2, gen: 3 });
-        assert_eq!(t.core.idle_slot(0), Some(1));
+        assert_eq!(t.core.idle_worker(0), None, "nobody is ready yet");
+        t.on(Event::Ready { worker: 1, gen: 2 });
+        t.on(Event::Ready { worker: 2, gen: 3 });
+        assert_eq!(t.core.idle_worker(0), Some(1));
         t.run(1, "a");
-        assert_eq!(t.core.idle_slot(0), Some(2), "one job per worker");
-        assert_eq!(t.core.idle_slot(3), None);
+        assert_eq!(t.core.idle_worker(0), Some(2), "one job per worker");
+        assert_eq!(t.core.idle_worker(3), None);
         assert_eq!(t.core.busy(), 1);
         assert_eq!(t.core.running(1).map(|r| r.job.id.as_str()), Some("a"));
     }
@@ -602,15 +620,15 @@ mod tests {
         let mut t = T::ready(1);
         t.run(0, "a");
         let actions = t.on(Event::Reserved {
-            slot: 0,
+            worker: 0,
             job: job("b"),
         });
         assert_eq!(released(&actions[0]), "b", "already busy");
-        let actions = t.on(Event::SendFailed { slot: 0 });
+        let actions = t.on(Event::SendFailed { worker: 0 });
         assert_eq!(released(&actions[0]), "a");
-        assert_eq!(t.core.idle_slot(0), None, "its pipe is broken");
+        assert_eq!(t.core.idle_worker(0), None, "its pipe is broken");
         let actions = t.on(Event::Reserved {
-            slot: 0,
+            worker: 0,
             job: job("c"),
         });
         assert_eq!(released(&actions[0]), "c", "no pipe");
@@ -620,21 +638,13 @@ mod tests {
     fn a_finished_attempt_is_recorded_and_the_next_job_reserved_in_the_same_step() {
         let mut t = T::ready(2);
         t.run(0, "a");
-        let actions = t.on(Event::Finished {
-            slot: 0,
-            gen: 1,
-            report: report("a", Outcome::Exited(0)),
-        });
+        let actions = t.on(finished(0, 1, "a", Outcome::Exited(0)));
         assert_eq!(actions.len(), 1);
         assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0), true));
         assert_eq!(t.core.busy(), 0);
         // A failure is recorded the same way: the retry rule is the store's.
         t.run(1, "b");
-        let actions = t.on(Event::Finished {
-            slot: 1,
-            gen: 2,
-            report: report("b", Outcome::Exited(3)),
-        });
+        let actions = t.on(finished(1, 2, "b", Outcome::Exited(3)));
         assert_eq!(record_of(&actions[0]), (1, "b", &Outcome::Exited(3), true));
     }
 
@@ -642,19 +652,11 @@ mod tests {
     fn reports_of_other_jobs_or_earlier_workers_change_nothing() {
         let mut t = T::ready(1);
         t.run(0, "a");
-        let wrong_job = t.on(Event::Finished {
-            slot: 0,
-            gen: 1,
-            report: report("zzz", Outcome::Exited(0)),
-        });
+        let wrong_job = t.on(finished(0, 1, "zzz", Outcome::Exited(0)));
         assert!(wrong_job.is_empty());
-        let old_gen = t.on(Event::Finished {
-            slot: 0,
-            gen: 0,
-            report: report("a", Outcome::Exited(0)),
-        });
+        let old_gen = t.on(finished(0, 0, "a", Outcome::Exited(0)));
         assert!(old_gen.is_empty());
-        assert!(t.on(Event::Gone { slot: 0, gen: 0 }).is_empty());
+        assert!(t.on(Event::Gone { worker: 0, gen: 0 }).is_empty());
         assert_eq!(t.core.busy(), 1);
         assert_eq!(t.core.alive(), 1);
     }
@@ -664,13 +666,13 @@ mod tests {
         let mut t = T::ready(1);
         t.run(0, "a");
         t.started(0, "a", 4242);
-        let actions = t.on(Event::Gone { slot: 0, gen: 1 });
-        assert_eq!(actions[0], Action::Reap { slot: 0 });
+        let actions = t.on(Event::Gone { worker: 0, gen: 1 });
+        assert_eq!(actions[0], Action::Reap { worker: 0 });
         assert_eq!(actions[1], Action::KillGroup { pgid: 4242 });
         assert_eq!(
             actions[2],
             Action::Note(Note::WorkerLost {
-                slot: 0,
+                worker: 0,
                 job_id: "a".into()
             })
         );
@@ -678,7 +680,7 @@ mod tests {
             record_of(&actions[3]),
             (0, "a", &Outcome::WorkerLost, false)
         );
-        assert_eq!(actions[4], Action::Spawn { slot: 0 });
+        assert_eq!(actions[4], Action::Spawn { worker: 0 });
         assert_eq!(actions.len(), 5);
         assert!(t.core.all_gone());
     }
@@ -686,18 +688,18 @@ mod tests {
     #[test]
     fn an_idle_dead_worker_is_restarted() {
         let mut t = T::ready(1);
-        let actions = t.on(Event::Gone { slot: 0, gen: 1 });
+        let actions = t.on(Event::Gone { worker: 0, gen: 1 });
         assert_eq!(
             actions,
             vec![
-                Action::Reap { slot: 0 },
-                Action::Note(Note::WorkerExited { slot: 0 }),
-                Action::Spawn { slot: 0 },
+                Action::Reap { worker: 0 },
+                Action::Note(Note::WorkerExited { worker: 0 }),
+                Action::Spawn { worker: 0 },
             ]
         );
-        t.on(Event::Spawned { slot: 0, gen: 7 });
+        t.on(Event::Spawned { worker: 0, gen: 7 });
         assert!(!t.core.all_ready());
-        t.on(Event::Ready { slot: 0, gen: 7 });
+        t.on(Event::Ready { worker: 0, gen: 7 });
         assert!(t.core.all_ready());
     }
 
@@ -706,20 +708,26 @@ mod tests {
         let mut t = T::ready(2);
         for round in 1..MAX_SPAWN_FAILURES {
             t.on(Event::Spawned {
-                slot: 0,
+                worker: 0,
                 gen: 100 + u64::from(round),
             });
             let actions = t.on(Event::Gone {
-                slot: 0,
+                worker: 0,
                 gen: 100 + u64::from(round),
             });
-            assert_eq!(actions.last(), Some(&Action::Spawn { slot: 0 }));
+            assert_eq!(actions.last(), Some(&Action::Spawn { worker: 0 }));
         }
-        t.on(Event::Spawned { slot: 0, gen: 200 });
-        let actions = t.on(Event::Gone { slot: 0, gen: 200 });
+        t.on(Event::Spawned {
+            worker: 0,
+            gen: 200,
+        });
+        let actions = t.on(Event::Gone {
+            worker: 0,
+            gen: 200,
+        });
         assert!(actions.contains(&Action::Note(Note::KeepsDying)));
-        assert!(!actions.contains(&Action::Spawn { slot: 0 }));
-        assert!(actions.contains(&Action::Shutdown { slot: 1 }));
+        assert!(!actions.contains(&Action::Spawn { worker: 0 }));
+        assert!(actions.contains(&Action::Shutdown { worker: 1 }));
         assert_eq!(t.core.phase(), Phase::Stopping);
     }
 
@@ -728,14 +736,14 @@ mod tests {
         let mut t = T::ready(1);
         for round in 0..MAX_SPAWN_FAILURES * 2 {
             let gen = 100 + u64::from(round);
-            t.on(Event::Spawned { slot: 0, gen });
+            t.on(Event::Spawned { worker: 0, gen });
             if round % 2 == 1 {
-                t.on(Event::Ready { slot: 0, gen });
+                t.on(Event::Ready { worker: 0, gen });
             }
-            let actions = t.on(Event::Gone { slot: 0, gen });
-            assert_eq!(actions.last(), Some(&Action::Spawn { slot: 0 }));
+            let actions = t.on(Event::Gone { worker: 0, gen });
+            assert_eq!(actions.last(), Some(&Action::Spawn { worker: 0 }));
         }
-        t.on(Event::SpawnFailed { slot: 0 });
+        t.on(Event::SpawnFailed { worker: 0 });
         assert_eq!(t.core.phase(), Phase::Running);
     }
 
@@ -748,29 +756,25 @@ mod tests {
             actions,
             vec![
                 Action::Note(Note::Stopping { busy: 1 }),
-                Action::Shutdown { slot: 0 },
-                Action::Shutdown { slot: 2 },
+                Action::Shutdown { worker: 0 },
+                Action::Shutdown { worker: 2 },
             ]
         );
-        assert_eq!(t.core.idle_slot(0), None, "nothing is dispatched");
-        let actions = t.on(Event::Finished {
-            slot: 1,
-            gen: 2,
-            report: report("a", Outcome::Exited(0)),
-        });
+        assert_eq!(t.core.idle_worker(0), None, "nothing is dispatched");
+        let actions = t.on(finished(1, 2, "a", Outcome::Exited(0)));
         assert_eq!(record_of(&actions[0]), (1, "a", &Outcome::Exited(0), false));
-        assert_eq!(actions[1], Action::Shutdown { slot: 1 });
+        assert_eq!(actions[1], Action::Shutdown { worker: 1 });
         // A worker restarted meanwhile is told to exit as soon as it is ready; one that dies
         // is not restarted.
-        for slot in [0, 2] {
+        for worker in [0, 2] {
             let actions = t.on(Event::Gone {
-                slot,
-                gen: gen(slot),
+                worker,
+                gen: gen(worker),
             });
-            assert_eq!(actions, vec![Action::Reap { slot }]);
+            assert_eq!(actions, vec![Action::Reap { worker }]);
         }
         assert!(!t.core.all_gone());
-        t.on(Event::Gone { slot: 1, gen: 2 });
+        t.on(Event::Gone { worker: 1, gen: 2 });
         assert!(t.core.all_gone());
     }
 
@@ -778,9 +782,9 @@ mod tests {
     fn a_worker_ready_after_the_stop_began_is_shut_down() {
         let mut t = T::ready(1);
         t.on(Event::Signal);
-        t.on(Event::Spawned { slot: 0, gen: 9 });
-        let actions = t.on(Event::Ready { slot: 0, gen: 9 });
-        assert_eq!(actions, vec![Action::Shutdown { slot: 0 }]);
+        t.on(Event::Spawned { worker: 0, gen: 9 });
+        let actions = t.on(Event::Ready { worker: 0, gen: 9 });
+        assert_eq!(actions, vec![Action::Shutdown { worker: 0 }]);
     }
 
     #[test]
@@ -794,21 +798,17 @@ mod tests {
         assert_eq!(actions[0], Action::Note(Note::Forced));
         assert_eq!(actions[1], Action::KillGroup { pgid: 4242 });
         assert_eq!(released(&actions[2]), "a");
-        assert_eq!(actions[3], Action::ClosePipe { slot: 0 });
+        assert_eq!(actions[3], Action::ClosePipe { worker: 0 });
         assert_eq!(released(&actions[4]), "b");
-        assert_eq!(actions[5], Action::ClosePipe { slot: 1 });
+        assert_eq!(actions[5], Action::ClosePipe { worker: 1 });
         assert_eq!(actions.len(), 6);
         assert_eq!(t.core.phase(), Phase::Forced);
         // The late report of a killed job is ignored; its worker is not restarted.
-        let late = t.on(Event::Finished {
-            slot: 0,
-            gen: 1,
-            report: report("a", Outcome::Signaled(9)),
-        });
+        let late = t.on(finished(0, 1, "a", Outcome::Signaled(9)));
         assert!(late.is_empty());
         assert_eq!(
-            t.on(Event::Gone { slot: 0, gen: 1 }),
-            vec![Action::Reap { slot: 0 }]
+            t.on(Event::Gone { worker: 0, gen: 1 }),
+            vec![Action::Reap { worker: 0 }]
         );
         assert!(
             t.on(Event::Signal).is_empty(),
@@ -823,7 +823,7 @@ mod tests {
         t.on(Event::Signal);
         // Nothing runs any more; a job reserved just before is handed back.
         let actions = t.on(Event::Reserved {
-            slot: 0,
+            worker: 0,
             job: job("x"),
         });
         assert_eq!(released(&actions[0]), "x");
@@ -848,13 +848,31 @@ mod tests {
         let later = t0 + PGID_RECORD_AFTER;
         assert_eq!(
             t.on(Event::Timer { now: later }),
-            vec![Action::RecordPgid { slot: 0, pgid: 11 }]
+            vec![Action::RecordPgid {
+                worker: 0,
+                pgid: 11
+            }]
         );
         assert!(t.on(Event::Timer { now: later }).is_empty(), "written once");
         assert_eq!(
             t.core.sleep_for(0, None, 500, later),
             Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn sleeps_until_the_next_job_but_no_longer_than_the_poll_interval() {
+        assert_eq!(sleep_until(1000, None, 500), Duration::from_millis(500));
+        assert_eq!(
+            sleep_until(1000, Some(1200), 500),
+            Duration::from_millis(200)
+        );
+        assert_eq!(sleep_until(1000, Some(900), 500), Duration::ZERO);
+        assert_eq!(
+            sleep_until(1000, Some(99_999), 500),
+            Duration::from_millis(500)
+        );
+        assert_eq!(sleep_until(0, None, 0), Duration::from_millis(1));
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //! - the lock is released only after the last worker is gone and the store is flushed.
 
 pub mod core;
-pub mod schedule;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -31,12 +30,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::Signal;
 
 use crate::datadir::{DataDir, DataDirError, Holder};
-use crate::model::{now_ms, AttemptOutput, Config, Job};
+use crate::model::{now_ms, AttemptResult, Config, Job};
 use crate::owner::{log_failure, Owner, OwnerError};
 use crate::spool::request::OwnerInfo;
 use crate::store::{AttemptEnd, FailOrDone, JobStore};
 use crate::worker;
-use crate::worker::protocol::{self, Finished, FromWorker, ToWorker};
+use crate::worker::protocol::{self, FromWorker, ToWorker};
 use crate::worker::{kill, spawn};
 
 use self::core::{Action, Core, Event, Note, Phase};
@@ -224,20 +223,20 @@ enum Ready {
 /// What the event loop's channel carries.
 enum Input {
     Worker {
-        slot: usize,
+        worker: usize,
         gen: u64,
         msg: FromWorker,
     },
     WorkerGone {
-        slot: usize,
+        worker: usize,
         gen: u64,
     },
     Spool,
     Signal,
 }
 
-/// One worker process, as far as I/O goes (its state is the core's).
-struct Slot {
+/// One worker's current process and the pipe to it (its state is the core's).
+struct Worker {
     name: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
@@ -252,7 +251,7 @@ struct Supervisor {
     root: PathBuf,
     config: Config,
     core: Core,
-    slots: Vec<Slot>,
+    workers: Vec<Worker>,
     /// Actions still to carry out (kept to reuse its buffer).
     actions: VecDeque<Action>,
     next_gen: u64,
@@ -298,8 +297,8 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         exe,
         config,
         core: Core::new(count as usize),
-        slots: (0..count)
-            .map(|_| Slot {
+        workers: (0..count)
+            .map(|_| Worker {
                 name: String::new(),
                 child: None,
                 stdin: None,
@@ -380,7 +379,7 @@ impl Supervisor {
         }
     }
 
-    /// Starts (or restarts) the worker of slot `i`.
+    /// Starts (or restarts) a process for worker `i`.
     fn spawn(&mut self, i: usize) -> Result<(), SupervisorError> {
         let args: Vec<OsString> = vec![
             "--data-dir".into(),
@@ -398,7 +397,14 @@ impl Supervisor {
             loop {
                 match protocol::read_frame::<_, FromWorker>(&mut r) {
                     Ok(Some(msg)) => {
-                        if tx.send(Input::Worker { slot: i, gen, msg }).is_err() {
+                        if tx
+                            .send(Input::Worker {
+                                worker: i,
+                                gen,
+                                msg,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -409,14 +415,14 @@ impl Supervisor {
                     }
                 }
             }
-            let _ = tx.send(Input::WorkerGone { slot: i, gen });
+            let _ = tx.send(Input::WorkerGone { worker: i, gen });
         });
-        let slot = &mut self.slots[i];
-        slot.name = format!("worker-{}:{pid}", i + 1);
-        slot.child = Some(w.child);
-        slot.stdin = Some(w.stdin);
+        let worker = &mut self.workers[i];
+        worker.name = format!("worker-{}:{pid}", i + 1);
+        worker.child = Some(w.child);
+        worker.stdin = Some(w.stdin);
         self.core
-            .handle(Event::Spawned { slot: i, gen }, &mut self.actions);
+            .handle(Event::Spawned { worker: i, gen }, &mut self.actions);
         Ok(())
     }
 
@@ -500,18 +506,23 @@ impl Supervisor {
 
     fn handle(&mut self, input: Input) {
         let ev = match input {
-            Input::Worker { slot, gen, msg } => match msg {
-                FromWorker::Ready { .. } => Event::Ready { slot, gen },
+            Input::Worker { worker, gen, msg } => match msg {
+                FromWorker::Ready { .. } => Event::Ready { worker, gen },
                 FromWorker::Started { job_id, pgid } => Event::Started {
-                    slot,
+                    worker,
                     gen,
                     job_id,
                     pgid,
                     at: Instant::now(),
                 },
-                FromWorker::Finished(report) => Event::Finished { slot, gen, report },
+                FromWorker::Finished { job_id, result } => Event::Finished {
+                    worker,
+                    gen,
+                    job_id,
+                    result,
+                },
             },
-            Input::WorkerGone { slot, gen } => Event::Gone { slot, gen },
+            Input::WorkerGone { worker, gen } => Event::Gone { worker, gen },
             Input::Spool => return self.drain_spool(),
             Input::Signal => Event::Signal,
         };
@@ -529,31 +540,31 @@ impl Supervisor {
 
     fn perform(&mut self, action: Action) {
         match action {
-            Action::Run { slot, job } => {
+            Action::Run { worker, job } => {
                 let msg = ToWorker::Run(job);
-                let sent = match self.slots[slot].stdin.as_mut() {
+                let sent = match self.workers[worker].stdin.as_mut() {
                     Some(stdin) => {
                         protocol::write_frame(stdin, &msg).is_ok() && stdin.flush().is_ok()
                     }
                     None => false,
                 };
                 if !sent {
-                    self.slots[slot].stdin = None;
+                    self.workers[worker].stdin = None;
                     self.core
-                        .handle(Event::SendFailed { slot }, &mut self.actions);
+                        .handle(Event::SendFailed { worker }, &mut self.actions);
                 }
             }
-            Action::Shutdown { slot } => {
-                if let Some(mut stdin) = self.slots[slot].stdin.take() {
+            Action::Shutdown { worker } => {
+                if let Some(mut stdin) = self.workers[worker].stdin.take() {
                     let _ = protocol::write_frame(&mut stdin, &ToWorker::Shutdown);
                     let _ = stdin.flush();
                 }
             }
-            Action::ClosePipe { slot } => self.slots[slot].stdin = None,
-            Action::Reap { slot } => {
-                let slot = &mut self.slots[slot];
-                slot.stdin = None;
-                if let Some(mut child) = slot.child.take() {
+            Action::ClosePipe { worker } => self.workers[worker].stdin = None,
+            Action::Reap { worker } => {
+                let w = &mut self.workers[worker];
+                w.stdin = None;
+                if let Some(mut child) = w.child.take() {
                     let _ = child.wait();
                 }
             }
@@ -563,33 +574,33 @@ impl Supervisor {
                 }
             }
             Action::Record {
-                slot,
+                worker,
                 job,
-                report,
+                result,
                 reserve_next,
             } => {
-                if let Some(next) = self.record(job, report, reserve_next.then_some(slot)) {
+                if let Some(next) = self.record(job, result, reserve_next.then_some(worker)) {
                     self.core
-                        .handle(Event::Reserved { slot, job: next }, &mut self.actions);
+                        .handle(Event::Reserved { worker, job: next }, &mut self.actions);
                 }
             }
             Action::Release { job } => self.release(job),
-            Action::RecordPgid { slot, pgid } => {
-                if let Some(run) = self.core.running(slot) {
-                    if let Err(e) = self.owner.store.set_pgid(&run.job.id, pgid) {
+            Action::RecordPgid { worker, pgid } => {
+                if let Some(attempt) = self.core.running(worker) {
+                    if let Err(e) = self.owner.store.set_pgid(&attempt.job.id, pgid) {
                         tracing::warn!(
                             "cannot record the process group of job {}: {e}",
-                            run.job.id
+                            attempt.job.id
                         );
                     }
                     self.mark_dirty();
                 }
             }
-            Action::Spawn { slot } => {
-                if let Err(e) = self.spawn(slot) {
-                    tracing::error!("cannot restart worker {}: {e}", slot + 1);
+            Action::Spawn { worker } => {
+                if let Err(e) = self.spawn(worker) {
+                    tracing::error!("cannot restart worker {}: {e}", worker + 1);
                     self.core
-                        .handle(Event::SpawnFailed { slot }, &mut self.actions);
+                        .handle(Event::SpawnFailed { worker }, &mut self.actions);
                 }
             }
             Action::Note(note) => self.note(note),
@@ -599,12 +610,12 @@ impl Supervisor {
     fn note(&self, note: Note) {
         let pid = std::process::id();
         match note {
-            Note::WorkerLost { slot, job_id } => tracing::warn!(
+            Note::WorkerLost { worker, job_id } => tracing::warn!(
                 "Worker {} exited unexpectedly while running job {job_id}",
-                self.slots[slot].name
+                self.workers[worker].name
             ),
-            Note::WorkerExited { slot } => {
-                tracing::warn!("Worker {} exited unexpectedly", self.slots[slot].name)
+            Note::WorkerExited { worker } => {
+                tracing::warn!("Worker {} exited unexpectedly", self.workers[worker].name)
             }
             Note::KeepsDying => {
                 tracing::error!("workers keep dying before they are ready; stopping")
@@ -632,26 +643,23 @@ impl Supervisor {
 
     /// Stores the end of an attempt and logs it. With `next_for`, the next due job is
     /// reserved for that worker in the same transaction and returned.
-    fn record(&mut self, job: Job, end: Finished, next_for: Option<usize>) -> Option<Job> {
+    fn record(&mut self, job: Job, result: AttemptResult, next_for: Option<usize>) -> Option<Job> {
         let now = now_ms();
         let store = &self.owner.store;
-        let error = schedule::last_error(&end.outcome, &end.stderr_tail);
-        let success = end.outcome.is_success();
-        // A successful attempt that printed nothing leaves nothing to keep.
-        if !(success && end.stdout_tail.is_empty() && end.stderr_tail.is_empty()) {
-            let output = AttemptOutput {
-                run: job.runs,
-                outcome: end.outcome,
-                finished_at: now,
-                duration_ms: end.duration_ms,
-                stdout: end.stdout_tail,
-                stderr: end.stderr_tail,
-            };
+        let success = result.outcome.is_success();
+        let error = if success {
+            String::new()
+        } else {
+            result.last_error()
+        };
+        let duration_ms = result.duration_ms;
+        if result.has_output_to_keep() {
+            let output = result.into_output(job.runs, now);
             if let Err(e) = store.put_output(&job.id, &output) {
                 tracing::warn!("cannot store the output of job {}: {e}", job.id);
             }
         }
-        let attempt = if success {
+        let end = if success {
             AttemptEnd::Succeeded
         } else {
             AttemptEnd::Failed {
@@ -659,20 +667,18 @@ impl Supervisor {
                 backoff_base: self.config.backoff_base,
             }
         };
-        let result = match next_for {
+        let recorded = match next_for {
             // Scheduled jobs that fell due are taken by the reserve itself.
-            Some(i) => store.finish_and_reserve(&job.id, &attempt, &self.slots[i].name, now),
-            None => store
-                .finish(&job.id, &attempt, now)
-                .map(|done| (done, None)),
+            Some(i) => store.finish_and_reserve(&job.id, &end, &self.workers[i].name, now),
+            None => store.finish(&job.id, &end, now).map(|done| (done, None)),
         };
         self.mark_dirty();
-        match result {
+        match recorded {
             Ok((FailOrDone::Done(_), next)) => {
                 tracing::info!(
                     "Job {} completed successfully in {:.2}s",
                     job.id,
-                    end.duration_ms as f64 / 1000.0
+                    duration_ms as f64 / 1000.0
                 );
                 next
             }
@@ -699,9 +705,9 @@ impl Supervisor {
     fn dispatch(&mut self) {
         let now = now_ms();
         let mut from = 0;
-        while let Some(i) = self.core.idle_slot(from) {
+        while let Some(i) = self.core.idle_worker(from) {
             from = i + 1;
-            let job = match self.owner.store.reserve(&self.slots[i].name, now) {
+            let job = match self.owner.store.reserve(&self.workers[i].name, now) {
                 Ok(Some(job)) => job,
                 Ok(None) => return,
                 Err(e) => {
@@ -710,7 +716,7 @@ impl Supervisor {
                 }
             };
             self.mark_dirty();
-            self.apply(Event::Reserved { slot: i, job });
+            self.apply(Event::Reserved { worker: i, job });
         }
     }
 }

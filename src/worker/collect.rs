@@ -36,7 +36,7 @@ const COLLECTOR_STACK: usize = 256 * 1024;
 pub(super) struct Collect {
     pub(super) out: Capture,
     pub(super) err: Capture,
-    /// Hangs up when [`Job::finish`] has seen the shell exit.
+    /// Hangs up when [`Shell::wait`](super::command) has seen the shell exit.
     pub(super) stop: OwnedFd,
     pub(super) deadline: Option<Instant>,
     pub(super) started: Instant,
@@ -59,7 +59,7 @@ impl Collect {
         let mut deadline = self.deadline;
         let mut timed_out_after = None;
         // Once both pipes are closed only a deadline is left to keep; without one the shell's
-        // exit is Job::finish's business alone.
+        // exit is Shell::wait's business alone.
         while self.out.is_open() || self.err.is_open() || deadline.is_some() {
             let wait = deadline.map_or(PollTimeout::NONE, poll_timeout_until);
             let fds = [self.out.fd(), self.err.fd(), Some(self.stop.as_fd())];

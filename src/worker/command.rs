@@ -6,7 +6,7 @@
 //! - the shell runs in a new process group whose id is the shell's pid, and nothing of that group
 //!   survives the call: when the shell exits, times out or is cancelled, the whole group gets
 //!   SIGKILL, always while the shell is still unreaped, so the group id cannot have been reused
-//!   (every kill goes through [`Target`], which [`Job::finish`] disarms before reaping);
+//!   (every kill goes through [`Target`], which [`Shell::wait`] disarms before reaping);
 //! - it never blocks forever on the output pipes: once the shell has exited, only what is already
 //!   buffered in them is read, whoever else still holds them open;
 //! - it waits on real events only, never on a timer: the calling thread blocks in `waitid` on
@@ -35,7 +35,7 @@ use super::collect::{start_collector, Capture, Collect, Collected, Handover};
 use super::kill::{watch_cancel, Target};
 use super::millis;
 use super::spawn::{spawn_shell, SHELL};
-use crate::model::Outcome;
+use crate::model::{AttemptResult, Outcome};
 
 /// A child process could not be started or handled.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +58,6 @@ pub enum ProcessError {
     NotPiped { pipe: &'static str, pid: u32 },
 }
 
-/// How a job's command ended, with the end of its output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandResult {
-    pub outcome: Outcome,
-    /// Wall time from spawning the shell to its exit.
-    pub duration_ms: u64,
-    pub stdout_tail: Vec<u8>,
-    pub stderr_tail: Vec<u8>,
-}
-
 /// Runs `sh -c command` in a new process group and waits for it.
 ///
 /// `on_start(pgid)` is called once the shell is running. The shell's stdin is `/dev/null`; the
@@ -80,36 +70,33 @@ pub fn run_command(
     timeout: Option<Duration>,
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
-) -> CommandResult {
+) -> AttemptResult {
     let started = Instant::now();
     let spawned = spawn_shell(command);
     let child = match spawned {
         Ok(child) => child,
-        Err(cause) => return CommandResult::failed(ProcessError::Spawn { cause }, started),
+        Err(cause) => return failed(ProcessError::Spawn { cause }, started),
     };
     // A timeout too large to represent as an instant is no timeout.
     let deadline = timeout.and_then(|t| started.checked_add(t));
-    let mut job = match Job::start(child, deadline, started, cancel) {
-        Ok(job) => job,
-        Err(e) => return CommandResult::failed(e, started),
+    let mut shell = match Shell::start(child, deadline, started, cancel) {
+        Ok(shell) => shell,
+        Err(e) => return failed(e, started),
     };
-    on_start(job.pgid);
-    job.finish(started)
+    on_start(shell.pgid);
+    shell.wait(started)
 }
 
-impl CommandResult {
-    fn failed(e: ProcessError, started: Instant) -> CommandResult {
-        CommandResult {
-            outcome: Outcome::SpawnFailed(e.to_string()),
-            duration_ms: millis(started.elapsed()),
-            stdout_tail: Vec::new(),
-            stderr_tail: Vec::new(),
-        }
+/// The result of an attempt whose shell could not be started or handled.
+fn failed(e: ProcessError, started: Instant) -> AttemptResult {
+    AttemptResult {
+        duration_ms: millis(started.elapsed()),
+        ..AttemptResult::without_output(Outcome::SpawnFailed(e.to_string()))
     }
 }
 
 /// A spawned shell supervised by [`run_command`].
-struct Job {
+struct Shell {
     child: Child,
     pgid: i32,
     target: Arc<Target>,
@@ -119,7 +106,7 @@ struct Job {
     finished: bool,
 }
 
-impl Job {
+impl Shell {
     /// Registers the cancel watch and hands the pipes to a collector; on failure the shell's
     /// group is killed and the shell reaped.
     fn start(
@@ -127,7 +114,7 @@ impl Job {
         deadline: Option<Instant>,
         started: Instant,
         cancel: &Receiver<()>,
-    ) -> Result<Job, ProcessError> {
+    ) -> Result<Shell, ProcessError> {
         let pid = child.id();
         let fail =
             |action: &'static str, cause: io::Error| ProcessError::Setup { action, pid, cause };
@@ -162,7 +149,7 @@ impl Job {
             Ok((stop, collected))
         })();
         match prepared {
-            Ok((stop, collected)) => Ok(Job {
+            Ok((stop, collected)) => Ok(Shell {
                 child,
                 pgid,
                 target,
@@ -180,7 +167,7 @@ impl Job {
     }
 
     /// Waits for the shell to exit, kills its leftovers, collects the output and reaps it.
-    fn finish(&mut self, started: Instant) -> CommandResult {
+    fn wait(&mut self, started: Instant) -> AttemptResult {
         // WNOWAIT: learn of the exit but leave the shell a zombie, so that its pid keeps naming
         // the group until everything below is done with it.
         // Any error but EINTR (ECHILD: someone else reaped it) means there is nothing to wait for.
@@ -202,16 +189,16 @@ impl Job {
                 Outcome::SpawnFailed(ProcessError::Wait { pid, cause }.to_string())
             }
         };
-        CommandResult {
+        AttemptResult {
             outcome,
             duration_ms: millis(exited_at.saturating_duration_since(started)),
-            stdout_tail: collected.stdout,
-            stderr_tail: collected.stderr,
+            stdout: collected.stdout,
+            stderr: collected.stderr,
         }
     }
 }
 
-impl Drop for Job {
+impl Drop for Shell {
     /// Only when `on_start` panicked: never leave the job running unsupervised.
     fn drop(&mut self) {
         if !self.finished {
@@ -252,7 +239,7 @@ mod tests {
 
     const PROMPT: Duration = Duration::from_secs(5);
 
-    fn run(command: &str) -> CommandResult {
+    fn run(command: &str) -> AttemptResult {
         run_command(command, None, &never(), |_| {})
     }
 
@@ -324,7 +311,7 @@ mod tests {
             |g| pgid = g,
         );
         assert_eq!(r.outcome, Outcome::Exited(0));
-        let out = String::from_utf8(r.stdout_tail).unwrap();
+        let out = String::from_utf8(r.stdout).unwrap();
         let (stat, rest) = out.split_once('\n').unwrap();
         let (pid, fields) = stat.split_once(' ').unwrap();
         let fields: Vec<&str> = fields
@@ -347,8 +334,8 @@ mod tests {
     #[test]
     fn small_output_is_kept_whole() {
         let r = run("printf 'out\\n'; printf 'err' >&2; printf 'more'");
-        assert_eq!(r.stdout_tail, b"out\nmore");
-        assert_eq!(r.stderr_tail, b"err");
+        assert_eq!(r.stdout, b"out\nmore");
+        assert_eq!(r.stderr, b"err");
     }
 
     #[test]
@@ -360,10 +347,10 @@ mod tests {
             assert!(all.len() > TAIL_BYTES);
             all.as_bytes()[all.len() - TAIL_BYTES..].to_vec()
         };
-        assert_eq!(r.stdout_tail.len(), TAIL_BYTES);
-        assert_eq!(r.stdout_tail, expect(1, 40000));
-        assert!(r.stdout_tail.ends_with(b"\n39999\n40000\n"));
-        assert_eq!(r.stderr_tail, expect(50000, 90000));
+        assert_eq!(r.stdout.len(), TAIL_BYTES);
+        assert_eq!(r.stdout, expect(1, 40000));
+        assert!(r.stdout.ends_with(b"\n39999\n40000\n"));
+        assert_eq!(r.stderr, expect(50000, 90000));
     }
 
     #[test]
@@ -419,7 +406,7 @@ mod tests {
             "{:?}",
             r.outcome
         );
-        assert_eq!(r.stdout_tail, b"before\n");
+        assert_eq!(r.stdout, b"before\n");
     }
 
     #[test]
@@ -443,7 +430,7 @@ mod tests {
     fn shell_outliving_its_pipes_is_waited_for() {
         let r = run("echo hi; exec >&- 2>&-; sleep 0.2; exit 5");
         assert_eq!(r.outcome, Outcome::Exited(5));
-        assert_eq!(r.stdout_tail, b"hi\n");
+        assert_eq!(r.stdout, b"hi\n");
         assert!(r.duration_ms >= 200, "{}", r.duration_ms);
     }
 
@@ -460,7 +447,7 @@ mod tests {
         );
         assert!(t0.elapsed() < PROMPT, "took {:?}", t0.elapsed());
         assert_eq!(r.outcome, Outcome::Exited(0));
-        assert_eq!(r.stdout_tail, b"done\n");
+        assert_eq!(r.stdout, b"done\n");
         assert!(wait_gone(read_pid(&file)), "background child survived");
         assert!(wait_gone(pgid));
     }
@@ -484,7 +471,7 @@ mod tests {
         kill_group(pid, Signal::SIGKILL).unwrap();
         assert!(took < PROMPT, "took {took:?}");
         assert_eq!(r.outcome, Outcome::Exited(0));
-        assert_eq!(r.stdout_tail, b"done\n");
+        assert_eq!(r.stdout, b"done\n");
         assert!(wait_gone(pid));
     }
 
@@ -604,7 +591,7 @@ mod tests {
         for h in handles {
             let (i, r) = h.join().unwrap();
             assert_eq!(r.outcome, Outcome::Exited(i));
-            assert_eq!(r.stdout_tail, format!("{i}\n").into_bytes());
+            assert_eq!(r.stdout, format!("{i}\n").into_bytes());
         }
     }
 

@@ -49,7 +49,7 @@ pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
 }
 
 /// A job's process group, for everyone who may kill it: `Some` from the spawn until
-/// [`Job::finish`] disarms it, which happens before the shell is reaped. Killing under this lock
+/// [`Shell::wait`](super::command) disarms it, which happens before the shell is reaped. Killing under this lock
 /// therefore never hits a group id that was reused.
 pub(super) struct Target {
     pgid: Mutex<Option<i32>>,

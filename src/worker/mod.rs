@@ -25,7 +25,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::Signal;
 
-use protocol::{Finished, FromWorker, ProtocolError, RunJob, ToWorker};
+use protocol::{FromWorker, ProtocolError, RunJob, ToWorker};
 
 /// The worker could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -171,13 +171,10 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
             cause,
         });
     }
-    let finished = FromWorker::Finished(Finished {
+    let finished = FromWorker::Finished {
         job_id: job_id.clone(),
-        outcome: result.outcome,
-        duration_ms: result.duration_ms,
-        stdout_tail: result.stdout_tail,
-        stderr_tail: result.stderr_tail,
-    });
+        result,
+    };
     send(output, &finished).map_err(|cause| WorkerError::Send {
         what: "finished",
         job_id,
@@ -206,7 +203,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Outcome;
+    use crate::model::{AttemptResult, Outcome};
     use std::io::{PipeReader, PipeWriter};
     use std::time::Instant;
 
@@ -299,9 +296,9 @@ mod tests {
         }
     }
 
-    fn expect_finished(msg: FromWorker, id: &str) -> Finished {
+    fn expect_finished(msg: FromWorker, id: &str) -> AttemptResult {
         match msg {
-            FromWorker::Finished(f) if f.job_id == id => f,
+            FromWorker::Finished { job_id, result } if job_id == id => result,
             other => panic!("expected Finished for {id}, got {other:?}"),
         }
     }
@@ -331,8 +328,8 @@ mod tests {
         let pgid = expect_started(h.next(), "j1");
         let f = expect_finished(h.next(), "j1");
         assert_eq!(f.outcome, Outcome::Exited(4));
-        assert_eq!(f.stdout_tail, b"hi\n");
-        assert_eq!(f.stderr_tail, b"oops\n");
+        assert_eq!(f.stdout, b"hi\n");
+        assert_eq!(f.stderr, b"oops\n");
         assert!(wait_gone(pgid));
         h.send(&job("j2", "sleep 30", Some(100)));
         expect_started(h.next(), "j2");

@@ -15,6 +15,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::model::AttemptResult;
+#[cfg(test)]
 use crate::model::Outcome;
 
 /// Largest accepted frame body, in bytes.
@@ -70,19 +72,10 @@ pub enum FromWorker {
     /// The job's shell is running, in its own process group `pgid`.
     Started { job_id: String, pgid: i32 },
     /// The attempt ended.
-    Finished(Finished),
-}
-
-/// How one attempt ended, with the end of its output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Finished {
-    pub job_id: String,
-    pub outcome: Outcome,
-    pub duration_ms: u64,
-    #[serde(with = "serde_bytes")]
-    pub stdout_tail: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub stderr_tail: Vec<u8>,
+    Finished {
+        job_id: String,
+        result: AttemptResult,
+    },
 }
 
 /// Writes `msg` as one frame with a single `write_all`. Does not flush.
@@ -170,13 +163,19 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    fn finished() -> Finished {
-        Finished {
-            job_id: "job-1".into(),
+    fn result() -> AttemptResult {
+        AttemptResult {
             outcome: Outcome::TimedOut { after_ms: 300 },
             duration_ms: 301,
-            stdout_tail: b"out\n\x00\xff".to_vec(),
-            stderr_tail: Vec::new(),
+            stdout: b"out\n\x00\xff".to_vec(),
+            stderr: Vec::new(),
+        }
+    }
+
+    fn finished() -> FromWorker {
+        FromWorker::Finished {
+            job_id: "job-1".into(),
+            result: result(),
         }
     }
 
@@ -212,7 +211,7 @@ mod tests {
             job_id: "a".into(),
             pgid: 77,
         });
-        round_trip(FromWorker::Finished(finished()));
+        round_trip(finished());
         for outcome in [
             Outcome::Exited(-1),
             Outcome::Signaled(9),
@@ -220,10 +219,13 @@ mod tests {
             Outcome::WorkerLost,
             Outcome::Interrupted,
         ] {
-            round_trip(FromWorker::Finished(Finished {
-                outcome,
-                ..finished()
-            }));
+            round_trip(FromWorker::Finished {
+                job_id: "j".into(),
+                result: AttemptResult {
+                    outcome,
+                    ..result()
+                },
+            });
         }
     }
 
@@ -244,7 +246,7 @@ mod tests {
                 job_id: "x".into(),
                 pgid: 2,
             },
-            FromWorker::Finished(finished()),
+            finished(),
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -293,10 +295,13 @@ mod tests {
 
     #[test]
     fn oversized_frame_is_refused_when_writing() {
-        let msg = FromWorker::Finished(Finished {
-            stdout_tail: vec![b'x'; MAX_FRAME_BYTES],
-            ..finished()
-        });
+        let msg = FromWorker::Finished {
+            job_id: "j".into(),
+            result: AttemptResult {
+                stdout: vec![b'x'; MAX_FRAME_BYTES],
+                ..result()
+            },
+        };
         let mut buf = Vec::new();
         let err = write_frame(&mut buf, &msg).unwrap_err();
         match err {
@@ -348,7 +353,7 @@ mod tests {
     #[test]
     fn truncated_body() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &FromWorker::Finished(finished())).unwrap();
+        write_frame(&mut buf, &finished()).unwrap();
         let body = buf.len() - 4;
         for cut in [4, 5, buf.len() - 1] {
             let err = read_frame::<_, FromWorker>(&mut &buf[..cut]).unwrap_err();
