@@ -42,6 +42,8 @@ use self::core::{Action, Core, Event, Note, Phase};
 
 /// How long completions may wait before they are flushed.
 const GROUP_COMMIT: Duration = Duration::from_millis(10);
+/// How long `worker stop` waits for the supervisor's process to end once it let go of the lock.
+const EXIT_AFTER_UNLOCK: Duration = Duration::from_secs(5);
 /// How long `worker start` waits for the supervisor and its workers to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -179,7 +181,15 @@ pub fn stop(dir: &DataDir, timeout: Duration, force: bool) -> Result<String, Sup
     loop {
         match dir.holder()? {
             Holder::Supervisor(p) if p == pid => {}
-            _ => return Ok(format!("Supervisor {pid} stopped")),
+            _ => {
+                // The lock is let go just before the process exits: wait for the exit too (a
+                // little, in case the pid was reused at once).
+                let gone_by = Instant::now() + EXIT_AFTER_UNLOCK;
+                while kill::process_runs(pid) && Instant::now() < gone_by {
+                    thread::sleep(Duration::from_millis(2));
+                }
+                return Ok(format!("Supervisor {pid} stopped"));
+            }
         }
         if Instant::now() >= deadline {
             return Err(SupervisorError::StopTimeout {

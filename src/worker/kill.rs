@@ -48,8 +48,19 @@ pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
     }
 }
 
+/// Whether process `pid` still runs (a zombie, which has exited, does not).
+pub fn process_runs(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// A job's process group, for everyone who may kill it: `Some` from the spawn until
-/// [`Shell::wait`](super::command) disarms it, which happens before the shell is reaped. Killing under this lock
+/// [`Shell::wait`](super::command) disarms it, which happens before the shell is reaped.
+/// Killing under this lock
 /// therefore never hits a group id that was reused.
 pub(super) struct Target {
     pgid: Mutex<Option<i32>>,
