@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use crate::datadir::{DataDir, DataDirError, StoreLock};
 use crate::model::{now_ms, Outcome, RetryDecision};
 use crate::spool::request::{self, ErrorKind, OwnerInfo, Reply, Request};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{PendingRequest, Spool, SpoolError};
 use crate::worker::kill;
 use std::sync::Arc;
 
@@ -41,6 +41,16 @@ pub struct Owner {
     pub store: Arc<dyn JobStore>,
     pub spool: Spool,
     lock: StoreLock,
+}
+
+/// What a drain's hook did with a request.
+pub enum Handled {
+    /// Apply it as any owner would.
+    Apply,
+    /// This is the answer.
+    Reply(Box<Reply>),
+    /// Leave it unanswered in the spool; it is answered later (or by the next owner).
+    Defer,
 }
 
 /// What a drain of the spool did.
@@ -114,6 +124,16 @@ impl Owner {
     /// Applies every request in the spool, oldest first: a refused file is set aside and
     /// answered with an error; writes are flushed once before any reply goes out.
     pub fn drain(&self, info: OwnerInfo) -> Result<Drained, OwnerError> {
+        self.drain_with(info, &mut |_, _| Handled::Apply)
+    }
+
+    /// [`Owner::drain`], letting `hook` answer a request itself (a supervisor's own business:
+    /// cancelling a running job, a wait) or keep it unanswered in the spool for now.
+    pub fn drain_with(
+        &self,
+        info: OwnerInfo,
+        hook: &mut dyn FnMut(&PendingRequest, &Request) -> Handled,
+    ) -> Result<Drained, OwnerError> {
         let pending = self.spool.pending()?;
         if pending.is_empty() {
             return Ok(Drained::default());
@@ -128,9 +148,16 @@ impl Owner {
                     Err(e) => Err(format!("corrupt request: {e}")),
                     Ok(r) => {
                         done.writes += usize::from(r.is_write());
-                        let reply = request::apply(&*self.store, &r, info, now_ms(), Some(&req.id));
-                        crate::crashpoint::hit("mid-apply");
-                        Ok(reply)
+                        match hook(&req, &r) {
+                            Handled::Defer => continue,
+                            Handled::Reply(reply) => Ok(*reply),
+                            Handled::Apply => {
+                                let reply =
+                                    request::apply(&*self.store, &r, info, now_ms(), Some(&req.id));
+                                crate::crashpoint::hit("mid-apply");
+                                Ok(reply)
+                            }
+                        }
                     }
                 },
             };

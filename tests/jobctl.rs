@@ -572,9 +572,6 @@ fn completions_and_man_page() {
             &out[..out.len().min(200)]
         );
         for word in ["add", "cancel", "wait", "rm"] {
-            if word == "wait" {
-                continue; // not yet a command
-            }
             assert!(out.contains(word), "{shell} completes {word}");
         }
     }
@@ -617,4 +614,225 @@ fn help_speaks_users_words() {
             assert!(!text.contains(word), "{args:?} says {word:?}: {text}");
         }
     }
+}
+
+/// Starts a detached supervisor from directory `cwd`; stopped when the guard drops.
+fn start_in<'a>(env: &'a Env, cwd: &Path, count: u32) -> common::Supervisor<'a> {
+    let out = cmd_in(env, cwd)
+        .args(["worker", "start", "--count", &count.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let pid = text
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    common::Supervisor { env, pid }
+}
+
+fn wait_state(env: &Env, id: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    wait_until(&format!("{id} to be {state}"), || {
+        last = env.show(id);
+        last["state"] == state
+    });
+    last
+}
+
+#[test]
+fn a_job_runs_where_it_was_queued_with_its_env() {
+    let env = Env::new();
+    let a = env.file("a");
+    let b = env.file("b");
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::fs::write(
+        a.join("backup.sh"),
+        "#!/bin/sh\necho \"in $(pwd) as $WHO\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        a.join("backup.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = cmd_in(&env, &a)
+        .args([
+            "enqueue",
+            r#"{"id":"here","command":"./backup.sh","env":{"WHO":"me"}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cmd_in(&env, &a)
+        .args([
+            "add",
+            "--id",
+            "flag",
+            "--cwd",
+            "../b",
+            "--env",
+            "WHO=you",
+            "--",
+            "sh",
+            "-c",
+            "echo \"in $(pwd) as $WHO\"",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.enqueue(
+        r#"{"id":"gone","command":"true","cwd":"/nonexistent/queuectl-dir","max_retries":0}"#,
+    );
+    let sup = start_in(&env, &b, 2);
+    wait_state(&env, "here", "completed");
+    wait_state(&env, "flag", "completed");
+    let logs = env.ok(&["logs", "here"]);
+    assert!(
+        logs.contains(&format!("in {} as me", a.display())),
+        "{logs}"
+    );
+    let logs = env.ok(&["logs", "flag"]);
+    assert!(
+        logs.contains(&format!("in {} as you", b.display())),
+        "{logs}"
+    );
+    // A directory that is gone fails the run with a clear reason; the supervisor goes on.
+    let dead = wait_state(&env, "gone", "dead");
+    let err = dead["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("/nonexistent/queuectl-dir") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(common::alive(sup.pid));
+    sup.stop();
+}
+
+#[test]
+fn cancel_of_a_running_job_stops_its_processes_and_never_retries_it() {
+    let env = Env::new();
+    let pidfile = env.file("sleep.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    env.ok(&[
+        "add",
+        "--id",
+        "nap",
+        "--max-retries",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let sup = env.start(1);
+    wait_state(&env, "nap", "processing");
+    wait_until("the sleep to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    let sleep: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(common::alive(sleep));
+    let out = env.ok(&["cancel", "nap"]);
+    assert_eq!(out, "nap: cancelled\n");
+    let j = env.show("nap");
+    assert_eq!(j["state"], "dead", "{j}");
+    assert_eq!(j["last_error"], "cancelled", "{j}");
+    assert_eq!(j["attempts"], 0, "a cancel is not a failure: {j}");
+    wait_until("the cancelled sleep to be gone", || !common::alive(sleep));
+    // Never retried: the worker is free for the next job, and nap stays dead.
+    let next = env.enqueue(r#"{"command":"true"}"#);
+    wait_state(&env, &next, "completed");
+    assert_eq!(env.show("nap")["state"], "dead");
+    assert_eq!(env.show("nap")["runs"], 1);
+    // Unknown and already finished jobs get a line each and a non-zero status.
+    let out = env.run(&["cancel", "nap", &next, "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "nap: cancelled\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("job `{next}` is already completed")),
+        "{err}"
+    );
+    assert!(err.contains("no job with id `nope`"), "{err}");
+    sup.stop();
+}
+
+#[test]
+fn wait_exits_0_1_or_124_with_a_line_per_job() {
+    let env = Env::new();
+    env.ok(&["add", "--id", "ok", "--", "true"]);
+    env.ok(&[
+        "add",
+        "--id",
+        "bad",
+        "--max-retries",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    env.ok(&["add", "--id", "slow", "--", "sleep", "300"]);
+    // No supervisor yet: wait says so, keeps waiting, and is answered once one runs them.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("queuectl"))
+        .arg("--data-dir")
+        .arg(env.path())
+        .args(["wait", "ok"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sup = env.start(2);
+    let status = child.wait().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{text} {err}");
+    assert_eq!(text, "ok: completed\n");
+    let out = env.run(&["wait", "ok", "bad"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok: completed\nbad: dead (exit code 3)\n");
+    let out = env.run(&["wait", "slow", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "slow: processing (not finished)\n");
+    let out = env.run(&["wait", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // --all: every job not finished when the wait began; --json.
+    env.ok(&["cancel", "slow"]);
+    let out = env.run(&["wait", "--all", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing left to wait for: {}",
+        stderr(&out)
+    );
+    assert_eq!(json(&stdout(&out)), serde_json::json!([]));
+    env.ok(&["add", "--id", "later", "--delay", "1s", "--", "true"]);
+    let out = env.run(&["wait", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let items = json(&stdout(&out));
+    assert_eq!(items[0]["id"], "later");
+    assert_eq!(items[0]["state"], "completed");
+    sup.stop();
+}
+
+#[test]
+fn wait_without_a_supervisor_says_so_and_times_out() {
+    let env = Env::new();
+    env.ok(&["add", "--id", "j", "--", "true"]);
+    let out = env.run(&["wait", "j", "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(stdout(&out), "j: pending (not finished)\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("no supervisor is running; waiting for one to start"),
+        "{err}"
+    );
 }

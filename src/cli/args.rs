@@ -35,6 +35,23 @@ pub enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
+    /// Wait until jobs are completed or dead: exit 0 if all completed, 1 if any is dead, 124 on
+    /// timeout
+    Wait {
+        /// Ids of the jobs
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ids: Vec<String>,
+        /// Every job not yet finished when the wait begins
+        #[arg(long)]
+        all: bool,
+        /// Give up after this long: 30 (seconds), 90s, 5m, 2h
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
     /// Delete finished (completed or dead) jobs and their output
     Rm {
         /// Ids of the jobs

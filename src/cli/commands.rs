@@ -4,7 +4,7 @@
 
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use comfy_table::presets::NOTHING;
@@ -48,6 +48,12 @@ pub enum CommandError {
     Output(#[from] io::Error),
     #[error("the supervisor answered with something unexpected")]
     Unexpected,
+    /// `wait`: some of the jobs ended dead.
+    #[error("{dead} of {total} job{} ended dead", if *total == 1 { "" } else { "s" })]
+    Dead { dead: usize, total: usize },
+    /// `wait`: the time given ran out.
+    #[error("gave up waiting after {0}: {1} job(s) not finished")]
+    WaitTimeout(String, usize),
     /// Some of the jobs of a command about several could not be changed (each said why).
     #[error("{failed} of {total} job{} could not be changed", if *total == 1 { "" } else { "s" })]
     Some { failed: usize, total: usize },
@@ -58,6 +64,7 @@ impl CommandError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::Invalid(_) => 2,
+            CommandError::WaitTimeout(..) => 124,
             CommandError::Client(ClientError::Queued { .. }) => 3,
             CommandError::Export(ExportError::Exists { .. } | ExportError::NotRegular { .. }) => 2,
             CommandError::DataDir(e) if e.is_refusal() => 2,
@@ -99,7 +106,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Enqueue(args) => enqueue(&dir, args, json, out),
         Command::Add(args) => add(&dir, args, json, out),
-        Command::Cancel { ids } => each(&dir, Request::Cancel { ids }, "cancelled", json, out),
+        Command::Cancel { ids } => cancel(&dir, ids, json, out),
+        Command::Wait { ids, all, timeout } => wait(&dir, ids, all, timeout, json, out),
         Command::Rm { ids } => each(&dir, Request::Remove { ids }, "removed", json, out),
         Command::Worker(WorkerCommand::Start {
             count,
@@ -314,6 +322,177 @@ fn add(dir: &DataDir, a: AddArgs, json: bool, out: &mut impl Write) -> Result<()
         .validate(now_ms())
         .map_err(|e| invalid(e.to_string()))?;
     submit(dir, vec![job], true, json, out)
+}
+
+/// How long `cancel` waits for a running job's end to be recorded.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// `cancel`: jobs that wait go to dead at once; a running job's process group is stopped by
+/// the supervisor, and the command waits (bounded) until its end is recorded.
+fn cancel(dir: &DataDir, ids: Vec<String>, json: bool, out: &mut impl Write) -> Result<()> {
+    let Reply::Each(mut results) = call(dir, &Request::Cancel { ids })? else {
+        return Err(CommandError::Unexpected);
+    };
+    for (id, r) in &mut results {
+        let Ok(job) = r else { continue };
+        if job.state != JobState::Processing {
+            continue;
+        }
+        let deadline = Instant::now() + CANCEL_WAIT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+            if let Reply::Job(now) = call(dir, &Request::Show { id: id.clone() })? {
+                if now.state != JobState::Processing {
+                    *r = Ok(now);
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                *r = Err(format!(
+                    "job `{id}` was signalled but its end is not recorded yet"
+                ));
+                break;
+            }
+        }
+    }
+    print_each(&results, "cancelled", json, out)
+}
+
+/// `wait`: blocks until every job is completed or dead. A supervisor answers the request only
+/// then; with none running the answer comes at once, and the wait goes on until one starts.
+fn wait(
+    dir: &DataDir,
+    ids: Vec<String>,
+    all: bool,
+    timeout: Option<String>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let limit = match &timeout {
+        None => None,
+        Some(t) => {
+            Some(Duration::from_millis(parse_duration(t).map_err(|e| {
+                CommandError::Invalid(format!("--timeout: {e}"))
+            })?))
+        }
+    };
+    let deadline = limit.map(|l| Instant::now() + l);
+    let ids = if all {
+        let mut ids = Vec::new();
+        for state in [JobState::Pending, JobState::Processing, JobState::Failed] {
+            let req = Request::List {
+                state: Some(state),
+                offset: 0,
+                limit: usize::MAX,
+            };
+            match call(dir, &req)? {
+                Reply::Jobs(jobs) => ids.extend(jobs.into_iter().map(|j| j.id)),
+                other => return unexpected(other),
+            }
+        }
+        ids
+    } else {
+        ids
+    };
+    if ids.is_empty() {
+        return print_waited(&[], json, out);
+    }
+    let mut told = false;
+    loop {
+        // "Forever" is ten years: far enough, and no overflow of the clock.
+        let left = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(10 * 365 * 24 * 3600));
+        let results = match client::call(dir, &Request::Wait { ids: ids.clone() }, left) {
+            Ok(Reply::Each(results)) => results,
+            Ok(other) => return unexpected(other),
+            Err(ClientError::NoAnswer { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let unknown: Vec<&String> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .collect();
+        if let Some(e) = unknown.first() {
+            return Err(CommandError::Invalid((*e).clone()));
+        }
+        if !results.is_empty() && crate::spool::request::all_finished(&results) {
+            return print_waited(&results, json, out);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let mut now = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Reply::Job(job) = call(dir, &Request::Show { id: id.clone() })? {
+                    now.push((id.clone(), Ok(job)));
+                }
+            }
+            print_waited(&now, json, out)?;
+            let open = now
+                .iter()
+                .filter(|(_, r)| {
+                    r.as_ref()
+                        .is_ok_and(|j| !matches!(j.state, JobState::Completed | JobState::Dead))
+                })
+                .count();
+            return Err(CommandError::WaitTimeout(timeout.unwrap_or_default(), open));
+        }
+        // Answered without waiting: nobody runs the jobs (or the supervisor is stopping).
+        if !matches!(dir.holder(), Ok(Holder::Supervisor(_))) {
+            if !told {
+                eprintln!(
+                    "queuectl: no supervisor is running; waiting for one to start (`queuectl worker start`)"
+                );
+                told = true;
+            }
+            while !matches!(dir.holder(), Ok(Holder::Supervisor(_)))
+                && deadline.map_or(true, |d| Instant::now() < d)
+            {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One line per job (`job1: completed`, `job2: dead (exit code 1)`); an error if any is dead.
+fn print_waited(
+    results: &[(String, Result<Job, String>)],
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let jobs: Vec<&Job> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    if json {
+        let views: Vec<JobView> = jobs.iter().map(|j| JobView::from(*j)).collect();
+        writeln!(out, "{}", to_json(&views))?;
+    } else {
+        for j in &jobs {
+            match (j.state, &j.last_error) {
+                (JobState::Dead, Some(e)) => writeln!(out, "{}: dead ({})", j.id, shorten(e, 200))?,
+                (JobState::Completed | JobState::Dead, _) => {
+                    writeln!(out, "{}: {}", j.id, j.state)?
+                }
+                (st, _) => writeln!(out, "{}: {st} (not finished)", j.id)?,
+            }
+        }
+    }
+    let dead = jobs.iter().filter(|j| j.state == JobState::Dead).count();
+    if dead > 0
+        && jobs
+            .iter()
+            .all(|j| matches!(j.state, JobState::Completed | JobState::Dead))
+    {
+        return Err(CommandError::Dead {
+            dead,
+            total: jobs.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Sends a request about several jobs and prints a line per job; fails if any could not be

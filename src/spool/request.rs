@@ -50,6 +50,11 @@ pub enum Request {
     },
     /// Move every dead job back to pending.
     DlqRetryAll,
+    /// The jobs, once all of them are completed or dead: a supervisor answers when they are;
+    /// any other owner (or one that is stopping) answers at once with their current state.
+    Wait {
+        ids: Vec<String>,
+    },
 }
 
 impl Request {
@@ -217,16 +222,11 @@ pub fn apply(
             let jobs = store.all_jobs().collect::<Result<Vec<_>, _>>()?;
             Ok(Reply::Dump { jobs, config })
         }),
-        Request::Cancel { ids } => each(ids, |id| match store.cancel(id, now) {
-            // Cancelling twice (or a request applied again after a crash) is not an error.
-            Err(StoreError::Finished {
-                state: JobState::Dead,
-                ..
-            }) => match store.get(id)? {
-                Some(job) if job.last_error.as_deref() == Some(crate::store::CANCELLED) => Ok(job),
-                _ => store.cancel(id, now),
-            },
-            other => other,
+        Request::Cancel { ids } => each(ids, |id| cancel_one(store, id, now)),
+        Request::Wait { ids } => each(ids, |id| {
+            store
+                .get(id)?
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))
         }),
         Request::Remove { ids } => each(ids, |id| store.remove(id)),
         Request::DlqRetryAll => store
@@ -237,6 +237,30 @@ pub fn apply(
             }),
     };
     result.unwrap_or_else(Reply::from_store_error)
+}
+
+/// Cancels one job that is not running. Cancelling twice (or a request applied again after a
+/// crash) is not an error.
+pub fn cancel_one(store: &dyn JobStore, id: &str, now: Millis) -> Result<Job, StoreError> {
+    match store.cancel(id, now) {
+        Err(StoreError::Finished {
+            state: JobState::Dead,
+            ..
+        }) => match store.get(id)? {
+            Some(job) if job.last_error.as_deref() == Some(crate::store::CANCELLED) => Ok(job),
+            _ => store.cancel(id, now),
+        },
+        other => other,
+    }
+}
+
+/// Whether every one of `jobs` is completed or dead (an unknown id counts as finished: there
+/// is nothing to wait for).
+pub fn all_finished(results: &[(String, Result<Job, String>)]) -> bool {
+    results.iter().all(|(_, r)| match r {
+        Ok(job) => matches!(job.state, JobState::Completed | JobState::Dead),
+        Err(_) => true,
+    })
 }
 
 /// Applies `op` to each id; a user error is that id's answer, any other error the request's.

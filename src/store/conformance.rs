@@ -180,6 +180,22 @@ pub fn cancel_moves_waiting_jobs_to_dead_and_out_of_the_order(fresh: Fresh<'_>) 
     let c = s.counts().unwrap();
     assert_eq!((c.dead, c.total()), (3, 3));
     assert_consistent(&*s);
+    // A running job is cancelled by ending its attempt so: dead, failures unchanged.
+    s.enqueue(&[new_job("r")], &CFG, 600, None).unwrap();
+    assert_eq!(s.reserve("w", 600).unwrap().unwrap().id, "r");
+    match s.finish("r", &AttemptEnd::Cancelled, 700).unwrap() {
+        FailOrDone::Failed(r) => {
+            assert_eq!(r.decision, RetryDecision::Dead);
+            assert_eq!(
+                (r.job.state, r.job.attempts, r.job.last_error.as_deref()),
+                (JobState::Dead, 0, Some(crate::store::CANCELLED))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.get("r").unwrap().unwrap().state, JobState::Dead);
+    assert!(s.reserve("w", 1_000_000).unwrap().is_none());
+    assert_consistent(&*s);
 }
 
 /// `remove`: a completed or dead job and the output of its runs are deleted (not the output of

@@ -89,7 +89,14 @@ pub struct VerifyReport {
 #[derive(Debug, Clone, Copy)]
 pub enum AttemptEnd<'a> {
     Succeeded,
-    Failed { error: &'a str, backoff_base: u64 },
+    Failed {
+        error: &'a str,
+        backoff_base: u64,
+    },
+    /// Stopped by `queuectl cancel`: the job goes to `dead` with `last_error` [`CANCELLED`],
+    /// its `attempts` unchanged (a cancel is not a failure), and is never retried; the result
+    /// is `Failed` with the decision `Dead`.
+    Cancelled,
 }
 
 /// The job after its attempt ended.

@@ -22,6 +22,8 @@ use crate::worker::protocol::RunJob;
 /// to a later owner after a crash, and a crash sooner than this after the start would also
 /// lose the unflushed reservation (the group commit is longer), so short jobs skip the write.
 pub const PGID_RECORD_AFTER: Duration = Duration::from_millis(5);
+/// A cancelled job's process group gets SIGTERM, then SIGKILL after this long.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// A worker that dies this many times in a row before it is ready stops the supervisor.
 pub const MAX_SPAWN_FAILURES: u32 = 5;
 
@@ -85,6 +87,8 @@ pub enum Action {
     Reap { worker: usize },
     /// SIGKILL a job's process group.
     KillGroup { pgid: i32 },
+    /// SIGTERM a job's process group (a cancel; SIGKILL follows after [`CANCEL_GRACE`]).
+    TermGroup { pgid: i32 },
     /// Store the end of the attempt; with `reserve_next`, reserve the worker's next job in the
     /// same transaction and report it as [`Event::Reserved`].
     Record {
@@ -92,6 +96,8 @@ pub enum Action {
         job: Job,
         result: AttemptResult,
         reserve_next: bool,
+        /// The job was cancelled: it goes to `dead` as "cancelled", whatever the result says.
+        cancelled: bool,
     },
     /// Return a job that is not running (any more) to pending, without counting an attempt.
     Release { job: Job },
@@ -126,6 +132,8 @@ pub struct Attempt {
     pub pgid: Option<i32>,
     /// When the worker reported the process group, until it is written to the store.
     pgid_unrecorded_since: Option<Instant>,
+    /// When `queuectl cancel` asked for it to stop, and whether SIGKILL was sent.
+    cancel: Option<(Instant, bool)>,
 }
 
 /// What the core knows of one worker.
@@ -217,10 +225,50 @@ impl Core {
             None
         };
         let wait = sleep_until(now_ms, next, poll_interval_ms);
-        match self.pgid_due_in(now) {
+        let wait = match self.pgid_due_in(now) {
+            Some(due) => wait.min(due),
+            None => wait,
+        };
+        match self.kill_due_in(now) {
             Some(due) => wait.min(due),
             None => wait,
         }
+    }
+
+    /// How soon a cancelled job's grace ends, if any is waiting for it.
+    fn kill_due_in(&self, now: Instant) -> Option<Duration> {
+        self.workers
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .filter_map(|r| match r.cancel {
+                Some((since, false)) if r.pgid.is_some() => Some(since),
+                _ => None,
+            })
+            .map(|since| CANCEL_GRACE.saturating_sub(now.saturating_duration_since(since)))
+            .min()
+    }
+
+    /// `queuectl cancel` of job `job_id`: if a worker runs it, its process group gets SIGTERM
+    /// (once the group is known), SIGKILL after [`CANCEL_GRACE`], and the end of the attempt
+    /// is recorded as cancelled. Returns the job if a worker runs it.
+    pub fn cancel(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        out: &mut VecDeque<Action>,
+    ) -> Option<Job> {
+        let attempt = self
+            .workers
+            .iter_mut()
+            .filter_map(|s| s.running.as_mut())
+            .find(|r| r.job.id == job_id)?;
+        if attempt.cancel.is_none() {
+            attempt.cancel = Some((now, false));
+            if let Some(pgid) = attempt.pgid {
+                out.push_back(Action::TermGroup { pgid });
+            }
+        }
+        Some(attempt.job.clone())
     }
 
     /// How soon a process group not yet written falls due, if any.
@@ -265,6 +313,11 @@ impl Core {
                     if attempt.job.id == job_id {
                         attempt.pgid = Some(pgid);
                         attempt.pgid_unrecorded_since = Some(at);
+                        if attempt.cancel.is_some() {
+                            // Cancelled before it started: stop it now.
+                            attempt.cancel = Some((at, false));
+                            out.push_back(Action::TermGroup { pgid });
+                        }
                     }
                 }
             }
@@ -301,6 +354,12 @@ impl Core {
                     let Some(attempt) = s.running.as_mut() else {
                         continue;
                     };
+                    if let (Some(pgid), Some((since, false))) = (attempt.pgid, attempt.cancel) {
+                        if now.saturating_duration_since(since) >= CANCEL_GRACE {
+                            attempt.cancel = Some((since, true));
+                            out.push_back(Action::KillGroup { pgid });
+                        }
+                    }
                     let (Some(pgid), Some(since)) = (attempt.pgid, attempt.pgid_unrecorded_since)
                     else {
                         continue;
@@ -329,11 +388,14 @@ impl Core {
             job_id: job.id.clone(),
             command: job.command.clone(),
             timeout_ms: job.timeout_ms,
+            cwd: job.cwd.clone(),
+            env: job.env.clone(),
         };
         s.running = Some(Attempt {
             job,
             pgid: None,
             pgid_unrecorded_since: None,
+            cancel: None,
         });
         out.push_back(Action::Run { worker, job: run });
     }
@@ -358,6 +420,7 @@ impl Core {
             job: attempt.job,
             result,
             reserve_next,
+            cancelled: attempt.cancel.is_some(),
         });
         if self.phase != Phase::Running {
             self.shut_down(worker, out);
@@ -375,7 +438,7 @@ impl Core {
             if let Some(pgid) = attempt.pgid {
                 out.push_back(Action::KillGroup { pgid });
             }
-            if self.phase == Phase::Forced {
+            if self.phase == Phase::Forced && attempt.cancel.is_none() {
                 out.push_back(Action::Release { job: attempt.job });
             } else {
                 out.push_back(Action::Note(Note::WorkerLost {
@@ -387,6 +450,7 @@ impl Core {
                     job: attempt.job,
                     result: AttemptResult::without_output(Outcome::WorkerLost),
                     reserve_next: false,
+                    cancelled: attempt.cancel.is_some(),
                 });
             }
         } else if self.phase == Phase::Running {
@@ -438,7 +502,18 @@ impl Core {
                 if let Some(pgid) = attempt.pgid {
                     out.push_back(Action::KillGroup { pgid });
                 }
-                out.push_back(Action::Release { job: attempt.job });
+                if attempt.cancel.is_some() {
+                    // A cancelled job is not given back: it ends as cancelled.
+                    out.push_back(Action::Record {
+                        worker,
+                        job: attempt.job,
+                        result: AttemptResult::without_output(Outcome::Signaled(9)),
+                        reserve_next: false,
+                        cancelled: true,
+                    });
+                } else {
+                    out.push_back(Action::Release { job: attempt.job });
+                }
             }
             if std::mem::take(&mut s.pipe) {
                 out.push_back(Action::ClosePipe { worker });
@@ -550,6 +625,8 @@ mod tests {
                         job_id: id.into(),
                         command: format!("echo {id}"),
                         timeout_ms: Some(1000),
+                        cwd: None,
+                        env: Vec::new(),
                     }
                 }]
             );
@@ -580,6 +657,7 @@ mod tests {
                 job,
                 result,
                 reserve_next,
+                ..
             } => (*worker, job.id.as_str(), &result.outcome, *reserve_next),
             other => panic!("expected a record, got {other:?}"),
         }
@@ -827,6 +905,66 @@ mod tests {
             job: job("x"),
         });
         assert_eq!(released(&actions[0]), "x");
+    }
+
+    #[test]
+    fn a_cancelled_job_gets_term_then_kill_and_is_recorded_as_cancelled() {
+        let mut t = T::ready(2);
+        t.run(0, "a");
+        t.run(1, "b");
+        let t0 = t.t0;
+        let mut out = VecDeque::new();
+        assert!(t.core.cancel("zz", t0, &mut out).is_none(), "not running");
+        // Not started yet: SIGTERM once its group is known.
+        let b = t.core.cancel("b", t0, &mut out).map(|j| j.id);
+        assert_eq!(b.as_deref(), Some("b"));
+        assert!(out.is_empty());
+        t.started(0, "a", 11);
+        let a = t.core.cancel("a", t0, &mut out).map(|j| j.id);
+        assert_eq!(a.as_deref(), Some("a"));
+        assert_eq!(Vec::from(out), vec![Action::TermGroup { pgid: 11 }]);
+        let actions = t.on(Event::Started {
+            worker: 1,
+            gen: gen(1),
+            job_id: "b".into(),
+            pgid: 12,
+            at: t0,
+        });
+        assert_eq!(actions, vec![Action::TermGroup { pgid: 12 }]);
+        // The grace period bounds the sleep; SIGKILL once it is over, once.
+        let soon = t0 + Duration::from_secs(1);
+        assert!(t.core.sleep_for(0, None, 60_000, soon) <= CANCEL_GRACE);
+        let late = t0 + CANCEL_GRACE;
+        let kills = |actions: Vec<Action>| -> Vec<Action> {
+            actions
+                .into_iter()
+                .filter(|a| matches!(a, Action::KillGroup { .. }))
+                .collect()
+        };
+        assert_eq!(
+            kills(t.on(Event::Timer { now: late })),
+            vec![
+                Action::KillGroup { pgid: 11 },
+                Action::KillGroup { pgid: 12 }
+            ]
+        );
+        assert!(kills(t.on(Event::Timer { now: late })).is_empty(), "once");
+        // The end of the attempt is recorded as cancelled, whatever the outcome.
+        let actions = t.on(finished(0, gen(0), "a", Outcome::Signaled(15)));
+        assert!(
+            matches!(&actions[0], Action::Record { cancelled: true, job, .. } if job.id == "a"),
+            "{actions:?}"
+        );
+        // A cancelled job is recorded, not released, by a forced stop.
+        t.on(Event::Signal);
+        let actions = t.on(Event::Signal);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Record { cancelled: true, job, .. } if job.id == "b")),
+            "{actions:?}"
+        );
+        assert!(!actions.iter().any(|a| matches!(a, Action::Release { .. })));
     }
 
     #[test]

@@ -31,8 +31,9 @@ use nix::sys::signal::Signal;
 
 use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::model::{now_ms, AttemptResult, Config, Job};
-use crate::owner::{log_failure, Owner, OwnerError};
-use crate::spool::request::OwnerInfo;
+use crate::owner::{log_failure, Handled, Owner, OwnerError};
+use crate::spool::request::{self, OwnerInfo, Reply, Request};
+use crate::spool::PendingRequest;
 use crate::store::{AttemptEnd, FailOrDone, JobStore};
 use crate::worker;
 use crate::worker::protocol::{self, FromWorker, ToWorker};
@@ -260,6 +261,8 @@ struct Supervisor {
     exe: PathBuf,
     root: PathBuf,
     config: Config,
+    /// `queuectl wait` requests left unanswered until their jobs are finished.
+    waits: Vec<(PendingRequest, Vec<String>)>,
     core: Core,
     workers: Vec<Worker>,
     /// Actions still to carry out (kept to reuse its buffer).
@@ -306,6 +309,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         owner,
         exe,
         config,
+        waits: Vec::new(),
         core: Core::new(count as usize),
         workers: (0..count)
             .map(|_| Worker {
@@ -583,16 +587,24 @@ impl Supervisor {
                     tracing::warn!("cannot kill process group {pgid}: {e}");
                 }
             }
+            Action::TermGroup { pgid } => {
+                if let Err(e) = kill::kill_group(pgid, Signal::SIGTERM) {
+                    tracing::warn!("cannot stop process group {pgid}: {e}");
+                }
+            }
             Action::Record {
                 worker,
                 job,
                 result,
                 reserve_next,
+                cancelled,
             } => {
-                if let Some(next) = self.record(job, result, reserve_next.then_some(worker)) {
+                let next = self.record(job, result, reserve_next.then_some(worker), cancelled);
+                if let Some(next) = next {
                     self.core
                         .handle(Event::Reserved { worker, job: next }, &mut self.actions);
                 }
+                self.answer_waits();
             }
             Action::Release { job } => self.release(job),
             Action::RecordPgid { worker, pgid } => {
@@ -641,7 +653,50 @@ impl Supervisor {
     }
 
     fn drain_spool(&mut self) {
-        match self.owner.drain(self.info()) {
+        let info = self.info();
+        let Supervisor {
+            owner,
+            core,
+            actions,
+            waits,
+            ..
+        } = self;
+        let store = &owner.store;
+        let mut hook = |req: &PendingRequest, r: &Request| match r {
+            // A job a worker runs is stopped here; the others as any owner would.
+            Request::Cancel { ids } => {
+                let now = now_ms();
+                let results = ids
+                    .iter()
+                    .map(|id| {
+                        let result = match core.cancel(id, Instant::now(), actions) {
+                            Some(job) => Ok(job),
+                            None => request::cancel_one(&**store, id, now),
+                        };
+                        (id.clone(), result.map_err(|e| e.to_string()))
+                    })
+                    .collect();
+                Handled::Reply(Box::new(Reply::Each(results)))
+            }
+            Request::Wait { ids } => {
+                if waits.iter().any(|(w, _)| w.id == req.id) {
+                    return Handled::Defer;
+                }
+                let now = wait_results(&**store, ids);
+                if request::all_finished(&now) {
+                    Handled::Reply(Box::new(Reply::Each(now)))
+                } else {
+                    waits.push((req.clone(), ids.clone()));
+                    Handled::Defer
+                }
+            }
+            _ => Handled::Apply,
+        };
+        let drained = owner.drain_with(info, &mut hook);
+        while let Some(action) = self.actions.pop_front() {
+            self.perform(action);
+        }
+        match drained {
             Ok(d) if d.writes > 0 => match self.owner.store.config() {
                 Ok(c) => self.config = c,
                 Err(e) => tracing::error!("cannot read the config: {e}"),
@@ -651,12 +706,53 @@ impl Supervisor {
         }
     }
 
+    /// Answers each waiting `queuectl wait` whose jobs are all finished.
+    fn answer_waits(&mut self) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let store = &self.owner.store;
+        let spool = &self.owner.spool;
+        self.waits.retain(|(req, ids)| {
+            let results = wait_results(&**store, ids);
+            if !request::all_finished(&results) {
+                return true;
+            }
+            // What the answer reports must be durable first.
+            if let Err(e) = store.flush() {
+                tracing::error!("cannot flush the store: {e}");
+                return true;
+            }
+            match request::encode(&Reply::Each(results)) {
+                Ok(body) => {
+                    if let Err(e) = spool.reply(&req.id, &body) {
+                        tracing::warn!("could not answer request {}: {e}", req.id);
+                    }
+                }
+                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
+            }
+            if let Err(e) = spool.finish(req) {
+                if !e.is_not_found() {
+                    tracing::warn!("could not remove request {}: {e}", req.id);
+                }
+            }
+            false
+        });
+    }
+
     /// Stores the end of an attempt and logs it. With `next_for`, the next due job is
-    /// reserved for that worker in the same transaction and returned.
-    fn record(&mut self, job: Job, result: AttemptResult, next_for: Option<usize>) -> Option<Job> {
+    /// reserved for that worker in the same transaction and returned. A `cancelled` attempt
+    /// ends the job as cancelled.
+    fn record(
+        &mut self,
+        job: Job,
+        result: AttemptResult,
+        next_for: Option<usize>,
+        cancelled: bool,
+    ) -> Option<Job> {
         let now = now_ms();
         let store = &self.owner.store;
-        let success = result.outcome.is_success();
+        let success = result.outcome.is_success() && !cancelled;
         let error = if success {
             String::new()
         } else {
@@ -669,7 +765,9 @@ impl Supervisor {
                 tracing::warn!("cannot store the output of job {}: {e}", job.id);
             }
         }
-        let end = if success {
+        let end = if cancelled {
+            AttemptEnd::Cancelled
+        } else if success {
             AttemptEnd::Succeeded
         } else {
             AttemptEnd::Failed {
@@ -690,6 +788,10 @@ impl Supervisor {
                     job.id,
                     duration_ms as f64 / 1000.0
                 );
+                next
+            }
+            Ok((FailOrDone::Failed(r), next)) if cancelled => {
+                tracing::warn!("Job {} cancelled ({error}) - moved to DLQ", r.job.id);
                 next
             }
             Ok((FailOrDone::Failed(r), next)) => {
@@ -729,6 +831,20 @@ impl Supervisor {
             self.apply(Event::Reserved { worker: i, job });
         }
     }
+}
+
+/// The jobs a `queuectl wait` asks about, as they are now (an unknown id is an error).
+fn wait_results(store: &dyn JobStore, ids: &[String]) -> Vec<(String, Result<Job, String>)> {
+    ids.iter()
+        .map(|id| {
+            let r = match store.get(id) {
+                Ok(Some(job)) => Ok(job),
+                Ok(None) => Err(format!("no job with id `{id}`")),
+                Err(e) => Err(e.to_string()),
+            };
+            (id.clone(), r)
+        })
+        .collect()
 }
 
 /// Tells the detaching parent we are ready, then points stdout at /dev/null.

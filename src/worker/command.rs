@@ -20,6 +20,7 @@
 use std::io::{self, ErrorKind};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,8 @@ pub enum ProcessError {
     OwnGroup(i32),
     #[error("the {pipe} of child {pid} was not piped")]
     NotPiped { pipe: &'static str, pid: u32 },
+    #[error("the working directory {} does not exist or is not a directory", dir.display())]
+    NoDirectory { dir: PathBuf },
 }
 
 /// Runs `sh -c command` in a new process group and waits for it.
@@ -71,8 +74,30 @@ pub fn run_command(
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
 ) -> AttemptResult {
+    run_command_in(command, None, &[], timeout, cancel, on_start)
+}
+
+/// [`run_command`] in directory `cwd` (else the worker's own) with `env` added to the
+/// worker's environment. A `cwd` that is not a directory fails the attempt without starting
+/// anything (outcome `SpawnFailed`, naming the directory).
+pub fn run_command_in(
+    command: &str,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+    timeout: Option<Duration>,
+    cancel: &Receiver<()>,
+    on_start: impl FnOnce(i32),
+) -> AttemptResult {
     let started = Instant::now();
-    let spawned = spawn_shell(command);
+    if let Some(dir) = cwd {
+        if !dir.is_dir() {
+            let e = ProcessError::NoDirectory {
+                dir: dir.to_path_buf(),
+            };
+            return failed(e, started);
+        }
+    }
+    let spawned = spawn_shell(command, cwd, env);
     let child = match spawned {
         Ok(child) => child,
         Err(cause) => return failed(ProcessError::Spawn { cause }, started),

@@ -144,10 +144,14 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
         job_id,
         command,
         timeout_ms,
+        cwd,
+        env,
     } = job;
     let mut start_failed = None;
-    let result = command::run_command(
+    let result = command::run_command_in(
         &command,
+        cwd.as_deref().map(std::path::Path::new),
+        &env,
         timeout_ms.map(Duration::from_millis),
         ended,
         |pgid| {
@@ -277,6 +281,8 @@ mod tests {
             job_id: id.into(),
             command: command.into(),
             timeout_ms,
+            cwd: None,
+            env: Vec::new(),
         })
     }
 

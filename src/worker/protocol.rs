@@ -62,6 +62,12 @@ pub struct RunJob {
     pub job_id: String,
     pub command: String,
     pub timeout_ms: Option<u64>,
+    /// Directory to run in; `None`: the worker's own.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to the worker's environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// A message from a worker to the supervisor.
@@ -200,11 +206,15 @@ mod tests {
             job_id: "a".into(),
             command: "echo 'hi' | tr a-z A-Z".into(),
             timeout_ms: Some(1500),
+            cwd: Some("/tmp".into()),
+            env: vec![("A".into(), "1".into())],
         }));
         round_trip(ToWorker::Run(RunJob {
             job_id: String::new(),
             command: "true".into(),
             timeout_ms: None,
+            cwd: None,
+            env: Vec::new(),
         }));
         round_trip(FromWorker::Ready { pid: 4242 });
         round_trip(FromWorker::Started {

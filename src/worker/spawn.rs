@@ -75,16 +75,24 @@ fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
 
 /// Starts `sh -c command` in a new process group (whose id is the shell's pid), stdin on
 /// `/dev/null`, stdout and stderr piped.
-pub(super) fn spawn_shell(command: &str) -> io::Result<Child> {
+pub(super) fn spawn_shell(
+    command: &str,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+) -> io::Result<Child> {
     // No `pre_exec` here, so std can use posix_spawn (vfork-like), much cheaper than fork.
-    Command::new(SHELL)
-        .arg("-c")
+    let mut cmd = Command::new(SHELL);
+    cmd.arg("-c")
         .arg(command)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.spawn()
 }
 
 #[cfg(test)]

@@ -319,6 +319,17 @@ impl Tx<'_> {
                 self.moved(JobState::Processing, job.state)?;
                 Ok(FailOrDone::Failed(FailResult { job, decision }))
             }
+            AttemptEnd::Cancelled => {
+                job.state = JobState::Dead;
+                job.available_at = None;
+                job.last_error = Some(crate::store::CANCELLED.to_string());
+                self.put(&job)?;
+                self.moved(JobState::Processing, JobState::Dead)?;
+                Ok(FailOrDone::Failed(FailResult {
+                    job,
+                    decision: RetryDecision::Dead,
+                }))
+            }
         }
     }
 }
