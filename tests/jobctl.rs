@@ -836,3 +836,46 @@ fn wait_without_a_supervisor_says_so_and_times_out() {
         "{err}"
     );
 }
+
+#[test]
+fn workers_scale_pause_and_resume_while_running() {
+    let env = Env::new();
+    let out = env.run(&["worker", "pause"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no supervisor is running"),
+        "{}",
+        stderr(&out)
+    );
+    let sup = env.start(1);
+    assert_eq!(env.ok(&["worker", "scale", "3"]), "Scaling to 3 workers\n");
+    wait_until("3 workers", || {
+        env.status()["workers"] == 3 && sup.workers().len() == 3
+    });
+    // Pause: nothing new starts, running jobs go on; status says so.
+    env.ok(&["add", "--id", "long", "--", "sleep", "2"]);
+    wait_state(&env, "long", "processing");
+    env.ok(&["worker", "pause"]);
+    assert_eq!(env.status()["paused"], true);
+    assert!(env.ok(&["status"]).contains(", paused"));
+    env.ok(&["add", "--id", "held", "--", "true"]);
+    wait_state(&env, "long", "completed");
+    assert_eq!(env.show("held")["state"], "pending", "paused: not started");
+    env.ok(&["worker", "resume"]);
+    assert_eq!(env.status()["paused"], false);
+    wait_state(&env, "held", "completed");
+    // Down to 1 while two are busy: the idle one leaves at once, busy ones finish first.
+    env.ok(&["add", "--id", "b1", "--", "sleep", "1"]);
+    env.ok(&["add", "--id", "b2", "--", "sleep", "1"]);
+    wait_until("two busy workers", || env.status()["busy_workers"] == 2);
+    env.ok(&["worker", "scale", "1"]);
+    wait_state(&env, "b1", "completed");
+    wait_state(&env, "b2", "completed");
+    wait_until("1 worker", || {
+        env.status()["workers"] == 1 && sup.workers().len() == 1
+    });
+    assert_eq!(env.show("b1")["runs"], 1, "finished, not interrupted");
+    let out = env.run(&["worker", "scale", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    sup.stop();
+}

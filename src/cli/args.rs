@@ -174,6 +174,17 @@ pub enum WorkerCommand {
         #[arg(long, hide = true)]
         notify_ready: bool,
     },
+    /// Change the number of workers of the running supervisor (fewer: idle workers leave
+    /// first, busy ones once their job is finished)
+    Scale {
+        /// Number of worker processes
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=1024))]
+        count: u32,
+    },
+    /// Start no new job until `worker resume` (running jobs go on; nothing is killed)
+    Pause,
+    /// Start jobs again after `worker pause`
+    Resume,
     /// Stop the supervisor: running jobs finish first (or are killed and requeued with --force)
     Stop {
         /// How long to wait for it to exit: 60 (seconds), 90s, 5m

@@ -126,6 +126,17 @@ pub fn run(cli: Cli) -> Result<()> {
             let msg = supervisor::stop(&dir, Duration::from_millis(ms), force)?;
             message(out, json, &msg)
         }
+        Command::Worker(WorkerCommand::Scale { count }) => {
+            match call(&dir, &Request::Scale { count })? {
+                Reply::Done => {
+                    let s = if count == 1 { "" } else { "s" };
+                    message(out, json, &format!("Scaling to {count} worker{s}"))
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Worker(WorkerCommand::Pause) => pause(&dir, true, json, out),
+        Command::Worker(WorkerCommand::Resume) => pause(&dir, false, json, out),
         Command::Status => status(&dir, json, out),
         Command::List(args) => list(&dir, args, json, out),
         Command::Show { id } => show(&dir, id, json, out),
@@ -145,6 +156,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export { sqlite, force } => export(&dir, &sqlite, force, json, out),
         Command::WorkerChild => supervisor::worker_child(&dir).map_err(Into::into),
         Command::Completions { .. } | Command::Man => Ok(()),
+    }
+}
+
+fn pause(dir: &DataDir, paused: bool, json: bool, out: &mut impl Write) -> Result<()> {
+    match call(dir, &Request::Pause { paused })? {
+        Reply::Done if paused => message(
+            out,
+            json,
+            "Paused: running jobs go on, no new job starts until `queuectl worker resume`",
+        ),
+        Reply::Done => message(out, json, "Resumed"),
+        other => unexpected(other),
     }
 }
 
@@ -635,8 +658,16 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
     match s.owner.supervisor_pid {
         Some(pid) => writeln!(
             out,
-            "Workers: {} ({} busy), supervisor pid {pid}",
-            s.owner.workers, s.owner.busy_workers
+            "Workers: {} ({} busy), supervisor pid {pid}{}",
+            s.owner.workers,
+            s.owner.busy_workers,
+            if s.owner.stopping {
+                ", stopping"
+            } else if s.owner.paused {
+                ", paused"
+            } else {
+                ""
+            }
         )?,
         None => writeln!(out, "Workers: 0 (no supervisor running)")?,
     }
@@ -655,6 +686,8 @@ fn status_json(s: &StatusInfo) -> serde_json::Value {
         "workers": s.owner.workers,
         "busy_workers": s.owner.busy_workers,
         "supervisor_pid": s.owner.supervisor_pid,
+        "paused": s.owner.paused,
+        "stopping": s.owner.stopping,
     })
 }
 

@@ -55,6 +55,14 @@ pub enum Request {
     Wait {
         ids: Vec<String>,
     },
+    /// A running supervisor's number of workers (only a supervisor answers).
+    Scale {
+        count: u32,
+    },
+    /// Stop (`true`) or restart giving out jobs (only a supervisor answers).
+    Pause {
+        paused: bool,
+    },
 }
 
 impl Request {
@@ -85,6 +93,12 @@ pub struct OwnerInfo {
     pub workers: u32,
     pub busy_workers: u32,
     pub supervisor_pid: Option<u32>,
+    /// `worker pause` holds back new jobs.
+    #[serde(default)]
+    pub paused: bool,
+    /// The supervisor is stopping (running jobs finish, nothing new starts).
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 /// How a request failed, which decides the exit status.
@@ -229,6 +243,11 @@ pub fn apply(
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))
         }),
         Request::Remove { ids } => each(ids, |id| store.remove(id)),
+        Request::Scale { .. } | Request::Pause { .. } => {
+            return Reply::invalid(
+                "no supervisor is running (start one with `queuectl worker start`)".into(),
+            )
+        }
         Request::DlqRetryAll => store
             .list(Some(JobState::Dead), 0, usize::MAX)
             .and_then(|dead| {

@@ -146,6 +146,8 @@ struct WorkerState {
     pipe: bool,
     ready: bool,
     running: Option<Attempt>,
+    /// Let go by `worker scale`: it exits once idle and is not restarted.
+    retired: bool,
 }
 
 /// The state of the supervisor's workers and its stop, and the rules that change it.
@@ -155,6 +157,8 @@ pub struct Core {
     phase: Phase,
     signals: u32,
     spawn_failures: u32,
+    /// `worker pause`: no job is given out until `worker resume`.
+    paused: bool,
 }
 
 impl Core {
@@ -165,7 +169,74 @@ impl Core {
             phase: Phase::Running,
             signals: 0,
             spawn_failures: 0,
+            paused: false,
         }
+    }
+
+    /// Whether `worker pause` holds back new jobs.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// `worker pause` / `worker resume`: stop or restart giving out jobs; running jobs go on.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// How many workers there are, counting neither those let go nor those leaving.
+    pub fn target(&self) -> usize {
+        self.workers.iter().filter(|s| !s.retired).count()
+    }
+
+    /// `worker scale n`: more workers are started (first in the places of workers let go
+    /// earlier, then new ones: the shell grows its table to [`Core::places`] before it carries out
+    /// the spawns); fewer: idle workers are let go first, then busy ones, each exiting once
+    /// its job is finished. Nothing changes once a stop began.
+    pub fn scale(&mut self, n: usize, out: &mut VecDeque<Action>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let mut have = self.target();
+        // Fewer: idle ones first, then the busy ones (from the end).
+        let mut order: Vec<usize> = (0..self.workers.len()).rev().collect();
+        order.sort_by_key(|&i| self.workers[i].running.is_some());
+        for i in order {
+            if have <= n {
+                break;
+            }
+            if self.workers[i].retired {
+                continue;
+            }
+            self.workers[i].retired = true;
+            have -= 1;
+            if self.workers[i].running.is_none() {
+                self.shut_down(i, out);
+            }
+        }
+        // More: reuse places of workers that are gone, then add new ones.
+        for i in 0..self.workers.len() {
+            if have >= n {
+                break;
+            }
+            let s = &mut self.workers[i];
+            if s.retired && !s.alive {
+                s.retired = false;
+                have += 1;
+                out.push_back(Action::Spawn { worker: i });
+            }
+        }
+        while have < n {
+            self.workers.push(WorkerState::default());
+            have += 1;
+            out.push_back(Action::Spawn {
+                worker: self.workers.len() - 1,
+            });
+        }
+    }
+
+    /// The size of the worker table (places let go included).
+    pub fn places(&self) -> usize {
+        self.workers.len()
     }
 
     pub fn phase(&self) -> Phase {
@@ -174,7 +245,7 @@ impl Core {
 
     /// Every worker has said it is ready.
     pub fn all_ready(&self) -> bool {
-        self.workers.iter().all(|s| s.ready)
+        self.workers.iter().all(|s| s.ready || s.retired)
     }
 
     /// No worker process is left.
@@ -200,12 +271,12 @@ impl Core {
     /// The first worker from `from` on whose worker may be given a job now (none once a stop
     /// began).
     pub fn idle_worker(&self, from: usize) -> Option<usize> {
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.paused {
             return None;
         }
         (from..self.workers.len()).find(|&i| {
             let s = &self.workers[i];
-            s.ready && s.running.is_none() && s.pipe
+            s.ready && s.running.is_none() && s.pipe && !s.retired
         })
     }
 
@@ -292,6 +363,7 @@ impl Core {
                     pipe: true,
                     ready: false,
                     running: None,
+                    retired: false,
                 };
             }
             Event::SpawnFailed { .. } => self.spawn_failures += 1,
@@ -414,7 +486,8 @@ impl Core {
         let Some(attempt) = s.running.take() else {
             return;
         };
-        let reserve_next = self.phase == Phase::Running && s.pipe;
+        let reserve_next = self.phase == Phase::Running && s.pipe && !s.retired && !self.paused;
+        let retired = s.retired;
         out.push_back(Action::Record {
             worker,
             job: attempt.job,
@@ -422,7 +495,7 @@ impl Core {
             reserve_next,
             cancelled: attempt.cancel.is_some(),
         });
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || retired {
             self.shut_down(worker, out);
         }
     }
@@ -453,10 +526,10 @@ impl Core {
                     cancelled: attempt.cancel.is_some(),
                 });
             }
-        } else if self.phase == Phase::Running {
+        } else if self.phase == Phase::Running && !s.retired {
             out.push_back(Action::Note(Note::WorkerExited { worker }));
         }
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.workers[worker].retired {
             return;
         }
         if !was_ready {
@@ -965,6 +1038,58 @@ mod tests {
             "{actions:?}"
         );
         assert!(!actions.iter().any(|a| matches!(a, Action::Release { .. })));
+    }
+
+    #[test]
+    fn pause_holds_back_jobs_and_scale_lets_idle_workers_go_first() {
+        let mut t = T::ready(3);
+        t.core.set_paused(true);
+        assert_eq!(t.core.idle_worker(0), None, "paused");
+        t.core.set_paused(false);
+        assert_eq!(t.core.idle_worker(0), Some(0));
+        t.run(0, "a");
+        // Down to 1: the two idle workers go; the busy one stays.
+        let mut out = VecDeque::new();
+        t.core.scale(1, &mut out);
+        assert_eq!(
+            Vec::from(std::mem::take(&mut out)),
+            vec![
+                Action::Shutdown { worker: 2 },
+                Action::Shutdown { worker: 1 }
+            ]
+        );
+        assert_eq!(t.core.target(), 1);
+        assert_eq!(t.core.idle_worker(0), None);
+        // Gone workers that were let go are not restarted.
+        let gone = t.on(Event::Gone {
+            worker: 1,
+            gen: gen(1),
+        });
+        assert_eq!(gone, vec![Action::Reap { worker: 1 }]);
+        // Down to... 1 of 1 busy, then up to 3: the place let go is reused, one is added.
+        t.core.scale(3, &mut out);
+        assert_eq!(
+            Vec::from(std::mem::take(&mut out)),
+            vec![Action::Spawn { worker: 1 }, Action::Spawn { worker: 3 }]
+        );
+        assert_eq!((t.core.places(), t.core.target()), (4, 3));
+        // A busy worker let go finishes its job, is not given another, and leaves.
+        let mut t = T::ready(1);
+        t.run(0, "b");
+        t.core.scale(0, &mut out);
+        assert!(out.is_empty(), "it is busy");
+        let actions = t.on(finished(0, gen(0), "b", Outcome::Exited(0)));
+        assert!(
+            matches!(
+                &actions[0],
+                Action::Record {
+                    reserve_next: false,
+                    ..
+                }
+            ),
+            "{actions:?}"
+        );
+        assert_eq!(actions[1], Action::Shutdown { worker: 0 });
     }
 
     #[test]

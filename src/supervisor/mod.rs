@@ -384,6 +384,8 @@ impl Supervisor {
             workers: u32::try_from(self.core.alive()).unwrap_or(u32::MAX),
             busy_workers: u32::try_from(self.core.busy()).unwrap_or(u32::MAX),
             supervisor_pid: Some(std::process::id()),
+            paused: self.core.paused(),
+            stopping: self.core.phase() != Phase::Running,
         }
     }
 
@@ -501,11 +503,7 @@ impl Supervisor {
     /// process until it is let go (when the supervisor is dropped), so `worker stop` waits until
     /// the store is really free.
     fn finish(&mut self, pid: u32) -> Result<(), SupervisorError> {
-        let info = OwnerInfo {
-            workers: 0,
-            busy_workers: 0,
-            supervisor_pid: None,
-        };
+        let info = OwnerInfo::default();
         if let Err(e) = self.owner.drain(info) {
             tracing::error!("could not answer the last requests: {e}");
         }
@@ -659,6 +657,7 @@ impl Supervisor {
             core,
             actions,
             waits,
+            workers,
             ..
         } = self;
         let store = &owner.store;
@@ -689,6 +688,39 @@ impl Supervisor {
                     waits.push((req.clone(), ids.clone()));
                     Handled::Defer
                 }
+            }
+            Request::Pause { paused } => {
+                core.set_paused(*paused);
+                tracing::info!(
+                    "{}",
+                    if *paused {
+                        "Paused: running jobs go on, no new job starts"
+                    } else {
+                        "Resumed"
+                    }
+                );
+                Handled::Reply(Box::new(Reply::Done))
+            }
+            Request::Scale { count } => {
+                if core.phase() != Phase::Running {
+                    return Handled::Reply(Box::new(Reply::Error {
+                        kind: request::ErrorKind::Invalid,
+                        message: "the supervisor is stopping".into(),
+                    }));
+                }
+                core.scale(*count as usize, actions);
+                while workers.len() < core.places() {
+                    workers.push(Worker {
+                        name: String::new(),
+                        child: None,
+                        stdin: None,
+                    });
+                }
+                tracing::info!(
+                    "Scaling to {count} worker{}",
+                    if *count == 1 { "" } else { "s" }
+                );
+                Handled::Reply(Box::new(Reply::Done))
             }
             _ => Handled::Apply,
         };
