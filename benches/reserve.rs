@@ -53,7 +53,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Samp
 use queuectl::export::SCHEMA_SQL;
 use queuectl::model::{format_ts, Config, Millis, NewJob};
 use queuectl::store::sled::SledStore as Store;
-use queuectl::store::{AttemptEnd, JobStore};
+use queuectl::store::{JobStore, RunEnd};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 /// Queue sizes: one benchmark group each.
@@ -197,7 +197,7 @@ impl Queue for SledQueue {
             let next = match self.running.take() {
                 Some(id) => {
                     self.store
-                        .finish_and_reserve(&id, &AttemptEnd::Succeeded, WORKER, NOW)
+                        .finish_and_reserve(&id, &RunEnd::Succeeded, WORKER, NOW)
                         .unwrap()
                         .1
                 }

@@ -15,7 +15,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::model::{format_ts, now_ms};
+use crate::model::{format_ts, now_ms, Job, RetryDecision};
 
 /// The seed's line format.
 struct SeedFormat;
@@ -64,6 +64,22 @@ pub fn init(log_file: &Path, console: bool) {
     drop(result);
 }
 
+/// Installs the global logger for a process whose stderr belongs to the user's command (a
+/// command that owns the store for a moment, and recovers it): to `log_file` only, and not at
+/// all if it cannot be opened (the command's own output stays as it is).
+pub fn init_file_only(log_file: &Path) {
+    let Ok(file) = open_log(log_file) else {
+        return;
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let result = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(SeedFormat)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    drop(result);
+}
+
 /// Opens the log for appending (created with mode 0600): never through a symbolic link, and only
 /// a regular file of this user's.
 fn open_log(path: &Path) -> std::io::Result<File> {
@@ -81,4 +97,23 @@ fn open_log(path: &Path) -> std::io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Logs a failed run in the Node.js queuectl's words (its "attempt" is our failed run; the
+/// count is the job's `attempts`).
+pub fn log_failure(job: &Job, decision: RetryDecision, what: &str) {
+    match decision {
+        RetryDecision::Retry { delay_secs, .. } => tracing::warn!(
+            "Job {} {what} (attempt {}/{}) - retrying in {delay_secs}s",
+            job.id,
+            job.attempts,
+            job.max_retries
+        ),
+        RetryDecision::Dead => tracing::error!(
+            "Job {} {what} after {} attempt{} - moved to DLQ",
+            job.id,
+            job.attempts,
+            if job.attempts == 1 { "" } else { "s" }
+        ),
+    }
 }

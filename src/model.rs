@@ -1,5 +1,5 @@
 //! Plain data types of the queue: [`Job`], [`JobState`], the enqueue specification ([`JobSpec`] ->
-//! [`NewJob`]), configuration ([`Config`], [`ConfigKey`]), the outcome of one attempt and the retry
+//! [`NewJob`]), configuration ([`Config`], [`ConfigKey`]), the outcome of one run and the retry
 //! rule. Validation lives here; nothing in this module does I/O or reads the clock except
 //! [`now_ms`].
 //!
@@ -110,15 +110,15 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Higher runs first.
     pub priority: i64,
-    /// Kill the attempt's process group after this long.
+    /// Kill the run's process group after this long.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Enqueue order, unique per job: ties in the availability index are broken by it.
     pub seq: u64,
-    /// Process group of the running attempt (only while `processing`).
+    /// Process group of the running run (only while `processing`).
     #[serde(default)]
     pub pgid: Option<i32>,
-    /// Attempts started, successful or not: names the output of each attempt.
+    /// Runs started, successful or not: numbers the output of each run.
     #[serde(default)]
     pub runs: u32,
     /// Working directory the job runs in (absolute); `None`: the supervisor's.
@@ -232,8 +232,13 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// Parses and validates one job given as JSON; `now` resolves `delay`.
-    pub fn from_json(text: &str, now: Millis) -> Result<NewJob, ModelError> {
+    /// Parses and validates one job given as JSON; `now` resolves `delay`, `fresh_id` names a
+    /// job given without an id.
+    pub fn from_json(
+        text: &str,
+        now: Millis,
+        fresh_id: impl FnOnce() -> String,
+    ) -> Result<NewJob, ModelError> {
         let text = text.trim();
         if !text.starts_with('{') {
             // serde reads a struct from an array too (`["id","cmd",null,...]`): a job is an
@@ -259,7 +264,7 @@ impl NewJob {
         })?;
         de.end()
             .map_err(|e| ModelError::InvalidJson(e.to_string()))?;
-        spec.validate(now)
+        spec.validate(now, fresh_id)
     }
 }
 
@@ -322,8 +327,12 @@ pub fn format_duration(ms: u64) -> String {
 }
 
 impl JobSpec {
-    /// Checks every field and resolves the id and the run time.
-    pub fn validate(self, now: Millis) -> Result<NewJob, ModelError> {
+    /// Checks every field and resolves the id (`fresh_id` when none is given) and the run time.
+    pub fn validate(
+        self,
+        now: Millis,
+        fresh_id: impl FnOnce() -> String,
+    ) -> Result<NewJob, ModelError> {
         let bad = |m: &str| Err(ModelError::InvalidJob(m.to_string()));
         if self.command.trim().is_empty() {
             return bad("`command` must not be empty");
@@ -332,7 +341,7 @@ impl JobSpec {
             return bad("`command` must not contain a NUL byte");
         }
         let id = match self.id {
-            None => ulid::Ulid::generate().to_string(),
+            None => fresh_id(),
             Some(id) => {
                 if id.is_empty() {
                     return bad("`id` must not be empty");
@@ -516,7 +525,7 @@ impl Config {
     }
 }
 
-/// What the retry rule decides after a failed attempt.
+/// What the retry rule decides after a failed run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {
     /// Run again at this time (the delay in seconds is given for the log).
@@ -543,20 +552,20 @@ pub fn retry_decision(
     }
 }
 
-/// How one attempt ended.
+/// How one run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The shell exited with this status.
     Exited(i32),
     /// The shell was killed by this signal.
     Signaled(i32),
-    /// The attempt ran past the job's timeout and its process group was killed.
+    /// The run ran past the job's timeout and its process group was killed.
     TimedOut { after_ms: u64 },
     /// The command could not be started.
     SpawnFailed(String),
     /// The worker process running it died.
     WorkerLost,
-    /// The supervisor stopped without recording the end of the attempt.
+    /// The supervisor stopped without recording the end of the run.
     Interrupted,
 }
 
@@ -585,11 +594,11 @@ impl Outcome {
 /// How much of stderr goes into `last_error`.
 const ERROR_TAIL_CHARS: usize = 500;
 
-/// How one attempt ended, with the end of its output: the one type that carries an attempt's
+/// How one run ended, with the end of its output: the one type that carries a run's
 /// result from the job's shell (`worker::command`) over the pipe (`worker::protocol`) through
-/// the supervisor to the store, which keeps it as an [`AttemptOutput`].
+/// the supervisor to the store, which keeps it as an [`RunOutput`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptResult {
+pub struct RunResult {
     pub outcome: Outcome,
     /// Wall time from spawning the shell to its exit.
     pub duration_ms: u64,
@@ -601,10 +610,10 @@ pub struct AttemptResult {
     pub stderr: Vec<u8>,
 }
 
-impl AttemptResult {
-    /// An attempt that ended with `outcome` and left no output (its worker died, say).
-    pub fn without_output(outcome: Outcome) -> AttemptResult {
-        AttemptResult {
+impl RunResult {
+    /// A run that ended with `outcome` and left no output (its worker died, say).
+    pub fn without_output(outcome: Outcome) -> RunResult {
+        RunResult {
             outcome,
             duration_ms: 0,
             stdout: Vec::new(),
@@ -612,12 +621,12 @@ impl AttemptResult {
         }
     }
 
-    /// A successful attempt that printed nothing leaves nothing to keep.
+    /// A successful run that printed nothing leaves nothing to keep.
     pub fn has_output_to_keep(&self) -> bool {
         !(self.outcome.is_success() && self.stdout.is_empty() && self.stderr.is_empty())
     }
 
-    /// `last_error` for a failed attempt: what happened, then the end of its stderr.
+    /// `last_error` for a failed run: what happened, then the end of its stderr.
     pub fn last_error(&self) -> String {
         let text = String::from_utf8_lossy(&self.stderr);
         let text = text.trim();
@@ -634,10 +643,10 @@ impl AttemptResult {
         msg
     }
 
-    /// The record the store keeps of attempt number `attempt`, ended at `finished_at`.
-    pub fn into_output(self, attempt: u32, finished_at: Millis) -> AttemptOutput {
-        AttemptOutput {
-            run: attempt,
+    /// The record the store keeps of run number `run`, ended at `finished_at`.
+    pub fn into_output(self, run: u32, finished_at: Millis) -> RunOutput {
+        RunOutput {
+            run,
             outcome: self.outcome,
             finished_at,
             duration_ms: self.duration_ms,
@@ -647,10 +656,10 @@ impl AttemptResult {
     }
 }
 
-/// The captured output of one attempt, as kept with the job (`queuectl logs`).
+/// The captured output of one run, as kept with the job (`queuectl logs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptOutput {
-    /// Which attempt of the job (1-based, counts every attempt started; the job's `runs`).
+pub struct RunOutput {
+    /// Which run of the job (1-based: the job's `runs` when it started).
     pub run: u32,
     pub outcome: Outcome,
     pub finished_at: Millis,
@@ -724,6 +733,10 @@ pub fn parse_ts(s: &str) -> Result<Millis, ModelError> {
 mod tests {
     use super::*;
 
+    fn fresh() -> String {
+        "fresh".into()
+    }
+
     #[test]
     fn state_names_round_trip() {
         for st in JobState::ALL {
@@ -737,9 +750,9 @@ mod tests {
 
     #[test]
     fn spec_defaults_and_fields() {
-        let j = NewJob::from_json(r#"{"command":"echo hi"}"#, 1000).unwrap();
+        let j = NewJob::from_json(r#"{"command":"echo hi"}"#, 1000, fresh).unwrap();
         assert_eq!(j.command, "echo hi");
-        assert_eq!(j.id.len(), 26, "a ULID");
+        assert_eq!(j.id, "fresh", "named by the caller");
         assert_eq!(
             (j.priority, j.run_at, j.max_retries, j.timeout_ms),
             (0, None, None, None)
@@ -747,6 +760,7 @@ mod tests {
         let j = NewJob::from_json(
             r#"{"id":"a","command":"x","priority":-3,"delay":1.5,"timeout":2,"max_retries":0}"#,
             1000,
+            fresh,
         )
         .unwrap();
         assert_eq!(j.id, "a");
@@ -757,6 +771,7 @@ mod tests {
         let j = NewJob::from_json(
             r#"{"command":"x","run_at":"1970-01-01T00:00:01.5+00:00"}"#,
             0,
+            fresh,
         )
         .unwrap();
         assert_eq!(j.run_at, Some(1500));
@@ -782,19 +797,19 @@ mod tests {
             r#"[{"command":"x"}]"#,
         ];
         for c in cases {
-            let err = NewJob::from_json(c, 0).expect_err(c);
+            let err = NewJob::from_json(c, 0, fresh).expect_err(c);
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
     }
 
     #[test]
     fn type_errors_name_the_field() {
-        let err = NewJob::from_json(r#"{"command":"x","max_retries":"3"}"#, 0).unwrap_err();
+        let err = NewJob::from_json(r#"{"command":"x","max_retries":"3"}"#, 0, fresh).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid job: `max_retries` must be a whole number >= 0"
         );
-        let err = NewJob::from_json(r#"{"command":"x"} trailing"#, 0).unwrap_err();
+        let err = NewJob::from_json(r#"{"command":"x"} trailing"#, 0, fresh).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
     }
 
@@ -857,9 +872,14 @@ mod tests {
             );
         }
         assert_eq!(format_duration(90_000), "1m 30s");
-        let j = NewJob::from_json(r#"{"command":"x","delay":"5m","timeout":"1h"}"#, 1000).unwrap();
+        let j = NewJob::from_json(
+            r#"{"command":"x","delay":"5m","timeout":"1h"}"#,
+            1000,
+            fresh,
+        )
+        .unwrap();
         assert_eq!((j.run_at, j.timeout_ms), (Some(301_000), Some(3_600_000)));
-        let err = NewJob::from_json(r#"{"command":"x","delay":"soon"}"#, 0).unwrap_err();
+        let err = NewJob::from_json(r#"{"command":"x","delay":"soon"}"#, 0, fresh).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid job: `delay` must be a number of seconds or a duration like 5m"
@@ -870,8 +890,12 @@ mod tests {
 
     #[test]
     fn cwd_and_env_are_checked() {
-        let j =
-            NewJob::from_json(r#"{"command":"x","cwd":"/a","env":{"B":"2","A":"1"}}"#, 0).unwrap();
+        let j = NewJob::from_json(
+            r#"{"command":"x","cwd":"/a","env":{"B":"2","A":"1"}}"#,
+            0,
+            fresh,
+        )
+        .unwrap();
         assert_eq!(j.cwd.as_deref(), Some("/a"));
         assert_eq!(j.env, [("A".into(), "1".into()), ("B".into(), "2".into())]);
         for bad in [
@@ -880,7 +904,7 @@ mod tests {
             r#"{"command":"x","env":{"A":1}}"#,
             r#"{"command":"x","cwd":""}"#,
         ] {
-            assert!(NewJob::from_json(bad, 0).is_err(), "{bad}");
+            assert!(NewJob::from_json(bad, 0, fresh).is_err(), "{bad}");
         }
     }
 
@@ -925,9 +949,9 @@ mod tests {
 
     #[test]
     fn last_error_names_the_cause_then_stderr() {
-        let failed = |outcome: Outcome, stderr: &[u8]| AttemptResult {
+        let failed = |outcome: Outcome, stderr: &[u8]| RunResult {
             stderr: stderr.to_vec(),
-            ..AttemptResult::without_output(outcome)
+            ..RunResult::without_output(outcome)
         };
         assert_eq!(failed(Outcome::Exited(3), b"").last_error(), "exit code 3");
         assert_eq!(
@@ -945,14 +969,14 @@ mod tests {
 
     #[test]
     fn only_a_silent_success_leaves_no_output() {
-        let ok = AttemptResult::without_output(Outcome::Exited(0));
+        let ok = RunResult::without_output(Outcome::Exited(0));
         assert!(!ok.has_output_to_keep());
-        let printed = AttemptResult {
+        let printed = RunResult {
             stdout: b"x".to_vec(),
             ..ok.clone()
         };
         assert!(printed.has_output_to_keep());
-        assert!(AttemptResult::without_output(Outcome::Exited(1)).has_output_to_keep());
+        assert!(RunResult::without_output(Outcome::Exited(1)).has_output_to_keep());
         let out = printed.into_output(3, 99);
         assert_eq!(
             (out.run, out.finished_at, out.stdout),

@@ -1,18 +1,18 @@
 //! Owning the store: what every process does when it takes the data directory's lock, whether
 //! it is a supervisor or a command working directly.
 //!
-//! Taking ownership, in order: the exclusive lock; open sled; wait until the previous
-//! supervisor's workers are gone (`workers.lock`); kill the process group of every attempt left
-//! in `processing` and count those attempts as failed (the retry rule); drain the request spool.
+//! Taking ownership, in order: the exclusive lock; logging to `worker.log`; open the store; wait
+//! until the previous supervisor's workers are gone (`workers.lock`); kill the process group of
+//! every run left in `processing` and count those runs as failed (the retry rule); drain the
+//! request spool.
 //! Only then does the owner do its own work. So a request written while a supervisor was
 //! stopping, or after it was killed, is applied by whoever owns the store next.
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::datadir::{DataDir, DataDirError, StoreLock};
-use crate::model::{now_ms, Outcome, RetryDecision};
+use crate::logging::log_failure;
+use crate::model::{now_ms, Outcome};
 use crate::spool::request::{self, ErrorKind, OwnerInfo, Reply, Request};
 use crate::spool::{PendingRequest, Spool, SpoolError};
 use crate::worker::kill;
@@ -66,6 +66,9 @@ impl Owner {
         let Some(lock) = dir.try_lock()? else {
             return Ok(None);
         };
+        // What recovery and the spool find is logged like the supervisor's work (a supervisor
+        // has installed its own logger already).
+        crate::logging::init_file_only(&dir.log_path());
         let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&dir.store_path())?);
         let spool = Spool::open(dir.root())?;
         let owner = Owner {
@@ -99,7 +102,7 @@ impl Owner {
         }
         for job in &interrupted {
             if let Some(pgid) = job.pgid {
-                if let Err(e) = kill::kill_group(pgid, Signal::SIGKILL) {
+                if let Err(e) = kill::kill_job_group(pgid) {
                     tracing::warn!("could not kill process group {pgid} of job {}: {e}", job.id);
                 }
             }
@@ -210,23 +213,5 @@ impl Owner {
             self.store.flush()?;
         }
         Ok(reply)
-    }
-}
-
-/// Logs a failed attempt in the Node.js queuectl's words ("attempt" = failed run).
-pub fn log_failure(job: &crate::model::Job, decision: RetryDecision, what: &str) {
-    match decision {
-        RetryDecision::Retry { delay_secs, .. } => tracing::warn!(
-            "Job {} {what} (attempt {}/{}) - retrying in {delay_secs}s",
-            job.id,
-            job.attempts,
-            job.max_retries
-        ),
-        RetryDecision::Dead => tracing::error!(
-            "Job {} {what} after {} attempt{} - moved to DLQ",
-            job.id,
-            job.attempts,
-            if job.attempts == 1 { "" } else { "s" }
-        ),
     }
 }

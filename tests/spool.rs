@@ -603,7 +603,12 @@ type Plant = Box<dyn Fn(&Path)>;
 
 /// A valid request body: the refusal must come from the file, not from what it says.
 fn enqueue_body(id: &str) -> Vec<u8> {
-    let job = NewJob::from_json(&format!(r#"{{"id":"{id}","command":"true"}}"#), 0).unwrap();
+    let job = NewJob::from_json(
+        &format!(r#"{{"id":"{id}","command":"true"}}"#),
+        0,
+        String::new,
+    )
+    .unwrap();
     request::encode(&Request::Enqueue { jobs: vec![job] }).unwrap()
 }
 

@@ -23,6 +23,7 @@ use crate::model::{
 use crate::owner::OwnerError;
 use crate::spool::request::{ErrorKind, Reply, Request, StatusInfo};
 use crate::supervisor::{self, SupervisorError};
+use crate::worker::{self, WorkerError};
 
 /// Default wait for a running supervisor's reply; `QUEUECTL_REPLY_TIMEOUT` (seconds) overrides.
 const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,8 @@ pub enum CommandError {
     Export(#[from] ExportError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),
     #[error("the supervisor answered with something unexpected")]
@@ -154,7 +157,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Dlq(DlqCommand::Retry { ids, all }) => dlq_retry(&dir, ids, all, json, out),
         Command::Config(c) => config(&dir, c, json, out),
         Command::Export { sqlite, force } => export(&dir, &sqlite, force, json, out),
-        Command::WorkerChild => supervisor::worker_child(&dir).map_err(Into::into),
+        Command::WorkerChild => worker::run_child(&dir).map_err(Into::into),
         Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
@@ -169,6 +172,11 @@ fn pause(dir: &DataDir, paused: bool, json: bool, out: &mut impl Write) -> Resul
         Reply::Done => message(out, json, "Resumed"),
         other => unexpected(other),
     }
+}
+
+/// The id of a job enqueued without one: a ULID, so ids sort in creation order.
+fn new_job_id() -> String {
+    ulid::Ulid::generate().to_string()
 }
 
 /// Whether a command may create the data directory: only those that put something in it.
@@ -227,7 +235,7 @@ fn enqueue(dir: &DataDir, args: EnqueueArgs, json: bool, out: &mut impl Write) -
     let now = now_ms();
     let invalid = |e: crate::model::ModelError| CommandError::Invalid(e.to_string());
     let mut jobs = match (&args.job, &args.file) {
-        (Some(text), None) => vec![NewJob::from_json(text, now).map_err(invalid)?],
+        (Some(text), None) => vec![NewJob::from_json(text, now, new_job_id).map_err(invalid)?],
         (None, Some(path)) => read_jobs_file(path, now)?,
         _ => {
             return Err(CommandError::Invalid(
@@ -342,7 +350,7 @@ fn add(dir: &DataDir, a: AddArgs, json: bool, out: &mut impl Write) -> Result<()
         env: Some(env),
     };
     let job = spec
-        .validate(now_ms())
+        .validate(now_ms(), new_job_id)
         .map_err(|e| invalid(e.to_string()))?;
     submit(dir, vec![job], true, json, out)
 }
@@ -623,7 +631,7 @@ fn read_jobs_file(path: &Path, now: u64) -> Result<Vec<NewJob>> {
         if line.trim().is_empty() {
             continue;
         }
-        let job = NewJob::from_json(&line, now).map_err(|e| {
+        let job = NewJob::from_json(&line, now, new_job_id).map_err(|e| {
             CommandError::Invalid(format!("{}: line {}: {e}", path.display(), i + 1))
         })?;
         jobs.push(job);

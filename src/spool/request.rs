@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob};
+use crate::model::{Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RunOutput};
 use crate::store::{JobStore, StoreError};
 
 /// One thing a command asks for.
@@ -122,7 +122,7 @@ pub enum Reply {
     Logs {
         job: Job,
         run: u32,
-        output: Option<AttemptOutput>,
+        output: Option<RunOutput>,
     },
     Config(Config),
     Dump {
@@ -341,7 +341,9 @@ mod tests {
 
     fn reqs_for_crash() -> Request {
         Request::Enqueue {
-            jobs: vec![NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0).unwrap()],
+            jobs: vec![
+                NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0, String::new).unwrap(),
+            ],
         }
     }
 
@@ -349,7 +351,7 @@ mod tests {
     fn apply_answers_like_the_store() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
-        let job = NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0).unwrap();
+        let job = NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0, String::new).unwrap();
         let enq = Request::Enqueue { jobs: vec![job] };
         assert_eq!(
             apply(&store, &enq, OwnerInfo::default(), 0, None),

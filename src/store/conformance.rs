@@ -22,9 +22,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
 use crate::model::{
-    AttemptOutput, Config, ConfigKey, Job, JobState, Millis, NewJob, Outcome, RetryDecision,
+    Config, ConfigKey, Job, JobState, Millis, NewJob, Outcome, RetryDecision, RunOutput,
 };
-use crate::store::{AttemptEnd, FailOrDone, JobStore, StoreError};
+use crate::store::{FailOrDone, JobStore, RunEnd, StoreError};
 
 /// How the suite gets at one backend's store.
 pub trait Harness {
@@ -107,14 +107,14 @@ fn ids(jobs: Vec<Job>) -> Vec<String> {
 }
 
 fn complete(s: &dyn JobStore, id: &str, now: Millis) -> Job {
-    match s.finish(id, &AttemptEnd::Succeeded, now).expect("finish") {
+    match s.finish(id, &RunEnd::Succeeded, now).expect("finish") {
         FailOrDone::Done(job) => job,
         other => panic!("expected done, got {other:?}"),
     }
 }
 
 fn fail(s: &dyn JobStore, id: &str, backoff_base: u64, now: Millis) -> crate::store::FailResult {
-    let end = AttemptEnd::Failed {
+    let end = RunEnd::Failed {
         error: "exit code 1",
         backoff_base,
     };
@@ -183,7 +183,7 @@ pub fn cancel_moves_waiting_jobs_to_dead_and_out_of_the_order(fresh: Fresh<'_>) 
     // A running job is cancelled by ending its attempt so: dead, failures unchanged.
     s.enqueue(&[new_job("r")], &CFG, 600, None).unwrap();
     assert_eq!(s.reserve("w", 600).unwrap().unwrap().id, "r");
-    match s.finish("r", &AttemptEnd::Cancelled, 700).unwrap() {
+    match s.finish("r", &RunEnd::Cancelled, 700).unwrap() {
         FailOrDone::Failed(r) => {
             assert_eq!(r.decision, RetryDecision::Dead);
             assert_eq!(
@@ -205,7 +205,7 @@ pub fn remove_deletes_finished_jobs_and_their_output(fresh: Fresh<'_>) {
     s.enqueue(&[new_job("a"), new_job("b")], &CFG, 100, None)
         .unwrap();
     s.reserve("w", 100).unwrap().unwrap();
-    let out = AttemptOutput {
+    let out = RunOutput {
         run: 1,
         outcome: Outcome::Exited(0),
         finished_at: 200,
@@ -461,12 +461,12 @@ pub fn fail_follows_the_retry_rule_then_dlq_retry(fresh: Fresh<'_>) {
 pub fn finish_refuses_a_job_that_is_not_processing(fresh: Fresh<'_>) {
     let s = fresh().open();
     s.enqueue(&[new_job("a")], &CFG, 0, None).unwrap();
-    let err = s.finish("a", &AttemptEnd::Succeeded, 1).unwrap_err();
+    let err = s.finish("a", &RunEnd::Succeeded, 1).unwrap_err();
     assert!(
         !matches!(err, StoreError::Backend(_) | StoreError::Corrupt { .. }),
         "{err}"
     );
-    let err = s.finish("zz", &AttemptEnd::Succeeded, 1).unwrap_err();
+    let err = s.finish("zz", &RunEnd::Succeeded, 1).unwrap_err();
     assert!(
         !matches!(err, StoreError::Backend(_) | StoreError::Corrupt { .. }),
         "{err}"
@@ -484,7 +484,7 @@ pub fn finish_and_reserve_is_one_step(fresh: Fresh<'_>) {
         .unwrap();
     s.reserve("w", 0).unwrap();
     let (done, next) = s
-        .finish_and_reserve("a", &AttemptEnd::Succeeded, "w", 5)
+        .finish_and_reserve("a", &RunEnd::Succeeded, "w", 5)
         .unwrap();
     assert!(matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed));
     let next = next.expect("b is due");
@@ -492,7 +492,7 @@ pub fn finish_and_reserve_is_one_step(fresh: Fresh<'_>) {
         (next.id.as_str(), next.state, next.locked_at),
         ("b", JobState::Processing, Some(5))
     );
-    let end = AttemptEnd::Failed {
+    let end = RunEnd::Failed {
         error: "exit code 1",
         backoff_base: 2,
     };
@@ -504,7 +504,7 @@ pub fn finish_and_reserve_is_one_step(fresh: Fresh<'_>) {
     assert_eq!(next.unwrap().id, "c");
     // Nothing left due: the attempt still ends.
     let (done, next) = s
-        .finish_and_reserve("c", &AttemptEnd::Succeeded, "w", 7)
+        .finish_and_reserve("c", &RunEnd::Succeeded, "w", 7)
         .unwrap();
     assert!(matches!(done, FailOrDone::Done(_)));
     assert!(next.is_none());
@@ -512,13 +512,13 @@ pub fn finish_and_reserve_is_one_step(fresh: Fresh<'_>) {
     s.enqueue(&[new_job("d")], &CFG, 8, None).unwrap();
     s.reserve("w", 8).unwrap();
     let (_, next) = s
-        .finish_and_reserve("d", &AttemptEnd::Succeeded, "w", 2_006)
+        .finish_and_reserve("d", &RunEnd::Succeeded, "w", 2_006)
         .unwrap();
     assert_eq!(next.unwrap().id, "b");
     // A job that is not processing is refused and nothing changes (no job is reserved).
     s.enqueue(&[new_job("e")], &CFG, 9, None).unwrap();
     assert!(s
-        .finish_and_reserve("c", &AttemptEnd::Succeeded, "w", 2_007)
+        .finish_and_reserve("c", &RunEnd::Succeeded, "w", 2_007)
         .is_err());
     assert_eq!(s.get("e").unwrap().unwrap().state, JobState::Pending);
     assert_eq!(s.counts().unwrap().completed, 3);
@@ -732,7 +732,7 @@ pub fn all_jobs_yields_every_job(fresh: Fresh<'_>) {
 pub fn output_is_kept_per_run(fresh: Fresh<'_>) {
     let mut h = fresh();
     let s = h.open();
-    let out = |run, outcome| AttemptOutput {
+    let out = |run, outcome| RunOutput {
         run,
         outcome,
         finished_at: 1,
@@ -804,7 +804,7 @@ pub fn counts_follow_every_transition(fresh: Fresh<'_>) {
     check(&*s);
     s.reserve("w", 0).unwrap(); // once
     let (_, next) = s
-        .finish_and_reserve("once", &AttemptEnd::Succeeded, "w", 5_000)
+        .finish_and_reserve("once", &RunEnd::Succeeded, "w", 5_000)
         .unwrap();
     assert!(next.is_some());
     check(&*s);
@@ -953,9 +953,9 @@ fn run_ops(mut h: Box<dyn Harness>, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::FinishAndReserve(i, ok) => {
                 if let Some(id) = pick(&*store, JobState::Processing, i) {
                     let end = if ok {
-                        AttemptEnd::Succeeded
+                        RunEnd::Succeeded
                     } else {
-                        AttemptEnd::Failed {
+                        RunEnd::Failed {
                             error: "boom",
                             backoff_base: cfg.backoff_base,
                         }

@@ -13,7 +13,7 @@ pub mod conformance;
 pub mod sled;
 
 use crate::model::{
-    AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision,
+    Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision, RunOutput,
 };
 
 /// A backend's own error, carried without naming the backend.
@@ -87,7 +87,7 @@ pub struct VerifyReport {
 
 /// How an attempt ended, for [`JobStore::finish`].
 #[derive(Debug, Clone, Copy)]
-pub enum AttemptEnd<'a> {
+pub enum RunEnd<'a> {
     Succeeded,
     Failed {
         error: &'a str,
@@ -144,7 +144,7 @@ pub trait JobStore: Send + Sync {
     fn finish_and_reserve(
         &self,
         id: &str,
-        end: &AttemptEnd<'_>,
+        end: &RunEnd<'_>,
         worker: &str,
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError>;
@@ -154,8 +154,7 @@ pub trait JobStore: Send + Sync {
     /// `attempts + 1`, `last_error = error`, then [`crate::model::retry_decision`]: `failed`
     /// with `available_at` = the retry time, or `dead` with `available_at = None`.
     /// `NotFound` when no processing job has that id.
-    fn finish(&self, id: &str, end: &AttemptEnd<'_>, now: Millis)
-        -> Result<FailOrDone, StoreError>;
+    fn finish(&self, id: &str, end: &RunEnd<'_>, now: Millis) -> Result<FailOrDone, StoreError>;
 
     /// Records the process group of processing job `id` (`NotFound` if it is not processing).
     fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError>;
@@ -171,10 +170,10 @@ pub trait JobStore: Send + Sync {
     fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError>;
 
     /// Stores the output of run `output.run` of job `id`, replacing any earlier one.
-    fn put_output(&self, id: &str, output: &AttemptOutput) -> Result<(), StoreError>;
+    fn put_output(&self, id: &str, output: &RunOutput) -> Result<(), StoreError>;
 
     /// The output of run `run` of job `id`, if stored.
-    fn output(&self, id: &str, run: u32) -> Result<Option<AttemptOutput>, StoreError>;
+    fn output(&self, id: &str, run: u32) -> Result<Option<RunOutput>, StoreError>;
 
     /// Sets one configuration value (already validated by [`ConfigKey::parse_value`]). With
     /// `request`, as for [`enqueue`](JobStore::enqueue).

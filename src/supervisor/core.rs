@@ -1,4 +1,4 @@
-//! The supervisor's decisions, without I/O: which worker gets a job, what the end of an attempt,
+//! The supervisor's decisions, without I/O: which worker gets a job, what the end of an run,
 //! a worker's death, a timer or a stop signal leads to. [`Core::handle`] takes one [`Event`] and
 //! appends the [`Action`]s the shell (`supervisor/mod.rs`) must carry out; the shell reports
 //! back what it learns by carrying them out (a reserved job, a failed send) as further events.
@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::model::AttemptResult;
+use crate::model::RunResult;
 use crate::model::{Job, Millis, Outcome};
 use crate::worker::protocol::RunJob;
 
@@ -55,12 +55,12 @@ pub enum Event {
         pgid: i32,
         at: Instant,
     },
-    /// The worker reported the end of an attempt.
+    /// The worker reported the end of an run.
     Finished {
         worker: usize,
         gen: u64,
         job_id: String,
-        result: AttemptResult,
+        result: RunResult,
     },
     /// The worker's output ended: the process is gone.
     Gone { worker: usize, gen: u64 },
@@ -77,7 +77,7 @@ pub enum Event {
 /// What the shell must do, in order.
 #[derive(Debug, PartialEq)]
 pub enum Action {
-    /// Send the attempt to the worker; on failure report [`Event::SendFailed`].
+    /// Send the run to the worker; on failure report [`Event::SendFailed`].
     Run { worker: usize, job: RunJob },
     /// Ask the worker to exit once idle, and close its pipe.
     Shutdown { worker: usize },
@@ -89,17 +89,17 @@ pub enum Action {
     KillGroup { pgid: i32 },
     /// SIGTERM a job's process group (a cancel; SIGKILL follows after [`CANCEL_GRACE`]).
     TermGroup { pgid: i32 },
-    /// Store the end of the attempt; with `reserve_next`, reserve the worker's next job in the
+    /// Store the end of the run; with `reserve_next`, reserve the worker's next job in the
     /// same transaction and report it as [`Event::Reserved`].
     Record {
         worker: usize,
         job: Job,
-        result: AttemptResult,
+        result: RunResult,
         reserve_next: bool,
         /// The job was cancelled: it goes to `dead` as "cancelled", whatever the result says.
         cancelled: bool,
     },
-    /// Return a job that is not running (any more) to pending, without counting an attempt.
+    /// Return a job that is not running (any more) to pending, without counting an run.
     Release { job: Job },
     /// Write the process group of the worker's running job to the store.
     RecordPgid { worker: usize, pgid: i32 },
@@ -125,9 +125,9 @@ pub enum Note {
     Forced,
 }
 
-/// The attempt a worker is running.
+/// The run a worker is running.
 #[derive(Debug)]
-pub struct Attempt {
+pub struct Run {
     pub job: Job,
     pub pgid: Option<i32>,
     /// When the worker reported the process group, until it is written to the store.
@@ -145,7 +145,7 @@ struct WorkerState {
     /// Its pipe is open: it may be sent frames.
     pipe: bool,
     ready: bool,
-    running: Option<Attempt>,
+    running: Option<Run>,
     /// Let go by `worker scale`: it exits once idle and is not restarted.
     retired: bool,
 }
@@ -264,7 +264,7 @@ impl Core {
     }
 
     /// The job the worker runs.
-    pub fn running(&self, worker: usize) -> Option<&Attempt> {
+    pub fn running(&self, worker: usize) -> Option<&Run> {
         self.workers[worker].running.as_ref()
     }
 
@@ -320,7 +320,7 @@ impl Core {
     }
 
     /// `queuectl cancel` of job `job_id`: if a worker runs it, its process group gets SIGTERM
-    /// (once the group is known), SIGKILL after [`CANCEL_GRACE`], and the end of the attempt
+    /// (once the group is known), SIGKILL after [`CANCEL_GRACE`], and the end of the run
     /// is recorded as cancelled. Returns the job if a worker runs it.
     pub fn cancel(
         &mut self,
@@ -328,18 +328,18 @@ impl Core {
         now: Instant,
         out: &mut VecDeque<Action>,
     ) -> Option<Job> {
-        let attempt = self
+        let run = self
             .workers
             .iter_mut()
             .filter_map(|s| s.running.as_mut())
             .find(|r| r.job.id == job_id)?;
-        if attempt.cancel.is_none() {
-            attempt.cancel = Some((now, false));
-            if let Some(pgid) = attempt.pgid {
+        if run.cancel.is_none() {
+            run.cancel = Some((now, false));
+            if let Some(pgid) = run.pgid {
                 out.push_back(Action::TermGroup { pgid });
             }
         }
-        Some(attempt.job.clone())
+        Some(run.job.clone())
     }
 
     /// How soon a process group not yet written falls due, if any.
@@ -381,13 +381,13 @@ impl Core {
                 pgid,
                 at,
             } if self.current(worker, gen) => {
-                if let Some(attempt) = self.workers[worker].running.as_mut() {
-                    if attempt.job.id == job_id {
-                        attempt.pgid = Some(pgid);
-                        attempt.pgid_unrecorded_since = Some(at);
-                        if attempt.cancel.is_some() {
+                if let Some(run) = self.workers[worker].running.as_mut() {
+                    if run.job.id == job_id {
+                        run.pgid = Some(pgid);
+                        run.pgid_unrecorded_since = Some(at);
+                        if run.cancel.is_some() {
                             // Cancelled before it started: stop it now.
-                            attempt.cancel = Some((at, false));
+                            run.cancel = Some((at, false));
                             out.push_back(Action::TermGroup { pgid });
                         }
                     }
@@ -409,8 +409,8 @@ impl Core {
             Event::SendFailed { worker } => {
                 let s = &mut self.workers[worker];
                 s.pipe = false;
-                if let Some(attempt) = s.running.take() {
-                    out.push_back(Action::Release { job: attempt.job });
+                if let Some(run) = s.running.take() {
+                    out.push_back(Action::Release { job: run.job });
                 }
             }
             Event::Signal => {
@@ -423,21 +423,20 @@ impl Core {
             }
             Event::Timer { now } => {
                 for (worker, s) in self.workers.iter_mut().enumerate() {
-                    let Some(attempt) = s.running.as_mut() else {
+                    let Some(run) = s.running.as_mut() else {
                         continue;
                     };
-                    if let (Some(pgid), Some((since, false))) = (attempt.pgid, attempt.cancel) {
+                    if let (Some(pgid), Some((since, false))) = (run.pgid, run.cancel) {
                         if now.saturating_duration_since(since) >= CANCEL_GRACE {
-                            attempt.cancel = Some((since, true));
+                            run.cancel = Some((since, true));
                             out.push_back(Action::KillGroup { pgid });
                         }
                     }
-                    let (Some(pgid), Some(since)) = (attempt.pgid, attempt.pgid_unrecorded_since)
-                    else {
+                    let (Some(pgid), Some(since)) = (run.pgid, run.pgid_unrecorded_since) else {
                         continue;
                     };
                     if now.saturating_duration_since(since) >= PGID_RECORD_AFTER {
-                        attempt.pgid_unrecorded_since = None;
+                        run.pgid_unrecorded_since = None;
                         out.push_back(Action::RecordPgid { worker, pgid });
                     }
                 }
@@ -463,7 +462,7 @@ impl Core {
             cwd: job.cwd.clone(),
             env: job.env.clone(),
         };
-        s.running = Some(Attempt {
+        s.running = Some(Run {
             job,
             pgid: None,
             pgid_unrecorded_since: None,
@@ -476,24 +475,24 @@ impl Core {
         &mut self,
         worker: usize,
         job_id: &str,
-        result: AttemptResult,
+        result: RunResult,
         out: &mut VecDeque<Action>,
     ) {
         let s = &mut self.workers[worker];
         if !s.running.as_ref().is_some_and(|r| r.job.id == job_id) {
             return; // a job we already gave up on (forced stop)
         }
-        let Some(attempt) = s.running.take() else {
+        let Some(run) = s.running.take() else {
             return;
         };
         let reserve_next = self.phase == Phase::Running && s.pipe && !s.retired && !self.paused;
         let retired = s.retired;
         out.push_back(Action::Record {
             worker,
-            job: attempt.job,
+            job: run.job,
             result,
             reserve_next,
-            cancelled: attempt.cancel.is_some(),
+            cancelled: run.cancel.is_some(),
         });
         if self.phase != Phase::Running || retired {
             self.shut_down(worker, out);
@@ -506,24 +505,24 @@ impl Core {
         s.alive = false;
         out.push_back(Action::Reap { worker });
         let was_ready = std::mem::take(&mut s.ready);
-        if let Some(attempt) = s.running.take() {
+        if let Some(run) = s.running.take() {
             // The command may outlive its worker: kill its group before the job can run again.
-            if let Some(pgid) = attempt.pgid {
+            if let Some(pgid) = run.pgid {
                 out.push_back(Action::KillGroup { pgid });
             }
-            if self.phase == Phase::Forced && attempt.cancel.is_none() {
-                out.push_back(Action::Release { job: attempt.job });
+            if self.phase == Phase::Forced && run.cancel.is_none() {
+                out.push_back(Action::Release { job: run.job });
             } else {
                 out.push_back(Action::Note(Note::WorkerLost {
                     worker,
-                    job_id: attempt.job.id.clone(),
+                    job_id: run.job.id.clone(),
                 }));
                 out.push_back(Action::Record {
                     worker,
-                    job: attempt.job,
-                    result: AttemptResult::without_output(Outcome::WorkerLost),
+                    job: run.job,
+                    result: RunResult::without_output(Outcome::WorkerLost),
                     reserve_next: false,
-                    cancelled: attempt.cancel.is_some(),
+                    cancelled: run.cancel.is_some(),
                 });
             }
         } else if self.phase == Phase::Running && !s.retired {
@@ -571,21 +570,21 @@ impl Core {
         self.phase = Phase::Forced;
         out.push_back(Action::Note(Note::Forced));
         for (worker, s) in self.workers.iter_mut().enumerate() {
-            if let Some(attempt) = s.running.take() {
-                if let Some(pgid) = attempt.pgid {
+            if let Some(run) = s.running.take() {
+                if let Some(pgid) = run.pgid {
                     out.push_back(Action::KillGroup { pgid });
                 }
-                if attempt.cancel.is_some() {
+                if run.cancel.is_some() {
                     // A cancelled job is not given back: it ends as cancelled.
                     out.push_back(Action::Record {
                         worker,
-                        job: attempt.job,
-                        result: AttemptResult::without_output(Outcome::Signaled(9)),
+                        job: run.job,
+                        result: RunResult::without_output(Outcome::Signaled(9)),
                         reserve_next: false,
                         cancelled: true,
                     });
                 } else {
-                    out.push_back(Action::Release { job: attempt.job });
+                    out.push_back(Action::Release { job: run.job });
                 }
             }
             if std::mem::take(&mut s.pipe) {
@@ -639,7 +638,7 @@ mod tests {
             worker,
             gen,
             job_id: id.into(),
-            result: AttemptResult {
+            result: RunResult {
                 outcome,
                 duration_ms: 7,
                 stdout: b"out".to_vec(),
@@ -786,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_attempt_is_recorded_and_the_next_job_reserved_in_the_same_step() {
+    fn a_finished_run_is_recorded_and_the_next_job_reserved_in_the_same_step() {
         let mut t = T::ready(2);
         t.run(0, "a");
         let actions = t.on(finished(0, 1, "a", Outcome::Exited(0)));
@@ -1022,7 +1021,7 @@ mod tests {
             ]
         );
         assert!(kills(t.on(Event::Timer { now: late })).is_empty(), "once");
-        // The end of the attempt is recorded as cancelled, whatever the outcome.
+        // The end of the run is recorded as cancelled, whatever the outcome.
         let actions = t.on(finished(0, gen(0), "a", Outcome::Signaled(15)));
         assert!(
             matches!(&actions[0], Action::Record { cancelled: true, job, .. } if job.id == "a"),

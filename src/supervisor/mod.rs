@@ -11,7 +11,7 @@
 //! Invariants:
 //! - a worker runs at most one job, and a job is sent to one worker only after the store moved
 //!   it to `processing`;
-//! - the process group of an attempt is killed before its job may run again;
+//! - the process group of a run is killed before its job may run again;
 //! - the lock is released only after the last worker is gone and the store is flushed.
 
 pub mod core;
@@ -19,7 +19,6 @@ pub mod core;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin};
 use std::sync::Arc;
@@ -27,15 +26,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use nix::sys::signal::Signal;
 
 use crate::datadir::{DataDir, DataDirError, Holder};
-use crate::model::{now_ms, AttemptResult, Config, Job};
-use crate::owner::{log_failure, Handled, Owner, OwnerError};
+use crate::logging::log_failure;
+use crate::model::{now_ms, Config, Job, RunResult};
+use crate::owner::{Handled, Owner, OwnerError};
 use crate::spool::request::{self, OwnerInfo, Reply, Request};
 use crate::spool::PendingRequest;
-use crate::store::{AttemptEnd, FailOrDone, JobStore};
-use crate::worker;
+use crate::store::{FailOrDone, JobStore, RunEnd};
 use crate::worker::protocol::{self, FromWorker, ToWorker};
 use crate::worker::{kill, spawn};
 
@@ -70,8 +68,6 @@ pub enum SupervisorError {
     Owner(#[from] OwnerError),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
-    #[error(transparent)]
-    Worker(#[from] worker::WorkerError),
 }
 
 impl SupervisorError {
@@ -131,8 +127,7 @@ pub fn start(
     let line = match rx.recv_timeout(START_TIMEOUT) {
         Ok(line) => line,
         Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill::kill_and_reap(&mut child);
             return Err(SupervisorError::StartFailed(
                 "it was not ready in time".into(),
             ));
@@ -172,10 +167,8 @@ pub fn stop(dir: &DataDir, timeout: Duration, force: bool) -> Result<String, Sup
         Holder::Supervisor(pid) => pid,
         Holder::Free | Holder::Busy => return Ok("No supervisor is running".into()),
     };
-    let signal = |pid: u32| {
-        kill::signal_process(pid, Signal::SIGTERM)
-            .map_err(|source| SupervisorError::Signal { pid, source })
-    };
+    let signal =
+        |pid: u32| kill::terminate(pid).map_err(|source| SupervisorError::Signal { pid, source });
     signal(pid)?;
     let deadline = Instant::now() + timeout;
     let mut resent = Instant::now();
@@ -204,24 +197,6 @@ pub fn stop(dir: &DataDir, timeout: Duration, force: bool) -> Result<String, Sup
         }
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The hidden `worker-child` command: a worker talking to its supervisor over stdin/stdout.
-pub fn worker_child(dir: &DataDir) -> Result<(), SupervisorError> {
-    let stdin = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(io_err("use stdin"))?;
-    let stdout = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(io_err("use stdout"))?;
-    worker::run(
-        std::fs::File::from(stdin),
-        std::fs::File::from(stdout),
-        Some(&dir.workers_lock_path()),
-    )?;
-    Ok(())
 }
 
 /// Who hears that the supervisor is ready.
@@ -581,12 +556,12 @@ impl Supervisor {
                 }
             }
             Action::KillGroup { pgid } => {
-                if let Err(e) = kill::kill_group(pgid, Signal::SIGKILL) {
+                if let Err(e) = kill::kill_job_group(pgid) {
                     tracing::warn!("cannot kill process group {pgid}: {e}");
                 }
             }
             Action::TermGroup { pgid } => {
-                if let Err(e) = kill::kill_group(pgid, Signal::SIGTERM) {
+                if let Err(e) = kill::term_job_group(pgid) {
                     tracing::warn!("cannot stop process group {pgid}: {e}");
                 }
             }
@@ -606,11 +581,11 @@ impl Supervisor {
             }
             Action::Release { job } => self.release(job),
             Action::RecordPgid { worker, pgid } => {
-                if let Some(attempt) = self.core.running(worker) {
-                    if let Err(e) = self.owner.store.set_pgid(&attempt.job.id, pgid) {
+                if let Some(run) = self.core.running(worker) {
+                    if let Err(e) = self.owner.store.set_pgid(&run.job.id, pgid) {
                         tracing::warn!(
                             "cannot record the process group of job {}: {e}",
-                            attempt.job.id
+                            run.job.id
                         );
                     }
                     self.mark_dirty();
@@ -772,13 +747,13 @@ impl Supervisor {
         });
     }
 
-    /// Stores the end of an attempt and logs it. With `next_for`, the next due job is
-    /// reserved for that worker in the same transaction and returned. A `cancelled` attempt
+    /// Stores the end of a run and logs it. With `next_for`, the next due job is
+    /// reserved for that worker in the same transaction and returned. A `cancelled` run
     /// ends the job as cancelled.
     fn record(
         &mut self,
         job: Job,
-        result: AttemptResult,
+        result: RunResult,
         next_for: Option<usize>,
         cancelled: bool,
     ) -> Option<Job> {
@@ -798,11 +773,11 @@ impl Supervisor {
             }
         }
         let end = if cancelled {
-            AttemptEnd::Cancelled
+            RunEnd::Cancelled
         } else if success {
-            AttemptEnd::Succeeded
+            RunEnd::Succeeded
         } else {
-            AttemptEnd::Failed {
+            RunEnd::Failed {
                 error: &error,
                 backoff_base: self.config.backoff_base,
             }

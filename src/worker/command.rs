@@ -1,4 +1,4 @@
-//! One attempt of a job: [`run_command`] starts `sh -c COMMAND` in a process group of its own
+//! One run of a job: [`run_command`] starts `sh -c COMMAND` in a process group of its own
 //! (through [`spawn`](super::spawn)), hands its output to a collector ([`collect`](super::collect)),
 //! registers it for cancellation ([`kill`](super::kill)), waits for the shell and reaps it.
 //!
@@ -36,7 +36,7 @@ use super::collect::{start_collector, Capture, Collect, Collected, Handover};
 use super::kill::{watch_cancel, Target};
 use super::millis;
 use super::spawn::{spawn_shell, SHELL};
-use crate::model::{AttemptResult, Outcome};
+use crate::model::{Outcome, RunResult};
 
 /// A child process could not be started or handled.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +73,12 @@ pub fn run_command(
     timeout: Option<Duration>,
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
-) -> AttemptResult {
+) -> RunResult {
     run_command_in(command, None, &[], timeout, cancel, on_start)
 }
 
 /// [`run_command`] in directory `cwd` (else the worker's own) with `env` added to the
-/// worker's environment. A `cwd` that is not a directory fails the attempt without starting
+/// worker's environment. A `cwd` that is not a directory fails the run without starting
 /// anything (outcome `SpawnFailed`, naming the directory).
 pub fn run_command_in(
     command: &str,
@@ -87,7 +87,7 @@ pub fn run_command_in(
     timeout: Option<Duration>,
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
-) -> AttemptResult {
+) -> RunResult {
     let started = Instant::now();
     if let Some(dir) = cwd {
         if !dir.is_dir() {
@@ -112,11 +112,11 @@ pub fn run_command_in(
     shell.wait(started)
 }
 
-/// The result of an attempt whose shell could not be started or handled.
-fn failed(e: ProcessError, started: Instant) -> AttemptResult {
-    AttemptResult {
+/// The result of a run whose shell could not be started or handled.
+fn failed(e: ProcessError, started: Instant) -> RunResult {
+    RunResult {
         duration_ms: millis(started.elapsed()),
-        ..AttemptResult::without_output(Outcome::SpawnFailed(e.to_string()))
+        ..RunResult::without_output(Outcome::SpawnFailed(e.to_string()))
     }
 }
 
@@ -192,7 +192,7 @@ impl Shell {
     }
 
     /// Waits for the shell to exit, kills its leftovers, collects the output and reaps it.
-    fn wait(&mut self, started: Instant) -> AttemptResult {
+    fn wait(&mut self, started: Instant) -> RunResult {
         // WNOWAIT: learn of the exit but leave the shell a zombie, so that its pid keeps naming
         // the group until everything below is done with it.
         // Any error but EINTR (ECHILD: someone else reaped it) means there is nothing to wait for.
@@ -214,7 +214,7 @@ impl Shell {
                 Outcome::SpawnFailed(ProcessError::Wait { pid, cause }.to_string())
             }
         };
-        AttemptResult {
+        RunResult {
             outcome,
             duration_ms: millis(exited_at.saturating_duration_since(started)),
             stdout: collected.stdout,
@@ -264,7 +264,7 @@ mod tests {
 
     const PROMPT: Duration = Duration::from_secs(5);
 
-    fn run(command: &str) -> AttemptResult {
+    fn run(command: &str) -> RunResult {
         run_command(command, None, &never(), |_| {})
     }
 

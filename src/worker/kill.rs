@@ -48,6 +48,27 @@ pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
     }
 }
 
+/// Kills a job's whole process group (SIGKILL), as [`kill_group`] does.
+pub fn kill_job_group(pgid: i32) -> io::Result<()> {
+    kill_group(pgid, Signal::SIGKILL)
+}
+
+/// Asks every process of a job's group to stop (SIGTERM), as [`kill_group`] does.
+pub fn term_job_group(pgid: i32) -> io::Result<()> {
+    kill_group(pgid, Signal::SIGTERM)
+}
+
+/// Asks process `pid` to stop (SIGTERM), as [`signal_process`] does.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    signal_process(pid, Signal::SIGTERM)
+}
+
+/// Kills a child process (SIGKILL) and waits for it.
+pub fn kill_and_reap(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Whether process `pid` still runs (a zombie, which has exited, does not).
 pub fn process_runs(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -17,6 +17,7 @@ pub mod spawn;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -25,11 +26,17 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::Signal;
 
+use crate::datadir::DataDir;
 use protocol::{FromWorker, ProtocolError, RunJob, ToWorker};
 
 /// The worker could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error("cannot use the worker's {which}: {cause}")]
+    Stdio {
+        which: &'static str,
+        cause: io::Error,
+    },
     #[error("could not open the worker lock file {}: {cause}", path.display())]
     OpenLock { path: PathBuf, cause: io::Error },
     #[error("could not take a shared lock on {}: {cause}", path.display())]
@@ -46,6 +53,24 @@ pub enum WorkerError {
         job_id: String,
         cause: ProtocolError,
     },
+}
+
+/// The hidden `worker-child` command: a worker process talking to its supervisor over stdin
+/// and stdout, logging to the data directory's `worker.log` like the supervisor.
+pub fn run_child(dir: &DataDir) -> Result<(), WorkerError> {
+    crate::logging::init_file_only(&dir.log_path());
+    let stdio = |which: &'static str, fd: BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map(File::from)
+            .map_err(|cause| WorkerError::Stdio { which, cause })
+    };
+    let input = stdio("stdin", io::stdin().as_fd())?;
+    let output = stdio("stdout", io::stdout().as_fd())?;
+    let result = run(input, output, Some(&dir.workers_lock_path()));
+    if let Err(e) = &result {
+        tracing::error!("worker {} stopped: {e}", std::process::id());
+    }
+    result
 }
 
 /// Runs the worker until `Shutdown`, the end of `input`, or a failure.
@@ -207,7 +232,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AttemptResult, Outcome};
+    use crate::model::{Outcome, RunResult};
     use std::io::{PipeReader, PipeWriter};
     use std::time::Instant;
 
@@ -302,7 +327,7 @@ mod tests {
         }
     }
 
-    fn expect_finished(msg: FromWorker, id: &str) -> AttemptResult {
+    fn expect_finished(msg: FromWorker, id: &str) -> RunResult {
         match msg {
             FromWorker::Finished { job_id, result } if job_id == id => result,
             other => panic!("expected Finished for {id}, got {other:?}"),

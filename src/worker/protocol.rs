@@ -15,9 +15,9 @@ use std::io::{self, ErrorKind, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::AttemptResult;
 #[cfg(test)]
 use crate::model::Outcome;
+use crate::model::RunResult;
 
 /// Largest accepted frame body, in bytes.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -50,13 +50,13 @@ pub enum ProtocolError {
 /// A message from the supervisor to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Run one attempt of a job; the worker answers `Started`, then `Finished`.
+    /// Run one run of a job; the worker answers `Started`, then `Finished`.
     Run(RunJob),
     /// Exit once idle (a job already running is finished first).
     Shutdown,
 }
 
-/// One attempt to run.
+/// One run to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunJob {
     pub job_id: String,
@@ -77,11 +77,8 @@ pub enum FromWorker {
     Ready { pid: u32 },
     /// The job's shell is running, in its own process group `pgid`.
     Started { job_id: String, pgid: i32 },
-    /// The attempt ended.
-    Finished {
-        job_id: String,
-        result: AttemptResult,
-    },
+    /// The run ended.
+    Finished { job_id: String, result: RunResult },
 }
 
 /// Writes `msg` as one frame with a single `write_all`. Does not flush.
@@ -169,8 +166,8 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    fn result() -> AttemptResult {
-        AttemptResult {
+    fn result() -> RunResult {
+        RunResult {
             outcome: Outcome::TimedOut { after_ms: 300 },
             duration_ms: 301,
             stdout: b"out\n\x00\xff".to_vec(),
@@ -231,7 +228,7 @@ mod tests {
         ] {
             round_trip(FromWorker::Finished {
                 job_id: "j".into(),
-                result: AttemptResult {
+                result: RunResult {
                     outcome,
                     ..result()
                 },
@@ -307,7 +304,7 @@ mod tests {
     fn oversized_frame_is_refused_when_writing() {
         let msg = FromWorker::Finished {
             job_id: "j".into(),
-            result: AttemptResult {
+            result: RunResult {
                 stdout: vec![b'x'; MAX_FRAME_BYTES],
                 ..result()
             },

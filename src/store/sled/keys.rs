@@ -20,7 +20,7 @@
 //!
 //! output        the captured output of each attempt
 //!               key   = [0..2) id length (u16)  [2..2+len) id  [2+len..+4) run number (u32)
-//!               value = AttemptOutput (MessagePack array)
+//!               value = RunOutput (MessagePack array)
 //!
 //! counts        key = state name (UTF-8)       value = u64: how many jobs are in that state,
 //!                                                changed in the transaction of every transition

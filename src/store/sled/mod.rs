@@ -22,10 +22,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 
 use crate::model::{
-    retry_decision, AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob,
-    RetryDecision,
+    retry_decision, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision,
+    RunOutput,
 };
-use crate::store::{AttemptEnd, FailOrDone, FailResult, JobStore, StoreError, VerifyReport};
+use crate::store::{FailOrDone, FailResult, JobStore, RunEnd, StoreError, VerifyReport};
 
 /// sled's page cache: enough for a busy queue, far below sled's 1 GiB default.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -285,18 +285,18 @@ impl Tx<'_> {
     }
 
     /// Ends the attempt of processing job `id`.
-    fn finish(&self, id: &str, end: &AttemptEnd<'_>, now: Millis) -> TxResult<FailOrDone> {
+    fn finish(&self, id: &str, end: &RunEnd<'_>, now: Millis) -> TxResult<FailOrDone> {
         let mut job = self.take_processing(id)?;
         unlock(&mut job, now);
         match end {
-            AttemptEnd::Succeeded => {
+            RunEnd::Succeeded => {
                 job.state = JobState::Completed;
                 job.available_at = None;
                 self.put(&job)?;
                 self.moved(JobState::Processing, JobState::Completed)?;
                 Ok(FailOrDone::Done(job))
             }
-            AttemptEnd::Failed {
+            RunEnd::Failed {
                 error,
                 backoff_base,
             } => {
@@ -319,7 +319,7 @@ impl Tx<'_> {
                 self.moved(JobState::Processing, job.state)?;
                 Ok(FailOrDone::Failed(FailResult { job, decision }))
             }
-            AttemptEnd::Cancelled => {
+            RunEnd::Cancelled => {
                 job.state = JobState::Dead;
                 job.available_at = None;
                 job.last_error = Some(crate::store::CANCELLED.to_string());
@@ -501,7 +501,7 @@ impl SledStore {
 
     /// A processing job finished successfully.
     pub fn complete(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
-        match self.finish(id, &AttemptEnd::Succeeded, now)? {
+        match self.finish(id, &RunEnd::Succeeded, now)? {
             FailOrDone::Done(job) => Ok(job),
             FailOrDone::Failed(r) => Ok(r.job),
         }
@@ -516,7 +516,7 @@ impl SledStore {
         backoff_base: u64,
         now: Millis,
     ) -> Result<FailResult, StoreError> {
-        let end = AttemptEnd::Failed {
+        let end = RunEnd::Failed {
             error,
             backoff_base,
         };
@@ -697,7 +697,7 @@ impl JobStore for SledStore {
     fn finish_and_reserve(
         &self,
         id: &str,
-        end: &AttemptEnd<'_>,
+        end: &RunEnd<'_>,
         worker: &str,
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError> {
@@ -718,12 +718,7 @@ impl JobStore for SledStore {
     }
 
     /// Ends an attempt without reserving anything.
-    fn finish(
-        &self,
-        id: &str,
-        end: &AttemptEnd<'_>,
-        now: Millis,
-    ) -> Result<FailOrDone, StoreError> {
+    fn finish(&self, id: &str, end: &RunEnd<'_>, now: Millis) -> Result<FailOrDone, StoreError> {
         Ok(self.tx(|t| t.finish(id, end, now))?)
     }
 
@@ -795,7 +790,7 @@ impl JobStore for SledStore {
     }
 
     /// Stores the output of one attempt.
-    fn put_output(&self, id: &str, output: &AttemptOutput) -> Result<(), StoreError> {
+    fn put_output(&self, id: &str, output: &RunOutput) -> Result<(), StoreError> {
         self.output
             .insert(keys::output_key(id, output.run), encode(output)?)?;
         Ok(())
@@ -939,7 +934,7 @@ impl JobStore for SledStore {
     }
 
     /// The output of run `run` of job `id`.
-    fn output(&self, id: &str, run: u32) -> Result<Option<AttemptOutput>, StoreError> {
+    fn output(&self, id: &str, run: u32) -> Result<Option<RunOutput>, StoreError> {
         match self.output.get(keys::output_key(id, run))? {
             None => Ok(None),
             Some(raw) => Ok(Some(decode(keys::OUTPUT, &raw)?)),

@@ -105,8 +105,8 @@ const GOLDEN_JOB_V2: &str = "dc0012 a26a31 a76563686f20c3a9 a66661696c6564 02 03
 /// The output record of one attempt, byte for byte.
 const GOLDEN_OUTPUT: &str = "96 02 81 a854696d65644f7574 91 05 07 09 c4026869 c401ff";
 
-fn golden_output() -> AttemptOutput {
-    AttemptOutput {
+fn golden_output() -> RunOutput {
+    RunOutput {
         run: 2,
         outcome: crate::model::Outcome::TimedOut { after_ms: 5 },
         finished_at: 7,
@@ -128,7 +128,7 @@ fn stored_records_are_byte_for_byte_the_documented_format() {
         hex(&encode(&golden_output()).unwrap()),
         hex(&unhex(GOLDEN_OUTPUT))
     );
-    let back: AttemptOutput = decode("output", &unhex(GOLDEN_OUTPUT)).unwrap();
+    let back: RunOutput = decode("output", &unhex(GOLDEN_OUTPUT)).unwrap();
     assert_eq!(back, golden_output());
 }
 
