@@ -15,7 +15,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::model::{format_ts, now_ms, Job, RetryDecision};
+use crate::model::{escape_control, format_ts, now_ms, Job, RetryDecision};
 
 /// The seed's line format.
 struct SeedFormat;
@@ -37,8 +37,12 @@ where
             format_ts(now_ms()),
             event.metadata().level()
         )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // A job's stderr ends up in messages: escape control characters, so that it can neither
+        // start a line of its own nor send escape sequences to a terminal.
+        let mut message = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut message), event)?;
+        writeln!(writer, "{}", escape_control(&message))
     }
 }
 

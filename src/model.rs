@@ -334,27 +334,7 @@ impl JobSpec {
         fresh_id: impl FnOnce() -> String,
     ) -> Result<NewJob, ModelError> {
         let bad = |m: &str| Err(ModelError::InvalidJob(m.to_string()));
-        if self.command.trim().is_empty() {
-            return bad("`command` must not be empty");
-        }
-        if self.command.contains('\0') {
-            return bad("`command` must not contain a NUL byte");
-        }
-        let id = match self.id {
-            None => fresh_id(),
-            Some(id) => {
-                if id.is_empty() {
-                    return bad("`id` must not be empty");
-                }
-                if id.len() > MAX_ID_LEN {
-                    return bad("`id` is longer than 256 bytes");
-                }
-                if id.chars().any(|c| c.is_control()) {
-                    return bad("`id` must not contain control characters");
-                }
-                id
-            }
-        };
+        let id = self.id.unwrap_or_else(fresh_id);
         let run_at = match (self.run_at, self.delay) {
             (Some(_), Some(_)) => return bad("give either `run_at` or `delay`, not both"),
             (Some(t), None) => Some(parse_ts(&t)?),
@@ -368,22 +348,8 @@ impl JobSpec {
                 ms => Some(ms),
             },
         };
-        if let Some(cwd) = &self.cwd {
-            if cwd.is_empty() || cwd.contains('\0') {
-                return bad("`cwd` must be a directory path without NUL bytes");
-            }
-        }
-        let mut env = Vec::new();
-        for (k, v) in self.env.unwrap_or_default() {
-            check_env_name(&k)?;
-            if v.contains('\0') {
-                return Err(ModelError::InvalidJob(format!(
-                    "the value of `{k}` in `env` must not contain a NUL byte"
-                )));
-            }
-            env.push((k, v));
-        }
-        Ok(NewJob {
+        let env = self.env.unwrap_or_default().into_iter().collect();
+        let job = NewJob {
             id,
             command: self.command,
             max_retries: self.max_retries,
@@ -392,7 +358,50 @@ impl JobSpec {
             timeout_ms,
             cwd: self.cwd,
             env,
-        })
+        };
+        job.check()?;
+        Ok(job)
+    }
+}
+
+impl NewJob {
+    /// The rules every job must follow to be stored, whoever sends it: the CLI checks them
+    /// when it parses a job, and the owner of the store again for every request it applies
+    /// (a request file may have been written by hand).
+    pub fn check(&self) -> Result<(), ModelError> {
+        let bad = |m: &str| Err(ModelError::InvalidJob(m.to_string()));
+        if self.id.is_empty() {
+            return bad("`id` must not be empty");
+        }
+        if self.id.len() > MAX_ID_LEN {
+            return bad("`id` is longer than 256 bytes");
+        }
+        if self.id.chars().any(|c| c.is_control()) {
+            return bad("`id` must not contain control characters");
+        }
+        if self.command.trim().is_empty() {
+            return bad("`command` must not be empty");
+        }
+        if self.command.contains('\0') {
+            return bad("`command` must not contain a NUL byte");
+        }
+        if self.timeout_ms == Some(0) {
+            return bad("`timeout` must be more than 0 seconds");
+        }
+        if let Some(cwd) = &self.cwd {
+            if cwd.is_empty() || cwd.contains('\0') {
+                return bad("`cwd` must be a directory path without NUL bytes");
+            }
+        }
+        for (k, v) in &self.env {
+            check_env_name(k)?;
+            if v.contains('\0') {
+                return Err(ModelError::InvalidJob(format!(
+                    "the value of `{k}` in `env` must not contain a NUL byte"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -706,6 +715,23 @@ impl Counts {
     pub fn total(&self) -> u64 {
         JobState::ALL.into_iter().map(|s| self.get(s)).sum()
     }
+}
+
+/// `s` with every control character (newlines, escape sequences) written as an escape such as
+/// `\n` or `\u{1b}`, for log lines and tables shown to a person.
+pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The current time.

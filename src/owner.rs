@@ -24,6 +24,10 @@ use crate::store::{JobStore, StoreError};
 /// How long a new owner waits for the previous supervisor's workers to exit.
 const OLD_WORKERS_GRACE: Duration = Duration::from_secs(10);
 
+/// Spool files of a client that is gone are removed once they are this old (a client that
+/// is still there keeps its files whatever their age).
+const STALE_SPOOL_FILES: Duration = Duration::from_secs(60);
+
 /// Errors of taking and using ownership.
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
@@ -77,6 +81,12 @@ impl Owner {
             spool,
             lock,
         };
+        // What killed clients left: half-written requests and doorbells nobody listens on.
+        match owner.spool.remove_stale_replies(STALE_SPOOL_FILES) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} files left in the spool by killed commands"),
+            Err(e) => tracing::warn!("could not clean the spool: {e}"),
+        }
         owner.recover()?;
         owner.drain(OwnerInfo::default())?;
         owner.store.forget_applied()?;

@@ -366,6 +366,9 @@ fn crash_after_reserve_loses_no_job() {
     env.verify_store();
     assert_eq!(all_ids(&env), ["a"]);
     assert_eq!(env.count("processing"), 0, "recovered by the next owner");
+    // That owner was a command working directly: its recovery is logged too (case 8).
+    let log = fs::read_to_string(env.path().join("worker.log")).unwrap_or_default();
+    assert!(log.contains("Job a was interrupted"), "{log}");
     let sup = env.start(1);
     common::wait_until("job a to complete", || env.count("completed") == 1);
     sup.stop();
@@ -415,4 +418,322 @@ fn crash_during_export_leaves_the_destination_alone() {
     env.verify_store();
     env.ok(&["export", "--sqlite", dest.to_str().unwrap(), "--force"]);
     assert_eq!(all_ids(&env), ["a"]);
+}
+
+// ---- the smaller cases (case 8) ---------------------------------------------------------------
+
+use queuectl::model::NewJob;
+use queuectl::spool::request::{self, ErrorKind, Reply, Request};
+use queuectl::spool::Spool;
+
+/// Submits a hand-written request through the spool and returns the waiter and its id.
+fn submit(env: &Env, req: &Request) -> queuectl::spool::ReplyWaiter {
+    let spool = Spool::open(env.path()).unwrap();
+    let id = Spool::new_request_id();
+    let waiter = spool.reply_waiter(&id).unwrap();
+    spool.submit(&id, &request::encode(req).unwrap()).unwrap();
+    waiter
+}
+
+fn reply(waiter: &queuectl::spool::ReplyWaiter) -> Reply {
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        if let Some(body) = waiter.wait(std::time::Duration::from_millis(100)).unwrap() {
+            return request::decode(&body).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no reply");
+    }
+}
+
+fn bad_jobs() -> Vec<(&'static str, NewJob)> {
+    let good = NewJob {
+        id: "x".into(),
+        command: "true".into(),
+        max_retries: None,
+        priority: 0,
+        run_at: None,
+        timeout_ms: None,
+        cwd: None,
+        env: Vec::new(),
+    };
+    vec![
+        (
+            "empty id",
+            NewJob {
+                id: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "100 KB id",
+            NewJob {
+                id: "i".repeat(100_000),
+                ..good.clone()
+            },
+        ),
+        (
+            "control id",
+            NewJob {
+                id: "a\u{1b}[2J".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "empty command",
+            NewJob {
+                command: "  ".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "NUL in command",
+            NewJob {
+                command: "echo a\0b".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "zero timeout",
+            NewJob {
+                timeout_ms: Some(0),
+                ..good.clone()
+            },
+        ),
+        (
+            "empty cwd",
+            NewJob {
+                cwd: Some(String::new()),
+                ..good.clone()
+            },
+        ),
+        (
+            "bad env",
+            NewJob {
+                env: vec![("A=B".into(), "c".into())],
+                ..good
+            },
+        ),
+    ]
+}
+
+/// Case 8: the owner of the store checks hand-written requests as the CLI does, with and
+/// without a supervisor.
+#[test]
+fn hand_written_requests_are_validated_by_the_owner() {
+    let env = Env::new();
+    env.ok(&["status"]); // makes the spool
+                         // No supervisor: the next command to own the store answers them.
+    let waiters: Vec<_> = bad_jobs()
+        .into_iter()
+        .map(|(what, job)| (what, submit(&env, &Request::Enqueue { jobs: vec![job] })))
+        .collect();
+    env.ok(&["status"]);
+    for (what, w) in &waiters {
+        assert!(
+            matches!(
+                reply(w),
+                Reply::Error {
+                    kind: ErrorKind::Invalid,
+                    ..
+                }
+            ),
+            "direct: {what}"
+        );
+    }
+    drop(waiters);
+    assert_eq!(env.count("total"), 0);
+    let sup = env.start(1);
+    for (what, job) in bad_jobs() {
+        let w = submit(&env, &Request::Enqueue { jobs: vec![job] });
+        match reply(&w) {
+            Reply::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            } => {
+                assert!(message.contains('`'), "{what}: {message}")
+            }
+            other => panic!("supervisor: {what}: {other:?}"),
+        }
+    }
+    assert_eq!(env.count("total"), 0);
+    sup.stop();
+}
+
+/// Case 8: removing `spool/wake` does not make a running supervisor deaf.
+#[test]
+fn removed_wake_fifo_is_made_again() {
+    let env = Env::new();
+    let sup = env.start(1);
+    fs::remove_file(env.path().join("spool/wake")).unwrap();
+    let out = env
+        .cmd()
+        .env("QUEUECTL_REPLY_TIMEOUT", "5")
+        .args(["enqueue", r#"{"id":"a","command":"true"}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    common::wait_until("the new wake fifo", || {
+        fs::symlink_metadata(env.path().join("spool/wake")).is_ok_and(|m| m.file_type().is_fifo())
+    });
+    // And the supervisor still hears the next one, through the new FIFO.
+    let out = env
+        .cmd()
+        .env("QUEUECTL_REPLY_TIMEOUT", "5")
+        .args(["enqueue", r#"{"id":"b","command":"true"}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.status()["supervisor_pid"], sup.pid);
+    sup.stop();
+}
+
+/// Case 8: a job's stderr can neither forge `worker.log` lines nor reach the terminal raw
+/// through `list` and `show`.
+#[test]
+fn control_characters_are_escaped_in_logs_and_tables() {
+    let env = Env::new();
+    let cmd = r#"printf '\033[31mred\n[2020-01-01T00:00:00.000Z] [INFO] Job forged completed\n' >&2; exit 1"#;
+    env.enqueue(&serde_json::json!({"id": "a", "command": cmd, "max_retries": 0}).to_string());
+    let sup = env.start(1);
+    common::wait_until("job a to die", || env.count("dead") == 1);
+    sup.stop();
+    let log = fs::read_to_string(env.path().join("worker.log")).unwrap();
+    assert!(log.contains("Job a"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("[2020-01-01")), "{log}");
+    for args in [&["list"][..], &["show", "a"][..], &["dlq", "list"][..]] {
+        let out = env.ok(args);
+        assert!(!out.contains('\u{1b}'), "{args:?}: {out}");
+        assert!(out.contains("\\u{1b}"), "{args:?}: {out}");
+    }
+}
+
+/// Case 8: what killed clients leave in the spool (a half-written request, a doorbell and a
+/// reply nobody reads) is removed by the next owner of the store.
+#[test]
+fn killed_clients_leftovers_are_removed() {
+    let env = Env::new();
+    env.ok(&["status"]);
+    let spool = env.path().join("spool");
+    let id = Spool::new_request_id();
+    let files = [
+        spool.join(format!("tmp/{id}.req")),
+        spool.join(format!("reply/{id}.fifo")),
+        spool.join(format!("reply/{id}.reply")),
+    ];
+    fs::write(&files[0], b"half").unwrap();
+    nix::unistd::mkfifo(&files[1], nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fs::write(&files[2], b"late").unwrap();
+    for f in &files {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    env.ok(&["status"]);
+    for f in &files {
+        assert!(
+            fs::symlink_metadata(f).is_err(),
+            "{} is still there",
+            f.display()
+        );
+    }
+}
+
+/// Case 8: when a command working directly (not a supervisor) holds the store, the message
+/// says so.
+#[test]
+fn a_direct_command_holding_the_store_is_named() {
+    let env = Env::new();
+    env.ok(&["status"]);
+    let dir = queuectl::datadir::DataDir::open(env.path()).unwrap();
+    let lock = dir.try_lock().unwrap().expect("free");
+    let run = |args: &[&str]| {
+        env.cmd()
+            .env("QUEUECTL_REPLY_TIMEOUT", "0.3")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not a supervisor") && !err.contains("supervisor did not"),
+        "{err}"
+    );
+    let out = run(&["enqueue", r#"{"id":"a","command":"true"}"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("not a supervisor") && err.contains("queued"),
+        "{err}"
+    );
+    drop(lock);
+    assert_eq!(
+        env.count("pending"),
+        1,
+        "the queued request is applied later"
+    );
+}
+
+/// Case 8: absurd timeouts are not a panic, with and without a supervisor.
+#[test]
+fn huge_timeouts_do_not_panic() {
+    let env = Env::new();
+    let no_panic = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !err.contains("panicked"), "{out:?}");
+    };
+    let huge_status = || {
+        env.cmd()
+            .env("QUEUECTL_REPLY_TIMEOUT", "1e30")
+            .args(["status"])
+            .output()
+            .unwrap()
+    };
+    no_panic(&huge_status());
+    let sup = env.start(1);
+    no_panic(&huge_status());
+    no_panic(&env.run(&["worker", "stop", "--timeout", "18446744073709551615"]));
+    assert!(!common::alive(sup.pid));
+    std::mem::forget(sup);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Case 8: the spool's request and reply decoder takes any bytes without panicking.
+    #[test]
+    fn spool_decoder_takes_any_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let _ = request::decode::<Request>(&bytes);
+        let _ = request::decode::<Reply>(&bytes);
+    }
+
+    /// Case 8: the worker pipe's frame decoder takes any bytes without panicking, and never
+    /// reads past a frame's declared length.
+    #[test]
+    fn frame_decoder_takes_any_bytes(len in 0u32..1024, body in proptest::collection::vec(proptest::num::u8::ANY, 0..1024)) {
+        use queuectl::worker::protocol::{read_frame, FromWorker, ToWorker};
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        let _ = read_frame::<_, ToWorker>(&mut bytes.as_slice());
+        let _ = read_frame::<_, FromWorker>(&mut bytes.as_slice());
+        let mut le = len.to_le_bytes().to_vec();
+        le.extend_from_slice(&body);
+        let _ = read_frame::<_, ToWorker>(&mut le.as_slice());
+    }
+
+    /// Valid requests survive the codec unchanged.
+    #[test]
+    fn spool_codec_round_trips(id in "[a-z0-9]{1,40}", command in "[ -~]{1,80}") {
+        let req = Request::Enqueue { jobs: vec![NewJob {
+            id, command, max_retries: None, priority: 0, run_at: None, timeout_ms: None,
+            cwd: None, env: Vec::new(),
+        }] };
+        let back: Request = request::decode(&request::encode(&req).unwrap()).unwrap();
+        proptest::prop_assert_eq!(back, req);
+    }
 }

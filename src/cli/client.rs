@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, Holder};
 use crate::owner::{Owner, OwnerError};
 use crate::spool::request::{self, CodecError, Reply, Request};
 use crate::spool::{Spool, SpoolError};
@@ -35,6 +35,15 @@ pub enum ClientError {
     },
     #[error("the supervisor did not answer within {waited_secs}s")]
     NoAnswer { waited_secs: u64 },
+    #[error("another queuectl command (not a supervisor) held the store for {waited_secs}s; request {request_id} is queued and will be applied when it lets go")]
+    QueuedBusy {
+        request_id: String,
+        waited_secs: u64,
+    },
+    #[error(
+        "another queuectl command (not a supervisor) held the store for {waited_secs}s; try again"
+    )]
+    Busy { waited_secs: u64 },
 }
 
 /// Runs `req` against the store, wherever it is, and returns the reply.
@@ -47,7 +56,8 @@ pub fn call(dir: &DataDir, req: &Request, timeout: Duration) -> Result<Reply, Cl
     let waiter = spool.reply_waiter(&id)?;
     // Not fsynced: we wait for the reply, which comes only after the owner flushed the effect.
     spool.submit_awaited(&id, &request::encode(req)?)?;
-    let deadline = Instant::now() + timeout;
+    // A timeout too large for the clock means no deadline.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         if let Some(body) = waiter.wait(WAIT_SLICE)? {
             return Ok(request::decode(&body)?);
@@ -57,20 +67,27 @@ pub fn call(dir: &DataDir, req: &Request, timeout: Duration) -> Result<Reply, Cl
             drop(owner);
             continue;
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             let waited_secs = timeout.as_secs();
             // Saying "queued" is a promise: make the write durable first. (If it is gone, it
             // was applied and flushed, or set aside, meanwhile: nothing left to keep.)
             if req.is_write() {
                 spool.make_durable(&id)?;
             }
-            return Err(if req.is_write() {
-                ClientError::Queued {
+            // Name who kept us waiting: a supervisor names itself in the lock, a command
+            // working directly does not.
+            let supervisor = !matches!(dir.holder(), Ok(Holder::Busy));
+            return Err(match (req.is_write(), supervisor) {
+                (true, true) => ClientError::Queued {
                     request_id: id,
                     waited_secs,
-                }
-            } else {
-                ClientError::NoAnswer { waited_secs }
+                },
+                (true, false) => ClientError::QueuedBusy {
+                    request_id: id,
+                    waited_secs,
+                },
+                (false, true) => ClientError::NoAnswer { waited_secs },
+                (false, false) => ClientError::Busy { waited_secs },
             });
         }
     }

@@ -17,7 +17,7 @@ use crate::cli::{
 use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::export::{self, ExportError};
 use crate::model::{
-    format_duration, format_ts, now_ms, parse_duration, ConfigKey, Job, JobSpec, JobState, JobView,
+    escape_control, format_duration, format_ts, now_ms, parse_duration, ConfigKey, Job, JobSpec, JobState, JobView,
     NewJob, Outcome,
 };
 use crate::owner::OwnerError;
@@ -27,6 +27,9 @@ use crate::worker::{self, WorkerError};
 
 /// Default wait for a running supervisor's reply; `QUEUECTL_REPLY_TIMEOUT` (seconds) overrides.
 const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest wait a command accepts (about 31 years); larger values mean the same.
+const MAX_WAIT_SECS: u64 = 1 << 30;
 
 /// Errors of the commands, each with its exit status.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +71,7 @@ impl CommandError {
         match self {
             CommandError::Invalid(_) => 2,
             CommandError::WaitTimeout(..) => 124,
-            CommandError::Client(ClientError::Queued { .. }) => 3,
+            CommandError::Client(ClientError::Queued { .. } | ClientError::QueuedBusy { .. }) => 3,
             CommandError::Export(ExportError::Exists { .. } | ExportError::NotRegular { .. }) => 2,
             CommandError::DataDir(e) if e.is_refusal() => 2,
             CommandError::Client(ClientError::Owner(OwnerError::DataDir(e))) if e.is_refusal() => 2,
@@ -126,7 +129,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Worker(WorkerCommand::Stop { timeout, force }) => {
             let ms = parse_duration(&timeout)
                 .map_err(|e| CommandError::Invalid(format!("--timeout: {e}")))?;
-            let msg = supervisor::stop(&dir, Duration::from_millis(ms), force)?;
+            // The supervisor adds the timeout to the clock: keep it where that cannot overflow.
+            let timeout = Duration::from_millis(ms.min(MAX_WAIT_SECS * 1000));
+            let msg = supervisor::stop(&dir, timeout, force)?;
             message(out, json, &msg)
         }
         Command::Worker(WorkerCommand::Scale { count }) => {
@@ -206,8 +211,9 @@ fn reply_timeout() -> Duration {
     std::env::var("QUEUECTL_REPLY_TIMEOUT")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
+        .filter(|s| *s > 0.0)
+        // Too large for a Duration (or not a number): no limit worth the name; wait "forever".
+        .map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
         .unwrap_or(DEFAULT_REPLY_TIMEOUT)
 }
 
@@ -842,7 +848,7 @@ fn jobs_table(jobs: &[Job]) -> Table {
     ]);
     for j in jobs {
         t.add_row([
-            j.id.clone(),
+            escape_control(&j.id).into_owned(),
             j.state.to_string(),
             j.runs.to_string(),
             format!("{} of {}", j.attempts, j.failures_allowed()),
@@ -859,9 +865,10 @@ fn jobs_table(jobs: &[Job]) -> Table {
     t
 }
 
-/// One line of at most `max` characters.
+/// One line of at most `max` characters, control characters escaped.
 fn shorten(s: &str, max: usize) -> String {
     let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = escape_control(&one_line).into_owned();
     if one_line.chars().count() <= max {
         one_line
     } else {
@@ -906,7 +913,7 @@ fn show(dir: &DataDir, id: String, json: bool, out: &mut impl Write) -> Result<(
         ("last_error", opt(view.last_error)),
     ];
     for (k, v) in lines {
-        writeln!(out, "{k:<13} {v}")?;
+        writeln!(out, "{k:<13} {}", escape_control(&v))?;
     }
     Ok(())
 }

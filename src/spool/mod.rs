@@ -554,25 +554,17 @@ impl Spool {
     /// drained at once, one message). A full bounded channel already holds a wake-up, so that
     /// message is dropped. The thread ends when `tx` is disconnected, which it notices after the
     /// next wake-up: to stop it, drop the receiver and call [`wake`](Spool::wake).
+    ///
+    /// The thread also watches `spool/` (inotify): if `wake` is removed or replaced, it makes a
+    /// new FIFO, listens on that one and sends a message (a request may have been submitted
+    /// while nobody listened).
     pub fn listen(&self, tx: Sender<()>) -> Result<JoinHandle<()>, SpoolError> {
         let path = self.wake.clone();
-        let fifo = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(OFlag::O_NOFOLLOW.bits())
-            .open(&path)
-            .map_err(io_err("open wake fifo", &path))?;
-        let meta = fifo.metadata().map_err(io_err("stat", &path))?;
-        if !meta.file_type().is_fifo() {
-            return Err(SpoolError::WrongType {
-                path,
-                expected: "fifo",
-                found: kind_of(meta.file_type()),
-            });
-        }
+        let fifo = open_wake(&path)?;
+        let watch = watch_spool(&self.root);
         std::thread::Builder::new()
             .name("spool-wake".to_owned())
-            .spawn(move || listen_loop(&fifo, &path, &tx))
+            .spawn(move || listen_loop(fifo, watch, &path, &tx))
             .map_err(io_err("start the listener thread for", &self.wake))
     }
 
@@ -682,10 +674,10 @@ impl Spool {
         }
     }
 
-    /// Used at supervisor start: removes the files in `reply/` (FIFOs, replies, partial replies)
-    /// last modified at least `age` ago whose client is gone (its FIFO is missing or nobody holds
-    /// it open), and files in `tmp/` last modified at least `age` ago (a client died while
-    /// submitting). Returns how many were removed.
+    /// Used by every new owner of the store: removes the files in `reply/` (FIFOs, replies,
+    /// partial replies) and `tmp/` (a client died while submitting) last modified at least `age`
+    /// ago whose client is gone (its FIFO is missing or nobody holds it open). Returns how many
+    /// were removed.
     pub fn remove_stale_replies(&self, age: Duration) -> Result<usize, SpoolError> {
         let now = SystemTime::now();
         let old_enough = |meta: &fs::Metadata| {
@@ -695,7 +687,8 @@ impl Spool {
                 .is_some_and(|elapsed| elapsed >= age)
         };
         let mut removed = 0;
-        for (dir, check_client) in [(&self.reply, true), (&self.tmp, false)] {
+        // A request still being written in `tmp/` belongs to a client that holds its doorbell.
+        for (dir, check_client) in [(&self.reply, true), (&self.tmp, true)] {
             let entries = fs::read_dir(dir).map_err(io_err("list", dir))?;
             for entry in entries {
                 let entry = entry.map_err(io_err("list", dir))?;
@@ -729,10 +722,103 @@ impl Spool {
     }
 }
 
-fn listen_loop(mut fifo: &File, path: &Path, tx: &Sender<()>) {
+/// Opens the wake FIFO `O_RDWR` (so reads block rather than see end of file), checking its type.
+fn open_wake(path: &Path) -> Result<File, SpoolError> {
+    let fifo = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(io_err("open wake fifo", path))?;
+    let meta = fifo.metadata().map_err(io_err("stat", path))?;
+    if !meta.file_type().is_fifo() {
+        return Err(SpoolError::WrongType {
+            path: path.to_path_buf(),
+            expected: "fifo",
+            found: kind_of(meta.file_type()),
+        });
+    }
+    Ok(fifo)
+}
+
+/// An inotify watch on `spool/` for `wake` disappearing; `None` (logged) if inotify is not
+/// available, in which case a removed `wake` is noticed only by the next supervisor.
+fn watch_spool(root: &Path) -> Option<nix::sys::inotify::Inotify> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).and_then(|i| {
+        i.add_watch(
+            root,
+            AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_MOVED_TO,
+        )
+        .map(|_| i)
+    });
+    match watch {
+        Ok(i) => Some(i),
+        Err(errno) => {
+            tracing::warn!(path = %root.display(), %errno, "cannot watch the spool for a removed wake fifo");
+            None
+        }
+    }
+}
+
+/// Whether `path` is still the FIFO that `fifo` has open.
+fn same_file(fifo: &File, path: &Path) -> bool {
+    match (fifo.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn listen_loop(
+    mut fifo: File,
+    watch: Option<nix::sys::inotify::Inotify>,
+    path: &Path,
+    tx: &Sender<()>,
+) {
     let mut buf = [0u8; WAKE_READ_BYTES];
     loop {
-        match fifo.read(&mut buf) {
+        let (fifo_ready, watch_ready) = {
+            let mut fds = vec![PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+            if let Some(w) = &watch {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    tracing::error!(path = %path.display(), %errno, "cannot wait on the wake fifo");
+                    return;
+                }
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+        };
+        if watch_ready {
+            if let Some(w) = &watch {
+                let _ = w.read_events(); // drained; what matters is whether `wake` is still ours
+            }
+            if !same_file(&fifo, path) {
+                let reopened = ensure_fifo(path).and_then(|()| open_wake(path));
+                match reopened {
+                    Ok(new) => {
+                        tracing::warn!(path = %path.display(), "the wake fifo was removed; made a new one");
+                        fifo = new;
+                        match tx.try_send(()) {
+                            Ok(()) | Err(TrySendError::Full(())) => {}
+                            Err(TrySendError::Disconnected(())) => return,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(path = %path.display(), %error, "cannot make a new wake fifo")
+                    }
+                }
+                continue;
+            }
+        }
+        if !fifo_ready {
+            continue;
+        }
+        match (&fifo).read(&mut buf) {
             Ok(0) => {
                 // Impossible while we hold a write end ourselves; do not spin if it happens.
                 tracing::error!(path = %path.display(), "wake fifo reported end of file");

@@ -66,6 +66,14 @@ pub enum Request {
 }
 
 impl Request {
+    /// The checks the CLI makes before it sends a request, made again by whoever applies it.
+    pub fn check(&self) -> Result<(), crate::model::ModelError> {
+        match self {
+            Request::Enqueue { jobs } => jobs.iter().try_for_each(crate::model::NewJob::check),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the request changes the store (and so must be flushed before it is answered).
     pub fn is_write(&self) -> bool {
         matches!(
@@ -185,6 +193,9 @@ pub fn apply(
     now: Millis,
     request_id: Option<&str>,
 ) -> Reply {
+    if let Err(e) = req.check() {
+        return Reply::invalid(e.to_string());
+    }
     let result = match req {
         Request::Enqueue { jobs } => store
             .config()
