@@ -245,24 +245,37 @@ impl DataDir {
     }
 
     /// Who holds the store, without disturbing them.
+    ///
+    /// A supervisor that was killed looks dead (a zombie, or gone) a moment before the system
+    /// has closed its files and so released the lock: a lock held in the name of a dead pid is
+    /// waited for (at most [`DYING_GRACE`]) rather than reported as a running supervisor.
     pub fn holder(&self) -> Result<Holder, DataDirError> {
         let mut file = self.open_lock_file()?;
-        match fs2::FileExt::try_lock_shared(&file) {
-            Ok(()) => {
-                // Nobody held it exclusively. Let go at once.
-                let _ = fs2::FileExt::unlock(&file);
-                Ok(Holder::Free)
+        let deadline = Instant::now() + DYING_GRACE;
+        loop {
+            match fs2::FileExt::try_lock_shared(&file) {
+                Ok(()) => {
+                    // Nobody held it exclusively. Let go at once.
+                    let _ = fs2::FileExt::unlock(&file);
+                    return Ok(Holder::Free);
+                }
+                Err(e) if is_contended(&e) => {
+                    let mut s = String::new();
+                    file.seek(SeekFrom::Start(0))
+                        .and_then(|_| file.read_to_string(&mut s))
+                        .map_err(io_err("read", &self.lock_path()))?;
+                    match s.trim().parse::<u32>() {
+                        Ok(pid) if pid > 0 => {
+                            if pid_alive(pid) || Instant::now() >= deadline {
+                                return Ok(Holder::Supervisor(pid));
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        _ => return Ok(Holder::Busy),
+                    }
+                }
+                Err(e) => return Err(io_err("lock", &self.lock_path())(e)),
             }
-            Err(e) if is_contended(&e) => {
-                let mut s = String::new();
-                file.read_to_string(&mut s)
-                    .map_err(io_err("read", &self.lock_path()))?;
-                Ok(match s.trim().parse::<u32>() {
-                    Ok(pid) if pid > 0 => Holder::Supervisor(pid),
-                    _ => Holder::Busy,
-                })
-            }
-            Err(e) => Err(io_err("lock", &self.lock_path())(e)),
         }
     }
 
@@ -291,6 +304,21 @@ impl DataDir {
 }
 
 const DIR_MODE: u32 = 0o700;
+
+/// How long [`DataDir::holder`] waits for a dead supervisor's lock to be released.
+const DYING_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether process `pid` exists and is not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
+        Err(_) => false,
+    }
+}
 const FILE_MODE: u32 = 0o600;
 
 /// What an entry of the data directory must be.

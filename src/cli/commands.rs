@@ -17,8 +17,8 @@ use crate::cli::{
 use crate::datadir::{DataDir, DataDirError, Holder};
 use crate::export::{self, ExportError};
 use crate::model::{
-    escape_control, format_duration, format_ts, now_ms, parse_duration, ConfigKey, Job, JobSpec, JobState, JobView,
-    NewJob, Outcome,
+    escape_control, format_duration, format_ts, now_ms, parse_duration, ConfigKey, Job, JobSpec,
+    JobState, JobView, NewJob, Outcome,
 };
 use crate::owner::OwnerError;
 use crate::spool::request::{ErrorKind, Reply, Request, StatusInfo};

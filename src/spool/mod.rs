@@ -87,6 +87,8 @@ const ID_LEN: usize = 26;
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// How much of the wake FIFO one read drains.
 const WAKE_READ_BYTES: usize = 4096;
+/// How often the listener checks that `wake` is still there when nothing rings it.
+const WAKE_CHECK_MS: u16 = 1000;
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 
@@ -555,16 +557,17 @@ impl Spool {
     /// message is dropped. The thread ends when `tx` is disconnected, which it notices after the
     /// next wake-up: to stop it, drop the receiver and call [`wake`](Spool::wake).
     ///
-    /// The thread also watches `spool/` (inotify): if `wake` is removed or replaced, it makes a
-    /// new FIFO, listens on that one and sends a message (a request may have been submitted
-    /// while nobody listened).
+    /// Once a second without a wake-up the thread also checks that `wake` is still the FIFO it
+    /// listens on: if it was removed or replaced, it makes a new FIFO, listens on that one and
+    /// sends a message (a request may have been submitted while nobody listened). (inotify
+    /// would notice at once, but an inotify instance makes a killed process hold its files,
+    /// the store's lock among them, for tens of milliseconds after it looks dead.)
     pub fn listen(&self, tx: Sender<()>) -> Result<JoinHandle<()>, SpoolError> {
         let path = self.wake.clone();
         let fifo = open_wake(&path)?;
-        let watch = watch_spool(&self.root);
         std::thread::Builder::new()
             .name("spool-wake".to_owned())
-            .spawn(move || listen_loop(fifo, watch, &path, &tx))
+            .spawn(move || listen_loop(fifo, &path, &tx))
             .map_err(io_err("start the listener thread for", &self.wake))
     }
 
@@ -741,26 +744,6 @@ fn open_wake(path: &Path) -> Result<File, SpoolError> {
     Ok(fifo)
 }
 
-/// An inotify watch on `spool/` for `wake` disappearing; `None` (logged) if inotify is not
-/// available, in which case a removed `wake` is noticed only by the next supervisor.
-fn watch_spool(root: &Path) -> Option<nix::sys::inotify::Inotify> {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).and_then(|i| {
-        i.add_watch(
-            root,
-            AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_MOVED_TO,
-        )
-        .map(|_| i)
-    });
-    match watch {
-        Ok(i) => Some(i),
-        Err(errno) => {
-            tracing::warn!(path = %root.display(), %errno, "cannot watch the spool for a removed wake fifo");
-            None
-        }
-    }
-}
-
 /// Whether `path` is still the FIFO that `fifo` has open.
 fn same_file(fifo: &File, path: &Path) -> bool {
     match (fifo.metadata(), fs::symlink_metadata(path)) {
@@ -769,34 +752,21 @@ fn same_file(fifo: &File, path: &Path) -> bool {
     }
 }
 
-fn listen_loop(
-    mut fifo: File,
-    watch: Option<nix::sys::inotify::Inotify>,
-    path: &Path,
-    tx: &Sender<()>,
-) {
+fn listen_loop(mut fifo: File, path: &Path, tx: &Sender<()>) {
     let mut buf = [0u8; WAKE_READ_BYTES];
     loop {
-        let (fifo_ready, watch_ready) = {
-            let mut fds = vec![PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
-            if let Some(w) = &watch {
-                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
+        let fifo_ready = {
+            let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(WAKE_CHECK_MS)) {
+                Ok(n) => n > 0,
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
                     tracing::error!(path = %path.display(), %errno, "cannot wait on the wake fifo");
                     return;
                 }
             }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
         };
-        if watch_ready {
-            if let Some(w) = &watch {
-                let _ = w.read_events(); // drained; what matters is whether `wake` is still ours
-            }
+        if !fifo_ready {
             if !same_file(&fifo, path) {
                 let reopened = ensure_fifo(path).and_then(|()| open_wake(path));
                 match reopened {
@@ -812,10 +782,7 @@ fn listen_loop(
                         tracing::error!(path = %path.display(), %error, "cannot make a new wake fifo")
                     }
                 }
-                continue;
             }
-        }
-        if !fifo_ready {
             continue;
         }
         match (&fifo).read(&mut buf) {
