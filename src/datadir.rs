@@ -225,6 +225,37 @@ impl DataDir {
         self.root.join("worker.log")
     }
 
+    /// Where running jobs' output is copied as it arrives (`live/`, cleared by each new
+    /// supervisor).
+    pub fn live_dir(&self) -> PathBuf {
+        self.root.join("live")
+    }
+
+    /// The live output files (stdout, stderr) of run `run` of job `id`: the id in hex, so any
+    /// id makes a safe file name.
+    pub fn live_paths(&self, id: &str, run: u32) -> (PathBuf, PathBuf) {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        let dir = self.live_dir();
+        (
+            dir.join(format!("{hex}.{run}.out")),
+            dir.join(format!("{hex}.{run}.err")),
+        )
+    }
+
+    /// Empties (or creates, mode 0700) the live output directory.
+    pub fn reset_live_dir(&self) -> Result<(), DataDirError> {
+        let dir = self.live_dir();
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("clear", &dir)(e)),
+        }
+        fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(io_err("create", &dir))
+    }
+
     fn open_lock_file(&self) -> Result<File, DataDirError> {
         open_lock(&self.lock_path())
     }

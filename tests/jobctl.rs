@@ -879,3 +879,87 @@ fn workers_scale_pause_and_resume_while_running() {
     assert_eq!(out.status.code(), Some(2));
     sup.stop();
 }
+
+#[test]
+fn logs_follow_streams_a_running_job_and_truncation_is_said() {
+    let env = Env::new();
+    let marker = env.file("go-on");
+    let script = format!(
+        "echo first; echo oops >&2; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+        marker.display()
+    );
+    env.ok(&["add", "--id", "f", "--", "sh", "-c", &script]);
+    env.ok(&[
+        "add",
+        "--id",
+        "big",
+        "--",
+        "sh",
+        "-c",
+        "head -c 204800 /dev/zero | tr '\\0' a",
+    ]);
+    let sup = env.start(2);
+    wait_state(&env, "f", "processing");
+    // Without --follow: what it printed so far.
+    wait_until("the first line to be readable", || {
+        env.ok(&["logs", "f"]).contains("first")
+    });
+    let so_far = env.ok(&["logs", "f"]);
+    assert!(so_far.contains("still running"), "{so_far}");
+    assert!(so_far.contains("oops"), "{so_far}");
+    // --follow: the line arrives while the job still runs, then the end.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("queuectl"))
+        .arg("--data-dir")
+        .arg(env.path())
+        .args(["logs", "f", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout_pipe = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout_pipe)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == "first") {
+        match rx.recv_timeout(common::DEADLINE) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no `first` from logs --follow: {seen:?}");
+            }
+        }
+    }
+    assert_eq!(env.show("f")["state"], "processing", "seen before the end");
+    std::fs::write(&marker, "").unwrap();
+    let status = child.wait().unwrap();
+    seen.extend(rx.iter());
+    assert!(status.success(), "{seen:?}");
+    assert!(seen.iter().any(|l| l == "second"), "{seen:?}");
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("=== run 1: exit code 0 ===")
+    );
+    // Output past the 64 KiB kept says how much was dropped.
+    wait_state(&env, "big", "completed");
+    let big = env.ok(&["logs", "big"]);
+    assert!(
+        big.contains("[… 139,264 bytes dropped …]\n"),
+        "{}",
+        &big[..200]
+    );
+    // The supervisor's log.
+    let log = env.ok(&["logs", "--supervisor"]);
+    assert!(log.contains("started with 2 workers"), "{log}");
+    assert!(log.contains("Job f completed"), "{log}");
+    assert_eq!(
+        env.run(&["logs", "f", "--supervisor"]).status.code(),
+        Some(2)
+    );
+    sup.stop();
+}

@@ -67,12 +67,22 @@ pub enum Command {
     List(ListArgs),
     /// Show one job
     Show { id: String },
-    /// Print the captured output (last 64 KiB of stdout and stderr) of a job's latest run
+    /// Print the captured output (last 64 KiB of stdout and stderr) of a job's latest run;
+    /// of a running one, what it printed so far
     Logs {
-        id: String,
+        /// The job (not with --supervisor)
+        #[arg(required_unless_present = "supervisor", conflicts_with = "supervisor")]
+        id: Option<String>,
         /// Which run (1 = the first)
         #[arg(long, value_name = "N", visible_alias = "attempt")]
         run: Option<u32>,
+        /// Keep printing a running job's output as it is written, until the run ends (with
+        /// --supervisor: the log, until interrupted)
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print the supervisor's log (worker.log) instead
+        #[arg(long)]
+        supervisor: bool,
     },
     /// The dead letter queue: jobs that failed max_retries times
     #[command(subcommand)]

@@ -148,7 +148,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status => status(&dir, json, out),
         Command::List(args) => list(&dir, args, json, out),
         Command::Show { id } => show(&dir, id, json, out),
-        Command::Logs { id, run } => logs(&dir, id, run, json, out),
+        Command::Logs {
+            supervisor: true,
+            follow,
+            ..
+        } => supervisor_log(&dir, follow, json, out),
+        Command::Logs {
+            id: Some(id),
+            run,
+            follow,
+            ..
+        } => logs(&dir, id, run, follow, json, out),
+        Command::Logs { id: None, .. } => Err(CommandError::Invalid(
+            "give a job id, or --supervisor".into(),
+        )),
         Command::Dlq(DlqCommand::List) => list(
             &dir,
             ListArgs {
@@ -918,10 +931,148 @@ fn show(dir: &DataDir, id: String, json: bool, out: &mut impl Write) -> Result<(
     Ok(())
 }
 
+/// How often a follower looks for more output in the live files.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// How often a follower asks whether the run has ended while its live files are not there.
+const FOLLOW_ASK_EVERY: Duration = Duration::from_millis(500);
+
+/// Reads what was added to `file` since the last call and writes it to `to`.
+fn copy_new(file: &mut Option<std::fs::File>, to: &mut dyn Write) -> Result<()> {
+    if let Some(f) = file {
+        io::copy(f, to)?;
+        to.flush()?;
+    }
+    Ok(())
+}
+
+/// Whether an open file was removed (the supervisor removes a live file once the run's output
+/// is stored).
+fn unlinked(file: &Option<std::fs::File>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.as_ref()
+        .and_then(|f| f.metadata().ok())
+        .is_some_and(|m| m.nlink() == 0)
+}
+
+/// `logs --follow` of a running run: its output as it is written (stdout to stdout, stderr to
+/// stderr) until the run ends, then how it ended.
+fn follow(dir: &DataDir, job: &Job, run: u32, out: &mut impl Write) -> Result<()> {
+    let (po, pe) = dir.live_paths(&job.id, run);
+    writeln!(
+        out,
+        "=== job {}, run {run} of {}: running ===",
+        job.id, job.runs
+    )?;
+    out.flush()?;
+    let (mut fo, mut fe) = (None, None);
+    let mut asked = Instant::now();
+    let err = &mut io::stderr();
+    loop {
+        if fo.is_none() {
+            fo = std::fs::File::open(&po).ok();
+        }
+        if fe.is_none() {
+            fe = std::fs::File::open(&pe).ok();
+        }
+        copy_new(&mut fo, out)?;
+        copy_new(&mut fe, err)?;
+        // Ask whether the run ended once its live copy is removed, and now and then anyway
+        // (more often while there is none to read).
+        let every = if fo.is_none() {
+            FOLLOW_ASK_EVERY
+        } else {
+            FOLLOW_ASK_EVERY * 10
+        };
+        let gone = unlinked(&fo) || asked.elapsed() >= every;
+        if gone {
+            asked = Instant::now();
+            let req = Request::Logs {
+                id: job.id.clone(),
+                run: Some(run),
+            };
+            let Reply::Logs {
+                job: now, output, ..
+            } = call(dir, &req)?
+            else {
+                return Err(CommandError::Unexpected);
+            };
+            let ended = output.is_some() || now.state != JobState::Processing || now.runs != run;
+            if ended {
+                copy_new(&mut fo, out)?;
+                copy_new(&mut fe, err)?;
+                match output {
+                    // Never saw the live copy: print what was stored.
+                    Some(o) if fo.is_none() => {
+                        out.write_all(&o.stdout)?;
+                        err.write_all(&o.stderr)?;
+                        writeln!(out, "=== run {run}: {} ===", o.outcome.describe())?;
+                    }
+                    Some(o) => writeln!(out, "=== run {run}: {} ===", o.outcome.describe())?,
+                    None => writeln!(out, "=== run {run}: ended ({}) ===", now.state)?,
+                }
+                return Ok(());
+            }
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// `logs --supervisor`: worker.log, and with `follow` what is added to it, until interrupted.
+fn supervisor_log(dir: &DataDir, follow: bool, json: bool, out: &mut impl Write) -> Result<()> {
+    let path = dir.log_path();
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !follow => {
+            return Err(CommandError::Invalid(format!(
+                "no supervisor log yet ({} does not exist)",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => loop {
+            std::thread::sleep(FOLLOW_ASK_EVERY);
+            if let Ok(f) = std::fs::File::open(&path) {
+                break f;
+            }
+        },
+        Err(e) => {
+            return Err(CommandError::Failed(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    if json && !follow {
+        let mut text = Vec::new();
+        io::Read::read_to_end(&mut file, &mut text)?;
+        let v = serde_json::json!({
+            "path": path.display().to_string(),
+            "log": String::from_utf8_lossy(&text),
+        });
+        writeln!(out, "{}", to_json(&v))?;
+        return Ok(());
+    }
+    io::copy(&mut file, out)?;
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        io::copy(&mut file, out)?;
+        out.flush()?;
+    }
+}
+
+/// Reads a live output file, if it is there.
+fn read_live(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
 fn logs(
     dir: &DataDir,
     id: String,
     run: Option<u32>,
+    follow_it: bool,
     json: bool,
     out: &mut impl Write,
 ) -> Result<()> {
@@ -929,6 +1080,42 @@ fn logs(
         return Err(CommandError::Unexpected);
     };
     let running = job.state == JobState::Processing && run == job.runs;
+    if running && output.is_none() {
+        if follow_it && !json {
+            return follow(dir, &job, run, out);
+        }
+        let (po, pe) = dir.live_paths(&job.id, run);
+        let (so, se) = (read_live(&po), read_live(&pe));
+        if json {
+            let v = serde_json::json!({
+                "id": job.id,
+                "run": run,
+                "runs": job.runs,
+                "running": true,
+                "outcome": null,
+                "success": null,
+                "finished_at": null,
+                "duration_ms": null,
+                "stdout": String::from_utf8_lossy(&so),
+                "stderr": String::from_utf8_lossy(&se),
+            });
+            writeln!(out, "{}", to_json(&v))?;
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "=== job {}, run {run} of {}: still running; its output so far ===",
+            job.id, job.runs
+        )?;
+        for (name, bytes) in [("stdout", &so), ("stderr", &se)] {
+            writeln!(out, "--- {name} ---")?;
+            out.write_all(bytes)?;
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                writeln!(out)?;
+            }
+        }
+        return Ok(());
+    }
     if json {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let v = serde_json::json!({

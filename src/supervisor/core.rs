@@ -461,6 +461,8 @@ impl Core {
             timeout_ms: job.timeout_ms,
             cwd: job.cwd.clone(),
             env: job.env.clone(),
+            // The shell names the live output files; the core does no I/O.
+            live: None,
         };
         s.running = Some(Run {
             job,
@@ -699,6 +701,7 @@ mod tests {
                         timeout_ms: Some(1000),
                         cwd: None,
                         env: Vec::new(),
+                        live: None,
                     }
                 }]
             );

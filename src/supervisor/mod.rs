@@ -263,6 +263,9 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         }
     };
     owner.lock().write_pid()?;
+    if let Err(e) = dir.reset_live_dir() {
+        tracing::warn!("jobs' output cannot be followed while they run: {e}");
+    }
     if let Err(e) = owner.spool.remove_stale_replies(Duration::from_secs(300)) {
         tracing::warn!("could not clean the spool's old replies: {e}");
     }
@@ -527,7 +530,14 @@ impl Supervisor {
 
     fn perform(&mut self, action: Action) {
         match action {
-            Action::Run { worker, job } => {
+            Action::Run { worker, mut job } => {
+                if let Some(run) = self.core.running(worker) {
+                    let (out, err) = self.owner.dir.live_paths(&job.job_id, run.job.runs);
+                    job.live = Some((
+                        out.to_string_lossy().into_owned(),
+                        err.to_string_lossy().into_owned(),
+                    ));
+                }
                 let msg = ToWorker::Run(job);
                 let sent = match self.workers[worker].stdin.as_mut() {
                     Some(stdin) => {
@@ -772,6 +782,10 @@ impl Supervisor {
                 tracing::warn!("cannot store the output of job {}: {e}", job.id);
             }
         }
+        // The stored output replaces the live copy.
+        let (out, err) = self.owner.dir.live_paths(&job.id, job.runs);
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(err);
         let end = if cancelled {
             RunEnd::Cancelled
         } else if success {

@@ -21,6 +21,10 @@ use super::{lock, millis};
 /// Bytes kept from the end of each of a job's stdout and stderr.
 pub const TAIL_BYTES: usize = 64 * 1024;
 
+/// Bytes of each stream written to the live file that `queuectl logs` reads while a job runs;
+/// past this the live file stops growing (the stored tail still gets the end of the output).
+pub const LIVE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Bytes read from an output pipe at a time (a stack buffer).
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -207,10 +211,13 @@ pub(super) struct Capture {
     /// `None` once the pipe reached end of file (or failed).
     pipe: Option<File>,
     tail: Tail,
+    /// Where what arrives is also written as it arrives, for `queuectl logs --follow`, and how
+    /// much was written there (at most [`LIVE_BYTES`]).
+    live: Option<(File, u64)>,
 }
 
 impl Capture {
-    pub(super) fn new(pipe: Option<OwnedFd>) -> io::Result<Capture> {
+    pub(super) fn new(pipe: Option<OwnedFd>, live: Option<File>) -> io::Result<Capture> {
         let pipe = pipe.map(File::from);
         if let Some(file) = &pipe {
             fcntl(file, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -218,7 +225,27 @@ impl Capture {
         Ok(Capture {
             pipe,
             tail: Tail::default(),
+            live: live.map(|f| (f, 0)),
         })
+    }
+
+    /// Appends to the live file, up to [`LIVE_BYTES`]; a failed write ends the live copy.
+    fn write_live(&mut self, bytes: &[u8]) {
+        let Some((file, written)) = &mut self.live else {
+            return;
+        };
+        let room = usize::try_from(LIVE_BYTES.saturating_sub(*written)).unwrap_or(usize::MAX);
+        let part = &bytes[..bytes.len().min(room)];
+        if part.is_empty() {
+            return;
+        }
+        match std::io::Write::write_all(file, part) {
+            Ok(()) => *written += part.len() as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write a job's live output");
+                self.live = None;
+            }
+        }
     }
 
     fn is_open(&self) -> bool {
@@ -241,6 +268,7 @@ impl Capture {
             }
             Ok(n) => {
                 self.tail.push(&buf[..n]);
+                self.write_live(&buf[..n]);
                 true
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => false,
@@ -263,21 +291,43 @@ impl Capture {
     }
 }
 
-/// The last [`TAIL_BYTES`] of a byte stream.
+/// The last [`TAIL_BYTES`] of a byte stream, and how much came before them.
 #[derive(Default)]
-struct Tail(VecDeque<u8>);
+struct Tail(VecDeque<u8>, u64);
 
 impl Tail {
     fn push(&mut self, bytes: &[u8]) {
-        let bytes = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+        let cut = bytes.len().saturating_sub(TAIL_BYTES);
+        let bytes = &bytes[cut..];
         let excess = (self.0.len() + bytes.len()).saturating_sub(TAIL_BYTES);
         self.0.drain(..excess);
         self.0.extend(bytes);
+        self.1 += (cut + excess) as u64;
     }
 
+    /// The kept bytes, after a line saying how many were dropped (`[… 135,168 bytes dropped
+    /// …]`) if any were.
     fn into_vec(self) -> Vec<u8> {
-        self.0.into()
+        if self.1 == 0 {
+            return self.0.into();
+        }
+        let mut v = format!("[… {} bytes dropped …]\n", thousands(self.1)).into_bytes();
+        v.extend(self.0);
+        v
     }
+}
+
+/// `135168` as `135,168`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -291,6 +341,14 @@ mod tests {
         t.push(&vec![2; TAIL_BYTES - 5]);
         t.push(&[3; 2]);
         let v = t.into_vec();
+        let marker = b"[\xe2\x80\xa6 7 bytes dropped \xe2\x80\xa6]\n";
+        assert_eq!(
+            &v[..marker.len()],
+            marker,
+            "{}",
+            String::from_utf8_lossy(&v[..40])
+        );
+        let v = &v[marker.len()..];
         assert_eq!(v.len(), TAIL_BYTES);
         assert_eq!(&v[..3], &[1, 1, 1]);
         assert_eq!(&v[TAIL_BYTES - 3..], &[2, 3, 3]);
@@ -298,6 +356,14 @@ mod tests {
         let big: Vec<u8> = (0..TAIL_BYTES * 2).map(|i| i as u8).collect();
         t.push(b"old");
         t.push(&big);
-        assert_eq!(t.into_vec(), big[TAIL_BYTES..].to_vec());
+        let v = t.into_vec();
+        assert!(v.starts_with("[… 65,539 bytes dropped …]\n".as_bytes()));
+        assert!(v.ends_with(&big[TAIL_BYTES..]));
+        let mut t = Tail::default();
+        t.push(b"small");
+        assert_eq!(t.into_vec(), b"small", "nothing dropped, no marker");
+        assert_eq!(thousands(135_168), "135,168");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(999), "999");
     }
 }

@@ -74,16 +74,18 @@ pub fn run_command(
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
 ) -> RunResult {
-    run_command_in(command, None, &[], timeout, cancel, on_start)
+    run_command_in(command, None, &[], None, timeout, cancel, on_start)
 }
 
 /// [`run_command`] in directory `cwd` (else the worker's own) with `env` added to the
 /// worker's environment. A `cwd` that is not a directory fails the run without starting
 /// anything (outcome `SpawnFailed`, naming the directory).
+#[allow(clippy::too_many_arguments)]
 pub fn run_command_in(
     command: &str,
     cwd: Option<&Path>,
     env: &[(String, String)],
+    live: Option<(&Path, &Path)>,
     timeout: Option<Duration>,
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
@@ -104,12 +106,32 @@ pub fn run_command_in(
     };
     // A timeout too large to represent as an instant is no timeout.
     let deadline = timeout.and_then(|t| started.checked_add(t));
-    let mut shell = match Shell::start(child, deadline, started, cancel) {
+    let live = live.map(|(out, err)| (create_live(out), create_live(err)));
+    let mut shell = match Shell::start(child, deadline, started, cancel, live) {
         Ok(shell) => shell,
         Err(e) => return failed(e, started),
     };
     on_start(shell.pgid);
     shell.wait(started)
+}
+
+/// Creates (mode 0600, replacing any left over) a file a job's output is copied to as it runs.
+fn create_live(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+        .open(path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot create a live output file");
+            None
+        }
+    }
 }
 
 /// The result of a run whose shell could not be started or handled.
@@ -139,7 +161,9 @@ impl Shell {
         deadline: Option<Instant>,
         started: Instant,
         cancel: &Receiver<()>,
+        live: Option<(Option<std::fs::File>, Option<std::fs::File>)>,
     ) -> Result<Shell, ProcessError> {
+        let (live_out, live_err) = live.unwrap_or((None, None));
         let pid = child.id();
         let fail =
             |action: &'static str, cause: io::Error| ProcessError::Setup { action, pid, cause };
@@ -153,9 +177,9 @@ impl Shell {
         };
         let target = Arc::new(Target::new(pgid));
         let prepared = (|| {
-            let out = Capture::new(child.stdout.take().map(OwnedFd::from))
+            let out = Capture::new(child.stdout.take().map(OwnedFd::from), live_out)
                 .map_err(|e| fail("prepare stdout", e))?;
-            let err = Capture::new(child.stderr.take().map(OwnedFd::from))
+            let err = Capture::new(child.stderr.take().map(OwnedFd::from), live_err)
                 .map_err(|e| fail("prepare stderr", e))?;
             let (stop_rx, stop) =
                 pipe2(OFlag::O_CLOEXEC).map_err(|e| fail("create a pipe", e.into()))?;
@@ -367,12 +391,17 @@ mod tests {
     fn only_the_tail_of_large_output_is_kept() {
         let r = run("seq 1 40000; seq 50000 90000 >&2");
         assert_eq!(r.outcome, Outcome::Exited(0));
+        // The kept tail, after a line saying how much came before it.
         let expect = |from: u32, to: u32| -> Vec<u8> {
             let all: String = (from..=to).map(|n| format!("{n}\n")).collect();
             assert!(all.len() > TAIL_BYTES);
-            all.as_bytes()[all.len() - TAIL_BYTES..].to_vec()
+            let dropped = all.len() - TAIL_BYTES;
+            let digits = dropped.to_string();
+            let (head, tail) = digits.split_at(digits.len() - 3);
+            let mut v = format!("[… {head},{tail} bytes dropped …]\n").into_bytes();
+            v.extend_from_slice(&all.as_bytes()[dropped..]);
+            v
         };
-        assert_eq!(r.stdout.len(), TAIL_BYTES);
         assert_eq!(r.stdout, expect(1, 40000));
         assert!(r.stdout.ends_with(b"\n39999\n40000\n"));
         assert_eq!(r.stderr, expect(50000, 90000));

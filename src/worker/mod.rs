@@ -171,12 +171,19 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
         timeout_ms,
         cwd,
         env,
+        live,
     } = job;
     let mut start_failed = None;
     let result = command::run_command_in(
         &command,
         cwd.as_deref().map(std::path::Path::new),
         &env,
+        live.as_ref().map(|(o, e)| {
+            (
+                std::path::Path::new(o.as_str()),
+                std::path::Path::new(e.as_str()),
+            )
+        }),
         timeout_ms.map(Duration::from_millis),
         ended,
         |pgid| {
@@ -308,6 +315,7 @@ mod tests {
             timeout_ms,
             cwd: None,
             env: Vec::new(),
+            live: None,
         })
     }
 

@@ -68,6 +68,9 @@ pub struct RunJob {
     /// Variables added to the worker's environment.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Files the output is copied to as it arrives (stdout, stderr), for `logs --follow`.
+    #[serde(default)]
+    pub live: Option<(String, String)>,
 }
 
 /// A message from a worker to the supervisor.
@@ -205,6 +208,7 @@ mod tests {
             timeout_ms: Some(1500),
             cwd: Some("/tmp".into()),
             env: vec![("A".into(), "1".into())],
+            live: Some(("/tmp/o".into(), "/tmp/e".into())),
         }));
         round_trip(ToWorker::Run(RunJob {
             job_id: String::new(),
@@ -212,6 +216,7 @@ mod tests {
             timeout_ms: None,
             cwd: None,
             env: Vec::new(),
+            live: None,
         }));
         round_trip(FromWorker::Ready { pid: 4242 });
         round_trip(FromWorker::Started {
