@@ -4,7 +4,8 @@
 //!
 //! Points: `open` (while the store writes its snapshot during open), `after-reserve` (a job
 //! was reserved, nothing flushed), `before-flush`, `mid-apply` (a spool request applied, not yet
-//! flushed or answered), `enqueue-chunk` (a part of a bulk enqueue committed), `export` (the
+//! flushed or answered), `enqueue-chunk` (a part of a bulk enqueue committed, or staged),
+//! `enqueue-publish` (a bulk enqueue published, part of its jobs moved into the queue), `export` (the
 //! SQLite file written under its temporary name, not yet renamed).
 
 use std::path::Path;

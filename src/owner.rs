@@ -88,6 +88,10 @@ impl Owner {
             Err(e) => tracing::warn!("could not clean the spool: {e}"),
         }
         owner.recover()?;
+        let dropped = owner.store.discard_unpublished()?;
+        if dropped > 0 {
+            tracing::warn!("dropped {dropped} jobs of a bulk enqueue that was interrupted before it was stored");
+        }
         owner.drain(OwnerInfo::default())?;
         owner.store.forget_applied()?;
         Ok(Some(owner))
@@ -165,8 +169,14 @@ impl Owner {
                             Handled::Defer => continue,
                             Handled::Reply(reply) => Ok(*reply),
                             Handled::Apply => {
-                                let reply =
-                                    request::apply(&*self.store, &r, info, now_ms(), Some(&req.id));
+                                let reply = request::apply(
+                                    &*self.store,
+                                    &self.spool,
+                                    &r,
+                                    info,
+                                    now_ms(),
+                                    Some(&req.id),
+                                );
                                 crate::crashpoint::hit("mid-apply");
                                 Ok(reply)
                             }
@@ -218,7 +228,14 @@ impl Owner {
     /// Runs one request of this process's own, after the spool (flushing a write before
     /// returning its reply).
     pub fn run(&self, req: &Request) -> Result<Reply, OwnerError> {
-        let reply = request::apply(&*self.store, req, OwnerInfo::default(), now_ms(), None);
+        let reply = request::apply(
+            &*self.store,
+            &self.spool,
+            req,
+            OwnerInfo::default(),
+            now_ms(),
+            None,
+        );
         if req.is_write() {
             self.store.flush()?;
         }

@@ -350,6 +350,31 @@ fn crash_mid_chunk_of_a_bulk_enqueue() {
     assert_eq!(env.count("total"), n + 1);
 }
 
+/// Point `enqueue-publish`: a bulk enqueue dies after the step that publishes it, with only
+/// part of its jobs moved into the queue: the next command finds all of them.
+#[test]
+fn crash_mid_publication_of_a_bulk_enqueue() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"acked","command":"true"}"#);
+    let file = env.file("jobs.jsonl");
+    let n = 30_000;
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"id\":\"j{i:05}\",\"command\":\"true\"}}\n"))
+        .collect();
+    fs::write(&file, lines).unwrap();
+    let out = run_crashing(
+        &env,
+        "enqueue-publish",
+        &["enqueue", "--file", file.to_str().unwrap()],
+    );
+    assert_crashed(&out, "enqueue-publish");
+    assert_eq!(env.count("total"), n + 1, "published: all of it");
+    env.verify_store();
+    let again = env.run(&["enqueue", "--file", file.to_str().unwrap()]);
+    assert!(!again.status.success(), "every id is taken");
+    assert_eq!(env.count("total"), n + 1);
+}
+
 /// Point `after-reserve`: the supervisor dies with a job reserved and nothing flushed; the job
 /// is not lost, nothing is left running, and the next supervisor runs it.
 #[test]

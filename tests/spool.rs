@@ -972,3 +972,46 @@ fn the_quick_start_in_its_own_order() {
     assert_no_processes(&env);
     env.verify_store();
 }
+
+/// A bulk enqueue through a running supervisor: the jobs go through a file in the spool, not
+/// the request, and are stored all or none; a refused file changes nothing and leaves nothing.
+#[test]
+fn bulk_enqueue_through_a_supervisor_is_all_or_nothing() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"taken","command":"true","delay":3600}"#);
+    let sup = env.start(1);
+    let lines = 25_000; // three chunks of the store's bulk enqueue
+    let mut text = String::new();
+    for i in 0..lines {
+        text.push_str(&format!(
+            "{{\"id\":\"bulk-{i:05}\",\"command\":\"true\",\"delay\":3600}}\n"
+        ));
+    }
+    // Refused at the very end (an id already stored): nothing of the file is stored.
+    let bad = env.file("bad.jsonl");
+    fs::write(
+        &bad,
+        format!("{text}{{\"id\":\"taken\",\"command\":\"true\"}}\n"),
+    )
+    .unwrap();
+    let out = env.fails(&["enqueue", "--file", bad.to_str().unwrap()], 2);
+    assert!(out.contains("`taken`"), "{out}");
+    assert_eq!(env.status()["total"], 1);
+    assert_eq!(fs::read_dir(spool(&env, "bulk")).unwrap().count(), 0);
+    // The good file, with --json: every id, in order.
+    let good = env.file("good.jsonl");
+    fs::write(&good, &text).unwrap();
+    let out = env.ok(&["enqueue", "--file", good.to_str().unwrap(), "--json"]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["enqueued"], lines as u64);
+    let ids: Vec<String> = serde_json::from_value(out["ids"].clone()).unwrap();
+    assert_eq!(ids.len(), lines);
+    assert_eq!(ids[0], "bulk-00000");
+    assert_eq!(ids[lines - 1], format!("bulk-{:05}", lines - 1));
+    let st = env.status();
+    assert_eq!(st["pending"], lines as u64 + 1);
+    assert_eq!(st["supervisor_pid"], sup.pid);
+    assert_eq!(fs::read_dir(spool(&env, "bulk")).unwrap().count(), 0);
+    sup.stop();
+    env.verify_store();
+}

@@ -121,7 +121,8 @@ pub struct EnqueueArgs {
         conflicts_with = "file"
     )]
     pub job: Option<String>,
-    /// Read jobs from a JSON Lines file (one job per line; - for stdin), all or none
+    /// Read jobs from a JSON Lines file (one job per line; - for stdin), all or none, in
+    /// bounded memory whatever its size
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
 }

@@ -48,11 +48,21 @@ pub enum ClientError {
 
 /// Runs `req` against the store, wherever it is, and returns the reply.
 pub fn call(dir: &DataDir, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    call_as(dir, &Spool::new_request_id(), req, timeout)
+}
+
+/// [`call`] with a request id chosen by the caller (a bulk enqueue names its file with it).
+pub fn call_as(
+    dir: &DataDir,
+    id: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
     if let Some(owner) = Owner::try_acquire(dir)? {
         return Ok(owner.run(req)?);
     }
     let spool = Spool::open(dir.root())?;
-    let id = Spool::new_request_id();
+    let id = id.to_string();
     let waiter = spool.reply_waiter(&id)?;
     // Not fsynced: we wait for the reply, which comes only after the owner flushed the effect.
     spool.submit_awaited(&id, &request::encode(req)?)?;

@@ -1,8 +1,9 @@
 //! One function per command: turn the parsed arguments into a [`Request`] (validating them
 //! first), send it with [`client::call`], and print the reply for a person (tables) or a
-//! program (`--json`). Nothing here touches the store or the spool directly.
+//! program (`--json`). Nothing here touches the store directly, nor the spool except to write
+//! the jobs file of a bulk enqueue.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,8 @@ use crate::model::{
     JobState, JobView, NewJob, Outcome,
 };
 use crate::owner::OwnerError;
-use crate::spool::request::{ErrorKind, Reply, Request, StatusInfo};
+use crate::spool::request::{self, ErrorKind, Reply, Request, StatusInfo};
+use crate::spool::Spool;
 use crate::supervisor::{self, SupervisorError};
 use crate::worker::{self, WorkerError};
 
@@ -232,7 +234,12 @@ fn reply_timeout() -> Duration {
 
 /// Sends a request; an error reply becomes the matching error.
 fn call(dir: &DataDir, req: &Request) -> Result<Reply> {
-    match client::call(dir, req, reply_timeout())? {
+    error_reply(client::call(dir, req, reply_timeout())?)
+}
+
+/// An error reply as the matching error.
+fn error_reply(reply: Reply) -> Result<Reply> {
+    match reply {
         Reply::Error {
             kind: ErrorKind::Invalid,
             message,
@@ -253,24 +260,31 @@ fn unexpected<T>(reply: Reply) -> Result<T> {
 fn enqueue(dir: &DataDir, args: EnqueueArgs, json: bool, out: &mut impl Write) -> Result<()> {
     let now = now_ms();
     let invalid = |e: crate::model::ModelError| CommandError::Invalid(e.to_string());
-    let mut jobs = match (&args.job, &args.file) {
-        (Some(text), None) => vec![NewJob::from_json(text, now, new_job_id).map_err(invalid)?],
-        (None, Some(path)) => read_jobs_file(path, now)?,
+    let job = match (&args.job, &args.file) {
+        (Some(text), None) => NewJob::from_json(text, now, new_job_id).map_err(invalid)?,
+        (None, Some(path)) => return enqueue_file(dir, path, now, json, out),
         _ => {
             return Err(CommandError::Invalid(
                 "give a job as JSON or --file PATH".into(),
             ))
         }
     };
+    let mut jobs = vec![job];
     let here = current_dir()?;
     for job in &mut jobs {
-        let cwd = match job.cwd.take() {
-            None => path_text(&here)?,
-            Some(c) => path_text(&here.join(c))?,
-        };
-        job.cwd = Some(cwd);
+        set_cwd(job, &here)?;
     }
-    submit(dir, jobs, args.job.is_some(), json, out)
+    submit(dir, jobs, true, json, out)
+}
+
+/// A job runs in the directory given (relative to the caller's), else the caller's.
+fn set_cwd(job: &mut NewJob, here: &Path) -> Result<()> {
+    let cwd = match job.cwd.take() {
+        None => path_text(here)?,
+        Some(c) => path_text(&here.join(c))?,
+    };
+    job.cwd = Some(cwd);
+    Ok(())
 }
 
 /// The caller's working directory, where its jobs run unless told otherwise (absolute).
@@ -305,10 +319,15 @@ fn submit(
         (false, false) => writeln!(out, "Enqueued {n} job{}", if n == 1 { "" } else { "s" })?,
         (false, true) => writeln!(out, "{}", serde_json::json!({ "enqueued": n, "ids": ids }))?,
     }
+    hint_if_no_supervisor(dir);
+    Ok(())
+}
+
+/// Says so on stderr when no supervisor will run the jobs just queued.
+fn hint_if_no_supervisor(dir: &DataDir) {
     if matches!(dir.holder(), Ok(Holder::Free)) {
         eprintln!("hint: no supervisor is running; `queuectl worker start` runs the queued jobs");
     }
-    Ok(())
 }
 
 fn add(dir: &DataDir, a: AddArgs, json: bool, out: &mut impl Write) -> Result<()> {
@@ -628,12 +647,102 @@ fn dlq_retry(
     print_each(&results, RETRIED, json, out)
 }
 
-/// Reads JSON Lines (blank lines skipped); the first bad line refuses the whole file.
-fn read_jobs_file(path: &Path, now: u64) -> Result<Vec<NewJob>> {
+/// Above this many jobs, `enqueue --file --json` prints the count and the first and last ids
+/// instead of every id.
+const IDS_IN_JSON: usize = 100_000;
+
+/// Lines between two progress reports on a terminal.
+const PROGRESS_EVERY: u64 = 100_000;
+
+/// The ids of a bulk enqueue, kept only while few enough to print.
+#[derive(Default)]
+struct NewIds {
+    count: u64,
+    ids: Vec<String>,
+    first: Option<String>,
+    last: Option<String>,
+}
+
+impl NewIds {
+    fn push(&mut self, id: &str) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(id.to_string());
+        }
+        self.last = Some(id.to_string());
+        if self.count <= IDS_IN_JSON as u64 {
+            self.ids.push(id.to_string());
+        } else if !self.ids.is_empty() {
+            self.ids = Vec::new();
+        }
+    }
+
+    /// `{"enqueued": N, "ids": [...]}`, or past [`IDS_IN_JSON`] jobs
+    /// `{"enqueued": N, "first": ID, "last": ID}`.
+    fn json(&self) -> serde_json::Value {
+        if self.count <= IDS_IN_JSON as u64 {
+            serde_json::json!({ "enqueued": self.count, "ids": self.ids })
+        } else {
+            serde_json::json!({
+                "enqueued": self.count,
+                "first": self.first,
+                "last": self.last,
+            })
+        }
+    }
+}
+
+/// Bulk enqueue: every line is validated while it is copied, as a job, into a file in the
+/// spool (a bad line refuses the whole input before anything is stored); then whoever owns the
+/// store streams that file into the store in chunks and publishes it as one step.
+fn enqueue_file(
+    dir: &DataDir,
+    path: &Path,
+    now: u64,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let spool = Spool::open(dir.root()).map_err(ClientError::from)?;
+    let batch = Spool::new_request_id();
+    let file = spool.create_bulk(&batch).map_err(ClientError::from)?;
+    let copied = copy_jobs(path, now, file);
+    let ids = match copied {
+        Ok(ids) => ids,
+        Err(e) => {
+            let _ = spool.remove_bulk(&batch);
+            return Err(e);
+        }
+    };
+    // Wait for the owner in proportion to the work: a busy machine stores a few thousand jobs
+    // a second at worst.
+    let timeout = reply_timeout() + Duration::from_micros(ids.count.saturating_mul(300));
+    let req = Request::EnqueueBulk {
+        batch: batch.clone(),
+    };
+    let reply = client::call_as(dir, &batch, &req, timeout);
+    if !matches!(reply, Err(ClientError::Queued { .. })) {
+        // Queued: the file must stay for the request; otherwise it has served.
+        let _ = spool.remove_bulk(&batch);
+    }
+    match error_reply(reply?)? {
+        Reply::Done if json => writeln!(out, "{}", ids.json())?,
+        Reply::Done => {
+            let n = ids.count;
+            writeln!(out, "Enqueued {n} job{}", if n == 1 { "" } else { "s" })?
+        }
+        other => return unexpected(other),
+    }
+    hint_if_no_supervisor(dir);
+    Ok(())
+}
+
+/// Reads JSON Lines (blank lines skipped), validating each and writing it to `file`; the first
+/// bad line refuses the whole input. The file is on disk when this returns.
+fn copy_jobs(path: &Path, now: u64, file: std::fs::File) -> Result<NewIds> {
     let cannot =
         |e: io::Error| CommandError::Invalid(format!("cannot read {}: {e}", path.display()));
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
-        Box::new(io::BufReader::new(io::stdin()))
+        Box::new(io::BufReader::with_capacity(1 << 20, io::stdin()))
     } else {
         let file = std::fs::File::open(path).map_err(cannot)?;
         if file.metadata().map_err(cannot)?.is_dir() {
@@ -644,18 +753,39 @@ fn read_jobs_file(path: &Path, now: u64) -> Result<Vec<NewJob>> {
         }
         Box::new(io::BufReader::with_capacity(1 << 20, file))
     };
-    let mut jobs = Vec::new();
+    let cannot_write = |e: String| CommandError::Failed(format!("cannot store the jobs: {e}"));
+    let here = current_dir()?;
+    let progress = io::stderr().is_terminal();
+    let mut ids = NewIds::default();
+    let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+    let mut lines = 0u64;
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(cannot)?;
+        lines += 1;
+        if progress && lines % PROGRESS_EVERY == 0 {
+            eprint!("\rRead {lines} lines");
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let job = NewJob::from_json(&line, now, new_job_id).map_err(|e| {
+        let mut job = NewJob::from_json(&line, now, new_job_id).map_err(|e| {
+            if progress && lines >= PROGRESS_EVERY {
+                eprintln!();
+            }
             CommandError::Invalid(format!("{}: line {}: {e}", path.display(), i + 1))
         })?;
-        jobs.push(job);
+        set_cwd(&mut job, &here)?;
+        ids.push(&job.id);
+        request::write_bulk_job(&mut writer, &job).map_err(|e| cannot_write(e.to_string()))?;
     }
-    Ok(jobs)
+    let file = writer
+        .into_inner()
+        .map_err(|e| cannot_write(e.error().to_string()))?;
+    file.sync_all().map_err(|e| cannot_write(e.to_string()))?;
+    if progress && lines >= PROGRESS_EVERY {
+        eprintln!("\rRead {lines} lines; storing {} jobs", ids.count);
+    }
+    Ok(ids)
 }
 
 fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
@@ -1259,4 +1389,28 @@ fn export(dir: &DataDir, path: &Path, force: bool, json: bool, out: &mut impl Wr
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_print_every_id_then_only_the_count_and_ends() {
+        let mut ids = NewIds::default();
+        ids.push("a");
+        ids.push("b");
+        assert_eq!(
+            ids.json(),
+            serde_json::json!({"enqueued": 2, "ids": ["a", "b"]})
+        );
+        for i in 0..IDS_IN_JSON {
+            ids.push(&format!("x{i}"));
+        }
+        let v = ids.json();
+        assert_eq!(v["enqueued"], IDS_IN_JSON as u64 + 2);
+        assert_eq!(v["first"], "a");
+        assert_eq!(v["last"], format!("x{}", IDS_IN_JSON - 1));
+        assert!(ids.ids.is_empty(), "the ids are not kept once too many");
+    }
 }

@@ -12,6 +12,8 @@
 //!     new/                     0700  requests submitted and not yet finished: <id>.req
 //!     reply/                   0700  <id>.fifo (the client's doorbell), <id>.tmp, <id>.reply
 //!     rejected/                0700  requests that could not be answered: <name>, <id>.reason
+//!     bulk/                    0700  <id>.jobs: the jobs of a bulk enqueue (any size), written
+//!                                    and fsynced by the client before it submits request <id>
 //!     wake                     0600  FIFO: the supervisor's doorbell
 //! ```
 //!
@@ -80,6 +82,9 @@ use nix::sys::stat::Mode;
 
 /// The largest request or reply body accepted, in bytes.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long an abandoned bulk job file stays in `bulk/` at least.
+const BULK_FILE_GRACE: Duration = Duration::from_secs(3600);
 
 /// Length of a ULID in its canonical text form.
 const ID_LEN: usize = 26;
@@ -201,6 +206,26 @@ fn has_errno(error: &io::Error, errno: Errno) -> bool {
 /// descriptor that it is a regular file owned by us and within [`MAX_REQUEST_BYTES`], and reads
 /// it all.
 fn read_checked(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    let file = open_checked(path, Some(MAX_REQUEST_BYTES))?;
+    let mut body = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
+    // The file may grow after fstat; never read more than one byte past the limit.
+    (&file)
+        .take(MAX_REQUEST_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(io_err("read", path))?;
+    let len = body.len() as u64;
+    if len > MAX_REQUEST_BYTES {
+        return Err(SpoolError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(body)
+}
+
+/// Opens `path` read-only without following a symbolic link or blocking, and checks on the
+/// opened descriptor that it is a regular file owned by us, within `limit` bytes if given.
+fn open_checked(path: &Path, limit: Option<u64>) -> Result<File, SpoolError> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
@@ -233,26 +258,13 @@ fn read_checked(path: &Path) -> Result<Vec<u8>, SpoolError> {
         });
     }
     check_owner(path, &meta)?;
-    if meta.len() > MAX_REQUEST_BYTES {
+    if limit.is_some_and(|limit| meta.len() > limit) {
         return Err(SpoolError::TooLarge {
             path: path.to_path_buf(),
             len: meta.len(),
         });
     }
-    let mut body = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    // The file may grow after fstat; never read more than one byte past the limit.
-    (&file)
-        .take(MAX_REQUEST_BYTES + 1)
-        .read_to_end(&mut body)
-        .map_err(io_err("read", path))?;
-    let len = body.len() as u64;
-    if len > MAX_REQUEST_BYTES {
-        return Err(SpoolError::TooLarge {
-            path: path.to_path_buf(),
-            len,
-        });
-    }
-    Ok(body)
+    Ok(file)
 }
 
 /// Writes `body` to a new or truncated file at `path` (mode 0600, never through a symbolic
@@ -377,6 +389,7 @@ pub struct Spool {
     new: PathBuf,
     reply: PathBuf,
     rejected: PathBuf,
+    bulk: PathBuf,
     wake: PathBuf,
 }
 
@@ -413,11 +426,18 @@ impl Spool {
             new: root.join("new"),
             reply: root.join("reply"),
             rejected: root.join("rejected"),
+            bulk: root.join("bulk"),
             wake: root.join("wake"),
             root,
         };
         ensure_dir(&spool.root)?;
-        for dir in [&spool.tmp, &spool.new, &spool.reply, &spool.rejected] {
+        for dir in [
+            &spool.tmp,
+            &spool.new,
+            &spool.reply,
+            &spool.rejected,
+            &spool.bulk,
+        ] {
             ensure_dir(dir)?;
         }
         ensure_fifo(&spool.wake)?;
@@ -445,6 +465,43 @@ impl Spool {
 
     fn request_path(&self, id: &str) -> PathBuf {
         self.new.join(format!("{id}.req"))
+    }
+
+    fn bulk_path(&self, id: &str) -> PathBuf {
+        self.bulk.join(format!("{id}.jobs"))
+    }
+
+    /// Creates `bulk/<id>.jobs` (mode 0600, `O_EXCL`) for the client to write the jobs of a
+    /// bulk enqueue into; it fsyncs the file ([`File::sync_all`]) before it submits request
+    /// `<id>`. No size limit: the owner streams from it.
+    pub fn create_bulk(&self, id: &str) -> Result<File, SpoolError> {
+        check_id(id)?;
+        let path = self.bulk_path(id);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(io_err("create", &path))
+    }
+
+    /// Opens `bulk/<id>.jobs` for reading, with the checks of [`read`](Spool::read) except the
+    /// size limit.
+    pub fn open_bulk(&self, id: &str) -> Result<File, SpoolError> {
+        check_id(id)?;
+        open_checked(&self.bulk_path(id), None)
+    }
+
+    /// Removes `bulk/<id>.jobs`; one already gone is fine.
+    pub fn remove_bulk(&self, id: &str) -> Result<(), SpoolError> {
+        check_id(id)?;
+        let path = self.bulk_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_err("remove", &path)(error)),
+        }
     }
 
     // ---- client side ----
@@ -679,8 +736,9 @@ impl Spool {
 
     /// Used by every new owner of the store: removes the files in `reply/` (FIFOs, replies,
     /// partial replies) and `tmp/` (a client died while submitting) last modified at least `age`
-    /// ago whose client is gone (its FIFO is missing or nobody holds it open). Returns how many
-    /// were removed.
+    /// ago whose client is gone (its FIFO is missing or nobody holds it open), and bulk job files
+    /// untouched for an hour (or `age` if longer) whose client is gone and whose request is not
+    /// waiting in `new/`. Returns how many were removed.
     pub fn remove_stale_replies(&self, age: Duration) -> Result<usize, SpoolError> {
         let now = SystemTime::now();
         let old_enough = |meta: &fs::Metadata| {
@@ -689,9 +747,15 @@ impl Spool {
                 .and_then(|mtime| now.duration_since(mtime).ok())
                 .is_some_and(|elapsed| elapsed >= age)
         };
+        let bulk_old_enough = |meta: &fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|mtime| now.duration_since(mtime).ok())
+                .is_some_and(|elapsed| elapsed >= age.max(BULK_FILE_GRACE))
+        };
         let mut removed = 0;
         // A request still being written in `tmp/` belongs to a client that holds its doorbell.
-        for (dir, check_client) in [(&self.reply, true), (&self.tmp, true)] {
+        for (dir, check_client) in [(&self.reply, true), (&self.tmp, true), (&self.bulk, true)] {
             let entries = fs::read_dir(dir).map_err(io_err("list", dir))?;
             for entry in entries {
                 let entry = entry.map_err(io_err("list", dir))?;
@@ -705,11 +769,20 @@ impl Spool {
                 if meta.is_dir() || !old_enough(&meta) {
                     continue;
                 }
+                // A bulk file is written before its client's doorbell exists, from input that
+                // may pause: give it longer.
+                if dir == &self.bulk && !bulk_old_enough(&meta) {
+                    continue;
+                }
                 if check_client {
                     let name = entry.file_name();
                     let stem = name.to_str().and_then(|n| n.split('.').next());
                     if let Some(id) = stem.filter(|s| is_request_id(s)) {
                         if client_alive(&self.reply.join(format!("{id}.fifo"))) {
+                            continue;
+                        }
+                        // The jobs of a bulk enqueue stay as long as its request does.
+                        if dir == &self.bulk && self.request_path(id).exists() {
                             continue;
                         }
                     }

@@ -8,14 +8,25 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::io::{BufRead, BufReader};
+
 use crate::model::{Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RunOutput};
+use crate::spool::Spool;
 use crate::store::{JobStore, StoreError};
+
+/// Jobs of a bulk enqueue stored per call of [`JobStore::stage`].
+pub const BULK_CHUNK: usize = 10_000;
 
 /// One thing a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Enqueue {
         jobs: Vec<NewJob>,
+    },
+    /// The jobs in the spool's bulk file `batch` (a request id), all or none: streamed from
+    /// the file and stored in chunks, so that neither the request nor memory grows with it.
+    EnqueueBulk {
+        batch: String,
     },
     DlqRetry {
         id: String,
@@ -79,6 +90,7 @@ impl Request {
         matches!(
             self,
             Request::Enqueue { .. }
+                | Request::EnqueueBulk { .. }
                 | Request::DlqRetry { .. }
                 | Request::ConfigSet { .. }
                 | Request::Cancel { .. }
@@ -188,6 +200,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, CodecError>
 /// it hands out the reply. `request_id` is the spool id of the request, if it came that way.
 pub fn apply(
     store: &dyn JobStore,
+    spool: &Spool,
     req: &Request,
     owner: OwnerInfo,
     now: Millis,
@@ -201,6 +214,7 @@ pub fn apply(
             .config()
             .and_then(|cfg| store.enqueue(jobs, &cfg, now, request_id))
             .map(|()| Reply::Done),
+        Request::EnqueueBulk { batch } => return enqueue_bulk(store, spool, batch, now),
         Request::DlqRetry { id } => store.dlq_retry(id, now, request_id).map(Reply::Retried),
         Request::ConfigSet { key, value } => match key.parse::<ConfigKey>() {
             Err(e) => return Reply::invalid(e.to_string()),
@@ -309,6 +323,71 @@ fn each(
     Ok(Reply::Each(results))
 }
 
+/// Writes one job to a bulk file (the client's side of [`Request::EnqueueBulk`]).
+pub fn write_bulk_job(out: &mut impl std::io::Write, job: &NewJob) -> Result<(), CodecError> {
+    rmp_serde::encode::write(out, job).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Stages the jobs of bulk file `batch` chunk by chunk, then publishes them as one step; any
+/// refusal discards what was staged. A batch already applied is not applied again.
+fn enqueue_bulk(store: &dyn JobStore, spool: &Spool, batch: &str, now: Millis) -> Reply {
+    let stored = || -> Result<Result<(), String>, StoreError> {
+        if store.is_applied(batch)? {
+            return Ok(Ok(()));
+        }
+        let file = match spool.open_bulk(batch) {
+            Ok(file) => file,
+            Err(e) => return Ok(Err(format!("cannot read the jobs: {e}"))),
+        };
+        // Leftovers of an earlier attempt at this very request (its owner died).
+        store.discard(batch)?;
+        let config = store.config()?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut chunk = Vec::with_capacity(BULK_CHUNK);
+        loop {
+            let end = match reader.fill_buf() {
+                Ok(buf) => buf.is_empty(),
+                Err(e) => return Ok(Err(format!("cannot read the jobs: {e}"))),
+            };
+            if !end {
+                match rmp_serde::decode::from_read::<_, NewJob>(&mut reader) {
+                    Ok(job) => chunk.push(job),
+                    Err(e) => return Ok(Err(format!("corrupt bulk file: {e}"))),
+                }
+            }
+            if chunk.len() == BULK_CHUNK || (end && !chunk.is_empty()) {
+                store.stage(batch, &chunk, &config, now)?;
+                chunk.clear();
+            }
+            if end {
+                break;
+            }
+        }
+        store.publish(batch, now)?;
+        Ok(Ok(()))
+    };
+    match stored() {
+        Ok(Ok(())) => Reply::Done,
+        Ok(Err(message)) => {
+            discard_quietly(store, batch);
+            Reply::Error {
+                kind: ErrorKind::Internal,
+                message,
+            }
+        }
+        Err(e) => {
+            discard_quietly(store, batch);
+            Reply::from_store_error(e)
+        }
+    }
+}
+
+fn discard_quietly(store: &dyn JobStore, batch: &str) {
+    if let Err(e) = store.discard(batch) {
+        tracing::warn!("could not drop the jobs staged by request {batch}: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,13 +441,14 @@ mod tests {
     fn apply_answers_like_the_store() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
         let job = NewJob::from_json(r#"{"id":"a","command":"true"}"#, 0, String::new).unwrap();
         let enq = Request::Enqueue { jobs: vec![job] };
         assert_eq!(
-            apply(&store, &enq, OwnerInfo::default(), 0, None),
+            apply(&store, &spool, &enq, OwnerInfo::default(), 0, None),
             Reply::Done
         );
-        let again = apply(&store, &enq, OwnerInfo::default(), 0, None);
+        let again = apply(&store, &spool, &enq, OwnerInfo::default(), 0, None);
         assert!(
             matches!(
                 again,
@@ -384,7 +464,7 @@ mod tests {
             value: 0,
         };
         assert!(matches!(
-            apply(&store, &set, OwnerInfo::default(), 0, None),
+            apply(&store, &spool, &set, OwnerInfo::default(), 0, None),
             Reply::Error {
                 kind: ErrorKind::Invalid,
                 ..
@@ -395,13 +475,20 @@ mod tests {
             run: None,
         };
         assert!(matches!(
-            apply(&store, &logs, OwnerInfo::default(), 0, None),
+            apply(&store, &spool, &logs, OwnerInfo::default(), 0, None),
             Reply::Error {
                 kind: ErrorKind::Invalid,
                 ..
             }
         ));
-        match apply(&store, &Request::Status, OwnerInfo::default(), 0, None) {
+        match apply(
+            &store,
+            &spool,
+            &Request::Status,
+            OwnerInfo::default(),
+            0,
+            None,
+        ) {
             Reply::Status(s) => assert_eq!(
                 (s.counts.pending, s.owner.workers, s.owner.supervisor_pid),
                 (1, 0, None)

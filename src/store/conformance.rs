@@ -63,6 +63,10 @@ macro_rules! conformance_tests {
             output_is_kept_per_run,
             counts_follow_every_transition,
             everything_survives_a_reopen,
+            staged_jobs_are_invisible_until_published,
+            staged_ids_are_taken,
+            a_discarded_batch_leaves_nothing,
+            unpublished_batches_are_dropped_by_the_next_owner,
             random_operations_keep_the_invariants,
             cancel_moves_waiting_jobs_to_dead_and_out_of_the_order,
             remove_deletes_finished_jobs_and_their_output
@@ -840,6 +844,144 @@ pub fn everything_survives_a_reopen(fresh: Fresh<'_>) {
     assert_eq!(s.next_wakeup().unwrap(), Some(10_000));
     assert_eq!(s.reserve("w", 1).unwrap().unwrap().id, "b");
     assert_eq!(s.reserve("w", 10_000).unwrap().unwrap().id, "later");
+    assert_consistent(&*s);
+}
+
+/// Jobs staged under a batch are invisible until `publish` makes them all pending at once, in
+/// the order they were staged; the batch then counts as an applied request.
+pub fn staged_jobs_are_invisible_until_published(fresh: Fresh<'_>) {
+    let mut h = fresh();
+    let s = h.open();
+    s.enqueue(&[new_job("before")], &CFG, 0, None).unwrap();
+    let chunk = |from: usize, to: usize| -> Vec<NewJob> {
+        (from..to).map(|i| new_job(&format!("b{i:03}"))).collect()
+    };
+    s.stage("BATCH1", &chunk(0, 3), &CFG, 10).unwrap();
+    let mut later = new_job("b-later");
+    later.run_at = Some(1_000);
+    s.stage("BATCH1", &[later], &CFG, 11).unwrap();
+    s.stage("BATCH1", &chunk(3, 5), &CFG, 12).unwrap();
+    assert!(s.get("b000").unwrap().is_none());
+    assert_eq!(s.counts().unwrap().total(), 1);
+    assert_eq!(s.list(None, 0, usize::MAX).unwrap().len(), 1);
+    assert_eq!(s.all_jobs().count(), 1);
+    assert!(!s.is_applied("BATCH1").unwrap());
+    assert_eq!(s.reserve("w", 20).unwrap().unwrap().id, "before");
+    assert!(
+        s.reserve("w", 20).unwrap().is_none(),
+        "staged jobs are not reserved"
+    );
+    assert_consistent(&*s);
+    assert_eq!(s.publish("BATCH1", 20).unwrap(), 6);
+    assert!(s.is_applied("BATCH1").unwrap());
+    let c = s.counts().unwrap();
+    assert_eq!((c.pending, c.processing), (6, 1));
+    let b1 = s.get("b001").unwrap().unwrap();
+    assert_eq!(
+        (b1.state, b1.created_at, b1.available_at),
+        (JobState::Pending, 10, Some(10))
+    );
+    assert_eq!(b1.max_retries, 3);
+    assert_eq!(s.next_wakeup().unwrap(), Some(1_000));
+    let order: Vec<String> =
+        std::iter::from_fn(|| s.reserve("w", 30).unwrap().map(|j| j.id)).collect();
+    assert_eq!(
+        order,
+        ["b000", "b001", "b002", "b003", "b004"],
+        "staging order"
+    );
+    assert_eq!(s.reserve("w", 1_000).unwrap().unwrap().id, "b-later");
+    assert!(matches!(
+        s.stage("BATCH1", &chunk(9, 10), &CFG, 40),
+        Err(StoreError::BatchPublished(_)) | Ok(())
+    ));
+    assert_consistent(&*s);
+    s.flush().unwrap();
+    drop(s);
+    let s = h.open();
+    assert_eq!(s.counts().unwrap().total(), 7);
+    assert_consistent(&*s);
+}
+
+/// A staged id is taken: by another job, another batch, or a later chunk of the same batch.
+pub fn staged_ids_are_taken(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.enqueue(&[new_job("live")], &CFG, 0, None).unwrap();
+    s.stage("B1", &[new_job("s1"), new_job("s2")], &CFG, 0)
+        .unwrap();
+    let dup = |r: Result<(), StoreError>| match r {
+        Err(StoreError::Duplicate(id)) => id,
+        other => panic!("expected a duplicate, got {other:?}"),
+    };
+    let dup_in = |r: Result<(), StoreError>| match r {
+        Err(StoreError::DuplicateInBatch(id)) => id,
+        other => panic!("expected a duplicate in the batch, got {other:?}"),
+    };
+    assert_eq!(dup(s.enqueue(&[new_job("s1")], &CFG, 0, None)), "s1");
+    assert_eq!(
+        dup(s.stage("B1", &[new_job("x"), new_job("live")], &CFG, 0)),
+        "live"
+    );
+    assert_eq!(
+        dup_in(s.stage("B1", &[new_job("y"), new_job("s2")], &CFG, 0)),
+        "s2"
+    );
+    assert_eq!(
+        dup_in(s.stage("B1", &[new_job("z"), new_job("z")], &CFG, 0)),
+        "z"
+    );
+    assert_eq!(dup(s.stage("B2", &[new_job("s1")], &CFG, 0)), "s1");
+    // Refused calls staged nothing: x, y and z are free.
+    s.stage("B2", &[new_job("x"), new_job("y"), new_job("z")], &CFG, 0)
+        .unwrap();
+    assert_eq!(s.publish("B1", 0).unwrap(), 2);
+    assert_eq!(s.publish("B2", 0).unwrap(), 3);
+    assert_eq!(s.counts().unwrap().pending, 6);
+    assert_consistent(&*s);
+}
+
+/// `discard` drops what a batch staged; its ids are free again.
+pub fn a_discarded_batch_leaves_nothing(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    s.stage("B1", &[new_job("a"), new_job("b")], &CFG, 0)
+        .unwrap();
+    s.stage("B1", &[new_job("c")], &CFG, 0).unwrap();
+    assert_eq!(s.discard("B1").unwrap(), 3);
+    assert_eq!(s.discard("B1").unwrap(), 0);
+    assert!(!s.is_applied("B1").unwrap());
+    assert_eq!(s.publish("B1", 0).unwrap(), 0, "nothing left to publish");
+    s.enqueue(&[new_job("a"), new_job("b"), new_job("c")], &CFG, 0, None)
+        .unwrap();
+    assert_eq!(s.counts().unwrap().pending, 3);
+    assert!(matches!(
+        s.discard("B1"),
+        Err(StoreError::BatchPublished(_)) | Ok(0)
+    ));
+    assert_consistent(&*s);
+}
+
+/// Batches staged by an owner that went away before publishing are invisible to the next owner,
+/// which drops them; published ones are complete.
+pub fn unpublished_batches_are_dropped_by_the_next_owner(fresh: Fresh<'_>) {
+    let mut h = fresh();
+    let s = h.open();
+    s.stage("DONE", &[new_job("d1"), new_job("d2")], &CFG, 0)
+        .unwrap();
+    s.publish("DONE", 0).unwrap();
+    s.stage("HALF", &[new_job("h1"), new_job("h2")], &CFG, 0)
+        .unwrap();
+    s.stage("HALF", &[new_job("h3")], &CFG, 0).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    let s = h.open();
+    assert_eq!(s.counts().unwrap().total(), 2);
+    assert!(s.get("h1").unwrap().is_none());
+    assert_eq!(s.discard_unpublished().unwrap(), 3);
+    assert_eq!(s.discard_unpublished().unwrap(), 0);
+    assert!(!s.is_applied("HALF").unwrap());
+    assert!(s.is_applied("DONE").unwrap());
+    s.enqueue(&[new_job("h1")], &CFG, 0, None).unwrap();
+    assert_eq!(s.counts().unwrap().total(), 3);
     assert_consistent(&*s);
 }
 

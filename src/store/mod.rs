@@ -42,6 +42,8 @@ pub enum StoreError {
         actual: JobState,
         expected: JobState,
     },
+    #[error("the batch `{0}` is already published")]
+    BatchPublished(String),
     #[error("the store has format version {found}; this queuectl reads version {expected}")]
     Schema { found: u32, expected: u32 },
     #[error("job `{id}` is already {state}")]
@@ -131,6 +133,40 @@ pub trait JobStore: Send + Sync {
         now: Millis,
         request: Option<&str>,
     ) -> Result<(), StoreError>;
+
+    /// Bulk enqueue, step 1: adds `jobs` to batch `batch` (created on first use), built exactly
+    /// as [`enqueue`](JobStore::enqueue) builds them (`seq` increasing across the calls of one
+    /// batch, in order). Staged jobs are invisible to every read (`get`, `list`, `counts`,
+    /// `all_jobs`) and to `reserve` until the batch is published, but their ids are taken: a
+    /// staged id refuses a later `enqueue` or `stage` with `Duplicate` (`DuplicateInBatch`
+    /// when it is staged in this batch or repeats within `jobs`). On error, nothing of this call
+    /// is staged; what earlier calls staged stays. `BatchPublished` once the batch is published.
+    /// Callers stage in chunks, so that memory stays bounded whatever the batch's size.
+    fn stage(
+        &self,
+        batch: &str,
+        jobs: &[NewJob],
+        config: &Config,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Bulk enqueue, step 2: makes every job staged under `batch` pending, as one step that a
+    /// crash cannot split (after it, once flushed, the next owner finds all of them; before it,
+    /// none), and records `batch` as an applied request (see
+    /// [`is_applied`](JobStore::is_applied)). Index entries use `now`. Returns how many jobs
+    /// were published (0 for a batch never staged).
+    fn publish(&self, batch: &str, now: Millis) -> Result<u64, StoreError>;
+
+    /// Drops every job staged under `batch` (a bad line found after some chunks were staged).
+    /// Returns how many. `BatchPublished` if it is published.
+    fn discard(&self, batch: &str) -> Result<u64, StoreError>;
+
+    /// Drops every batch staged and never published (an owner that died while staging); the
+    /// owner calls it when it takes the store over. Returns how many jobs were dropped.
+    fn discard_unpublished(&self) -> Result<u64, StoreError>;
+
+    /// Whether spool request `request` (or batch) has been applied (and not forgotten since).
+    fn is_applied(&self, request: &str) -> Result<bool, StoreError>;
 
     /// Takes the next job that may run at `now` (pending or failed, `available_at <= now`):
     /// highest `priority`, then earliest `available_at`, then lowest `seq`. It becomes

@@ -237,10 +237,13 @@ impl Supervisor<'_> {
     /// Graceful stop; asserts it worked.
     pub fn stop(self) {
         self.env.ok(&["worker", "stop", "--timeout", "60"]);
-        assert!(
-            !alive(self.pid),
-            "supervisor {} still alive after stop",
-            self.pid
+        // `stop` returns once the store is let go of; the process ends a moment later (sled
+        // closes its files after the lock is released).
+        let pid = self.pid;
+        wait_until_for(
+            &format!("supervisor {pid} to exit after stop"),
+            Duration::from_secs(10),
+            &mut || !alive(pid),
         );
         std::mem::forget(self);
     }

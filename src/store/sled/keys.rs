@@ -25,6 +25,13 @@
 //! counts        key = state name (UTF-8)       value = u64: how many jobs are in that state,
 //!                                                changed in the transaction of every transition
 //!
+//! staged        jobs of a bulk enqueue not yet published (invisible to reads and reservation)
+//!               key   = job id (UTF-8)
+//!               value = [0] batch id length (u8)  [1..1+len) batch id  [1+len..) Job record
+//!
+//! batches       key = batch id (UTF-8)  value = [0] BATCH_STAGING or BATCH_PUBLISHED: a
+//!               published batch's jobs are being moved to `pending` (resumed by `open`)
+//!
 //! config        key = config key name (UTF-8)  value = decimal text
 //! meta          key = name (UTF-8)             value = per key (schema_version: u32)
 //! applied       key = spool request id (ULID)  value = empty: the request's effect is stored
@@ -35,6 +42,13 @@ use crate::model::{JobState, Millis};
 pub const DUE: &str = "due";
 pub const SCHEDULED: &str = "scheduled";
 pub const COUNTS: &str = "counts";
+pub const STAGED: &str = "staged";
+pub const BATCHES: &str = "batches";
+
+/// `batches` value: jobs are still being staged.
+pub const BATCH_STAGING: u8 = 0;
+/// `batches` value: published; the move of its jobs to `pending` may be unfinished.
+pub const BATCH_PUBLISHED: u8 = 1;
 pub const OUTPUT: &str = "output";
 pub const CONFIG: &str = "config";
 pub const META: &str = "meta";
@@ -45,7 +59,7 @@ pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The on-disk format this build reads and writes.
 ///
 /// - 1: the state trees, `due`, `scheduled`, `output`, `config`, `meta`, `applied`.
-/// - 2: adds `counts`; Job records may end with `cwd` and `env` (version 1 records, without
+/// - 2: adds `counts`, `staged` and `batches`; Job records may end with `cwd` and `env` (version 1 records, without
 ///   them, still decode). Opening a version 1 store counts its jobs once and writes version 2.
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -62,6 +76,23 @@ pub fn count_key(state: JobState) -> &'static str {
 /// Reads a counter back; `None` if it is malformed.
 pub fn decode_count(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// Value of a `staged` entry: its batch, then the job record.
+pub fn staged_value(batch: &str, record: &[u8]) -> Vec<u8> {
+    let len = u8::try_from(batch.len()).unwrap_or(u8::MAX);
+    let mut v = Vec::with_capacity(1 + batch.len() + record.len());
+    v.push(len);
+    v.extend_from_slice(&batch.as_bytes()[..usize::from(len)]);
+    v.extend_from_slice(record);
+    v
+}
+
+/// Reads a `staged` value back: (batch id, job record); `None` if it is malformed.
+pub fn decode_staged_value(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = v.split_first()?;
+    let len = usize::from(*len);
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// The tag that names the state tree of an indexed job.
