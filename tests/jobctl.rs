@@ -804,6 +804,25 @@ fn wait_exits_0_1_or_124_with_a_line_per_job() {
     assert_eq!(stdout(&out), "slow: processing (not finished)\n");
     let out = env.run(&["wait", "nope"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A wait is answered when a cancel finishes its job, not only when a run ends.
+    env.ok(&["add", "--id", "later2", "--delay", "1h", "--", "true"]);
+    // (the timed-out wait above is still parked: it is answered when `slow` ends)
+    let parked = || std::fs::read_dir(env.path().join("spool/new")).map_or(0, |d| d.count());
+    let before = parked();
+    let mut waiter = std::process::Command::new(assert_cmd::cargo::cargo_bin("queuectl"))
+        .arg("--data-dir")
+        .arg(env.path())
+        .args(["wait", "later2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the wait to be parked", || parked() > before);
+    env.ok(&["cancel", "later2"]);
+    let status = waiter.wait().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(text, "later2: dead (cancelled)\n");
     // --all: every job not finished when the wait began; --json.
     env.ok(&["cancel", "slow"]);
     let out = env.run(&["wait", "--all", "--json"]);

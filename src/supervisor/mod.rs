@@ -714,10 +714,14 @@ impl Supervisor {
             self.perform(action);
         }
         match drained {
-            Ok(d) if d.writes > 0 => match self.owner.store.config() {
-                Ok(c) => self.config = c,
-                Err(e) => tracing::error!("cannot read the config: {e}"),
-            },
+            Ok(d) if d.writes > 0 => {
+                match self.owner.store.config() {
+                    Ok(c) => self.config = c,
+                    Err(e) => tracing::error!("cannot read the config: {e}"),
+                }
+                // A cancel (or rm, or retry) may have finished what a wait waits for.
+                self.answer_waits();
+            }
             Ok(_) => {}
             Err(e) => tracing::error!("cannot apply requests: {e}"),
         }
