@@ -989,13 +989,23 @@ pub fn unpublished_batches_are_dropped_by_the_next_owner(fresh: Fresh<'_>) {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Enqueue { n: u8, delay: u16, priority: i8 },
+    Enqueue {
+        n: u8,
+        delay: u16,
+        priority: i8,
+    },
     Reserve,
     Complete(u8),
     Fail(u8),
     FinishAndReserve(u8, bool),
     Release(u8),
     DlqRetry(u8),
+    /// Cancel a pending (`false`) or failed (`true`) job.
+    Cancel(u8, bool),
+    /// End a processing job's run as cancelled.
+    CancelRunning(u8),
+    /// Remove a completed (`false`) or dead (`true`) job.
+    Remove(u8, bool),
     Advance(u16),
     Recover,
     Reopen,
@@ -1015,6 +1025,9 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::FinishAndReserve(i, ok)),
         any::<u8>().prop_map(Op::Release),
         any::<u8>().prop_map(Op::DlqRetry),
+        (any::<u8>(), any::<bool>()).prop_map(|(i, f)| Op::Cancel(i, f)),
+        any::<u8>().prop_map(Op::CancelRunning),
+        (any::<u8>(), any::<bool>()).prop_map(|(i, d)| Op::Remove(i, d)),
         (0u16..5000).prop_map(Op::Advance),
         Just(Op::Recover),
         Just(Op::Reopen),
@@ -1117,6 +1130,35 @@ fn run_ops(mut h: Box<dyn Harness>, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::DlqRetry(i) => {
                 if let Some(id) = pick(&*store, JobState::Dead, i) {
                     store.dlq_retry(&id, now, None).unwrap();
+                }
+            }
+            Op::Cancel(i, failed) => {
+                let from = if failed {
+                    JobState::Failed
+                } else {
+                    JobState::Pending
+                };
+                if let Some(id) = pick(&*store, from, i) {
+                    let j = store.cancel(&id, now).unwrap();
+                    prop_assert_eq!(j.state, JobState::Dead);
+                }
+            }
+            Op::CancelRunning(i) => {
+                if let Some(id) = pick(&*store, JobState::Processing, i) {
+                    store.finish(&id, &RunEnd::Cancelled, now).unwrap();
+                    prop_assert_eq!(store.get(&id).unwrap().unwrap().state, JobState::Dead);
+                }
+            }
+            Op::Remove(i, dead) => {
+                let from = if dead {
+                    JobState::Dead
+                } else {
+                    JobState::Completed
+                };
+                if let Some(id) = pick(&*store, from, i) {
+                    store.remove(&id).unwrap();
+                    prop_assert!(store.get(&id).unwrap().is_none());
+                    total -= 1;
                 }
             }
             Op::Advance(ms) => now += u64::from(ms),
