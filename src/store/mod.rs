@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod postgres;
 pub mod sled;
 
 use crate::model::{

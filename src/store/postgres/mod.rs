@@ -1,0 +1,1070 @@
+//! The PostgreSQL backend: the only code in queuectl that speaks SQL to PostgreSQL.
+//!
+//! Many supervisors (one per host) share one database. A job's state is its row in `jobs`;
+//! every change is one statement (or one transaction), so the database alone keeps the queue
+//! consistent whoever writes. Reservation takes the best ready row with
+//! `FOR UPDATE SKIP LOCKED`, so concurrent supervisors never take the same job and never wait for
+//! each other; finishing a job and reserving the worker's next one is one statement, one round
+//! trip.
+//!
+//! Time: a store normally reads the database's clock (every host then agrees on when a retry is
+//! due, however skewed their own clocks are) and ignores the `now` it is given. Tests drive the
+//! clock instead with [`PgStore::use_caller_clock`].
+//!
+//! Each store has an owner key: the jobs it reserves carry it, and only that owner may finish or
+//! release them. Durability: every statement commits before it returns (`flush` has nothing
+//! left to do).
+
+pub mod schema;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use crate::model::{
+    AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob,
+    RetryDecision,
+};
+use crate::store::{AttemptEnd, FailOrDone, FailResult, JobStore, StoreError, VerifyReport};
+
+/// Times handed to the database are clamped to this (about the year 192,000), so that adding a
+/// retry delay never leaves PostgreSQL's range of timestamps.
+const MAX_MS: i64 = 6_000_000_000_000_000;
+
+/// Jobs fetched per round trip when reading all of them.
+const PAGE: i64 = 1000;
+
+/// How long connecting may take before it fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// The columns of a job, in the order [`job_from_row`] reads them.
+macro_rules! job_cols {
+    () => {
+        "id, command, state::text AS state, attempts, max_retries, \
+         (extract(epoch FROM created_at) * 1000)::bigint AS created_ms, \
+         (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms, \
+         (extract(epoch FROM available_at) * 1000)::bigint AS available_ms, \
+         locked_by, (extract(epoch FROM locked_at) * 1000)::bigint AS locked_ms, \
+         last_error, priority, timeout_ms, seq, pgid, runs, cwd, env::text AS env"
+    };
+}
+
+/// The current time in SQL: the caller's (parameter `$p`, milliseconds) when given, else the
+/// database's clock (the statement's start, to the millisecond).
+macro_rules! now {
+    ($p:literal) => {
+        concat!(
+            "COALESCE(timestamptz 'epoch' + ",
+            $p,
+            "::bigint * interval '1 millisecond', \
+             date_trunc('milliseconds', statement_timestamp()))"
+        )
+    };
+}
+
+/// Milliseconds (`$p`, may be NULL) as a timestamp.
+macro_rules! ts {
+    ($p:literal) => {
+        concat!("(timestamptz 'epoch' + ", $p, "::bigint * interval '1 millisecond')")
+    };
+}
+
+/// The reservation's `SET` list: `$worker`, `$now`, `$owner`, `$lease` are parameter numbers.
+macro_rules! take_set {
+    ($worker:literal, $now:literal, $owner:literal, $lease:literal) => {
+        concat!(
+            "state = 'processing', locked_by = ",
+            $worker,
+            ", locked_at = ",
+            now!($now),
+            ", updated_at = ",
+            now!($now),
+            ", runs = runs + 1, pgid = NULL, owner = ",
+            $owner,
+            ", lease_until = ",
+            now!($now),
+            " + ",
+            $lease,
+            "::bigint * interval '1 millisecond'"
+        )
+    };
+}
+
+/// The id of the best job ready at `$now`, locked, skipping rows other sessions hold.
+macro_rules! next_ready {
+    ($now:literal) => {
+        concat!(
+            "(SELECT id FROM jobs WHERE state IN ('pending', 'failed') AND available_at <= ",
+            now!($now),
+            " ORDER BY priority DESC, available_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        )
+    };
+}
+
+/// Ending an attempt: `$ok` true completes; otherwise the retry rule with error `$err` and
+/// backoff base `$base` (delay base ^ attempts seconds, saturating at 10^12 s, about 31,700
+/// years, so that the time stays within PostgreSQL's range). Only the owner `$owner`
+/// may end it.
+macro_rules! finish_update {
+    ($id:literal, $ok:literal, $err:literal, $base:literal, $now:literal, $owner:literal) => {
+        concat!(
+            "UPDATE jobs SET \
+             state = (CASE WHEN ", $ok, "::boolean THEN 'completed' \
+                           WHEN attempts + 1 >= max_retries THEN 'dead' \
+                           ELSE 'failed' END)::queuectl_state, \
+             attempts = CASE WHEN ", $ok, "::boolean THEN attempts ELSE attempts + 1 END, \
+             last_error = CASE WHEN ", $ok, "::boolean THEN last_error ELSE ", $err, "::text END, \
+             available_at = CASE WHEN ", $ok, "::boolean OR attempts + 1 >= max_retries THEN NULL \
+                 ELSE ", now!($now), " + LEAST(power(", $base, "::bigint::numeric, LEAST(attempts + 1, 64)), \
+                 1000000000000)::bigint * interval '1 second' END, \
+             locked_by = NULL, locked_at = NULL, pgid = NULL, owner = NULL, lease_until = NULL, \
+             updated_at = ", now!($now), " \
+             WHERE id = ", $id, " AND state = 'processing' AND owner = ", $owner
+        )
+    };
+}
+
+const SQL_GET: &str = concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1");
+
+const SQL_RESERVE: &str = concat!(
+    "UPDATE jobs SET ",
+    take_set!("$1", "$2", "$3", "$4"),
+    " WHERE id = ",
+    next_ready!("$2"),
+    " RETURNING ",
+    job_cols!()
+);
+
+const SQL_FINISH: &str = concat!(
+    finish_update!("$1", "$2", "$3", "$4", "$5", "$6"),
+    " RETURNING ",
+    job_cols!()
+);
+
+const SQL_FINISH_AND_RESERVE: &str = concat!(
+    "WITH fin AS (",
+    finish_update!("$1", "$2", "$3", "$4", "$5", "$6"),
+    " RETURNING 0 AS k, ",
+    job_cols!(),
+    "), nxt AS (UPDATE jobs SET ",
+    take_set!("$7", "$5", "$6", "$8"),
+    " WHERE id = ",
+    next_ready!("$5"),
+    " AND EXISTS (SELECT 1 FROM fin) RETURNING 1 AS k, ",
+    job_cols!(),
+    ") SELECT * FROM fin UNION ALL SELECT * FROM nxt ORDER BY k"
+);
+
+const SQL_SET_PGID: &str =
+    "UPDATE jobs SET pgid = $2 WHERE id = $1 AND state = 'processing' AND owner = $3";
+
+const SQL_RELEASE: &str = concat!(
+    "UPDATE jobs SET state = 'pending', locked_by = NULL, locked_at = NULL, pgid = NULL, \
+     owner = NULL, lease_until = NULL, updated_at = ",
+    now!("$2"),
+    ", available_at = LEAST(COALESCE(available_at, ",
+    now!("$2"),
+    "), ",
+    now!("$2"),
+    ") WHERE id = $1 AND state = 'processing' AND owner = $3 RETURNING ",
+    job_cols!()
+);
+
+const SQL_DLQ_RETRY: &str = concat!(
+    "UPDATE jobs SET state = 'pending', attempts = 0, locked_by = NULL, locked_at = NULL, \
+     pgid = NULL, owner = NULL, lease_until = NULL, updated_at = ",
+    now!("$2"),
+    ", available_at = ",
+    now!("$2"),
+    " WHERE id = $1 AND state = 'dead' RETURNING ",
+    job_cols!()
+);
+
+const SQL_ENQUEUE: &str = concat!(
+    "INSERT INTO jobs (id, command, state, attempts, max_retries, created_at, updated_at, \
+     available_at, priority, timeout_ms, cwd, env) \
+     SELECT u.id, u.command, 'pending', 0, u.max_retries, ",
+    now!("$9"),
+    ", ",
+    now!("$9"),
+    ", COALESCE(",
+    ts!("u.run_at"),
+    ", ",
+    now!("$9"),
+    "), u.priority, u.timeout_ms, u.cwd, u.env::jsonb \
+     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+     $6::bigint[], $7::text[], $8::text[]) WITH ORDINALITY \
+     AS u(id, command, max_retries, priority, run_at, timeout_ms, cwd, env, ord) \
+     ORDER BY u.ord"
+);
+
+const SQL_EXISTING: &str = "SELECT id FROM jobs WHERE id = ANY($1::text[])";
+
+const SQL_APPLY_REQUEST: &str =
+    "INSERT INTO queuectl_applied (request) VALUES ($1) ON CONFLICT DO NOTHING";
+
+const SQL_PUT_OUTPUT: &str = concat!(
+    "INSERT INTO job_output (job_id, run, outcome, finished_at, duration_ms, stdout, stderr) \
+     VALUES ($1, $2, $3::text::jsonb, ",
+    ts!("$4"),
+    ", $5, $6, $7) ON CONFLICT (job_id, run) DO UPDATE SET outcome = EXCLUDED.outcome, \
+     finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, \
+     stdout = EXCLUDED.stdout, stderr = EXCLUDED.stderr"
+);
+
+const SQL_OUTPUT: &str = "SELECT run, outcome::text, \
+     (extract(epoch FROM finished_at) * 1000)::bigint, duration_ms, stdout, stderr \
+     FROM job_output WHERE job_id = $1 AND run = $2";
+
+const SQL_CONFIG_SET: &str = "INSERT INTO config (key, value) VALUES ($1, $2) \
+     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+
+const SQL_RECOVER: &str = concat!(
+    finish_update!("id", "false", "$1", "$2", "$3", "$4"),
+    " RETURNING ",
+    job_cols!()
+);
+
+const SQL_LIST_STATE: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE state = $1::text::queuectl_state ORDER BY id OFFSET $2 LIMIT $3"
+);
+
+const SQL_LIST_ALL: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs ORDER BY state, id OFFSET $1 LIMIT $2"
+);
+
+const SQL_PAGE_AFTER: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE (state, id) > ($1::text::queuectl_state, $2) ORDER BY state, id LIMIT $3"
+);
+
+const SQL_PAGE_FIRST: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs ORDER BY state, id LIMIT $1"
+);
+
+const SQL_COUNTS: &str = "SELECT state::text, count(*) FROM jobs GROUP BY state";
+
+const SQL_NEXT_WAKEUP: &str = concat!(
+    "SELECT (extract(epoch FROM min(available_at)) * 1000)::bigint FROM jobs \
+     WHERE state IN ('pending', 'failed') AND available_at > ",
+    now!("$1")
+);
+
+/// Which clock the store's times come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// The database's: the `now` passed in is ignored.
+    Database,
+    /// The caller's `now` (tests).
+    Caller,
+}
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.prepared.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let s = self.statement(sql)?;
+        Ok(self.client.query(&s, params)?)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let s = self.statement(sql)?;
+        Ok(self.client.execute(&s, params)?)
+    }
+}
+
+/// The queue's state in a PostgreSQL database shared by every host.
+pub struct PgStore {
+    conn: Mutex<Option<Conn>>,
+    config: postgres::Config,
+    /// Where the database is, without credentials, for messages.
+    target: String,
+    /// Marks the jobs this store reserves; only this owner may end them.
+    owner: String,
+    clock: Clock,
+    /// How long a reservation holds before another supervisor may reap it; `None`: forever.
+    lease_ms: Option<u64>,
+    /// The latest caller time seen (caller clock only): what `next_wakeup` counts from.
+    last_now: AtomicU64,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`), creating or upgrading
+    /// queuectl's tables. `owner` names this store's reservations (unique per supervisor).
+    pub fn open(url: &str, owner: &str) -> Result<PgStore, StoreError> {
+        let mut config: postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            path: redact(url),
+            source: Box::new(e),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("queuectl");
+        }
+        let target = describe(&config);
+        let store = PgStore {
+            conn: Mutex::new(None),
+            config,
+            target,
+            owner: owner.to_string(),
+            clock: Clock::Database,
+            lease_ms: None,
+            last_now: AtomicU64::new(0),
+        };
+        {
+            let mut guard = store.lock();
+            let mut conn = store.connect().map_err(|e| store.open_error(e))?;
+            migrate(&mut conn.client).map_err(|e| match e {
+                e @ StoreError::Schema { .. } => e,
+                e => store.open_error(e),
+            })?;
+            *guard = Some(conn);
+        }
+        Ok(store)
+    }
+
+    /// Times come from the `now` each call is given instead of the database's clock.
+    pub fn use_caller_clock(mut self) -> Self {
+        self.clock = Clock::Caller;
+        self
+    }
+
+    /// Reservations hold for `lease_ms` unless renewed.
+    pub fn with_lease(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = Some(lease_ms);
+        self
+    }
+
+    /// The key marking this store's reservations.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Where the database is (no credentials).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn open_error(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Backend(source) => StoreError::Open {
+                path: self.target.clone(),
+                source,
+            },
+            e => e,
+        }
+    }
+
+    fn connect(&self) -> Result<Conn, StoreError> {
+        let client = self.config.connect(NoTls)?;
+        Ok(Conn {
+            client,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Conn>> {
+        // A panic while holding the lock leaves at worst a connection mid-statement, which the
+        // next use detects (closed) and replaces.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the connection, connecting again first if it was lost.
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut guard = self.lock();
+        if !matches!(guard.as_ref(), Some(c) if !c.client.is_closed()) {
+            *guard = None;
+            *guard = Some(self.connect()?);
+        }
+        let conn = guard.as_mut().ok_or_else(|| {
+            StoreError::Backend("no connection to the database".into())
+        })?;
+        let res = f(conn);
+        if conn.client.is_closed() {
+            *guard = None;
+        }
+        res
+    }
+
+    /// The `now` parameter: the caller's time, or NULL for the database's clock.
+    fn now(&self, now: Millis) -> Option<i64> {
+        match self.clock {
+            Clock::Database => None,
+            Clock::Caller => {
+                self.last_now.fetch_max(now, Ordering::Relaxed);
+                Some(clamp_ms(now))
+            }
+        }
+    }
+
+    fn lease(&self) -> Option<i64> {
+        self.lease_ms.map(clamp_ms)
+    }
+
+    /// The error for a job that is not in `expected`: not found, or in another state.
+    fn not_in_state(&self, id: &str, expected: JobState) -> StoreError {
+        match self.get(id) {
+            Ok(Some(job)) => StoreError::WrongState {
+                id: id.to_string(),
+                actual: job.state,
+                expected,
+            },
+            Ok(None) => StoreError::NotFound(id.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    fn fail_result(&self, job: Job, backoff_base: u64) -> FailResult {
+        let decision = match (job.state, job.available_at) {
+            (JobState::Failed, Some(at)) => RetryDecision::Retry {
+                at,
+                delay_secs: backoff_base.saturating_pow(job.attempts),
+            },
+            _ => RetryDecision::Dead,
+        };
+        FailResult { job, decision }
+    }
+
+    fn done_or_failed(&self, job: Job, end: &AttemptEnd<'_>) -> FailOrDone {
+        match end {
+            AttemptEnd::Succeeded => FailOrDone::Done(job),
+            AttemptEnd::Failed { backoff_base, .. } => {
+                FailOrDone::Failed(self.fail_result(job, *backoff_base))
+            }
+        }
+    }
+}
+
+impl JobStore for PgStore {
+    /// Every statement has committed before it returned.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn enqueue(
+        &self,
+        jobs: &[NewJob],
+        config: &Config,
+        now: Millis,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut seen = HashSet::with_capacity(jobs.len());
+        for j in jobs {
+            if !seen.insert(j.id.as_str()) {
+                return Err(StoreError::DuplicateInBatch(j.id.clone()));
+            }
+        }
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let commands: Vec<&str> = jobs.iter().map(|j| j.command.as_str()).collect();
+        let max_retries: Vec<i64> = jobs
+            .iter()
+            .map(|j| i64::from(j.max_retries.unwrap_or(config.max_retries)))
+            .collect();
+        let priorities: Vec<i64> = jobs.iter().map(|j| j.priority).collect();
+        let run_at: Vec<Option<i64>> = jobs.iter().map(|j| j.run_at.map(clamp_ms)).collect();
+        let timeouts: Vec<Option<i64>> =
+            jobs.iter().map(|j| j.timeout_ms.map(clamp_ms)).collect();
+        let cwds: Vec<Option<&str>> = jobs.iter().map(|j| j.cwd.as_deref()).collect();
+        let envs: Vec<String> = jobs
+            .iter()
+            .map(|j| serde_json::to_string(&j.env).map_err(|e| StoreError::Encode(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let now = self.now(now);
+        let res = self.with(|c| {
+            let insert = c.statement(SQL_ENQUEUE)?;
+            let existing = c.statement(SQL_EXISTING)?;
+            let apply = c.statement(SQL_APPLY_REQUEST)?;
+            let mut tx = c.client.transaction()?;
+            if let Some(req) = request {
+                if tx.execute(&apply, &[&req])? == 0 {
+                    return Ok(()); // applied before
+                }
+            }
+            if let Some(dup) = first_existing(&mut tx, &existing, &ids)? {
+                return Err(StoreError::Duplicate(dup));
+            }
+            tx.execute(
+                &insert,
+                &[
+                    &ids,
+                    &commands,
+                    &max_retries,
+                    &priorities,
+                    &run_at,
+                    &timeouts,
+                    &cwds,
+                    &envs,
+                    &now,
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        });
+        match res {
+            Err(StoreError::Backend(e)) if is_unique_violation(&*e) => {
+                // Another host stored one of these ids in between: name it.
+                let dup = self.with(|c| {
+                    let existing = c.statement(SQL_EXISTING)?;
+                    let mut tx = c.client.transaction()?;
+                    first_existing(&mut tx, &existing, &ids)
+                })?;
+                Err(match dup {
+                    Some(id) => StoreError::Duplicate(id),
+                    None => StoreError::Backend(e),
+                })
+            }
+            res => res,
+        }
+    }
+
+    fn reserve(&self, worker: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        let now = self.now(now);
+        let lease = self.lease();
+        let rows = self.with(|c| c.query(SQL_RESERVE, &[&worker, &now, &self.owner, &lease]))?;
+        rows.first().map(job_from_row).transpose()
+    }
+
+    fn finish_and_reserve(
+        &self,
+        id: &str,
+        end: &AttemptEnd<'_>,
+        worker: &str,
+        now: Millis,
+    ) -> Result<(FailOrDone, Option<Job>), StoreError> {
+        let (ok, error, base) = end_params(end);
+        let now = self.now(now);
+        let lease = self.lease();
+        let rows = self.with(|c| {
+            c.query(
+                SQL_FINISH_AND_RESERVE,
+                &[&id, &ok, &error, &base, &now, &self.owner, &worker, &lease],
+            )
+        })?;
+        let mut done = None;
+        let mut next = None;
+        for row in &rows {
+            let k: i32 = row.try_get("k")?;
+            let job = job_from_row(row)?;
+            if k == 0 {
+                done = Some(job);
+            } else {
+                next = Some(job);
+            }
+        }
+        match done {
+            Some(job) => Ok((self.done_or_failed(job, end), next)),
+            None => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    fn finish(
+        &self,
+        id: &str,
+        end: &AttemptEnd<'_>,
+        now: Millis,
+    ) -> Result<FailOrDone, StoreError> {
+        let (ok, error, base) = end_params(end);
+        let now = self.now(now);
+        let rows =
+            self.with(|c| c.query(SQL_FINISH, &[&id, &ok, &error, &base, &now, &self.owner]))?;
+        match rows.first() {
+            Some(row) => Ok(self.done_or_failed(job_from_row(row)?, end)),
+            None => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError> {
+        let n = self.with(|c| c.execute(SQL_SET_PGID, &[&id, &pgid, &self.owner]))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
+        let now = self.now(now);
+        let rows = self.with(|c| c.query(SQL_RELEASE, &[&id, &now, &self.owner]))?;
+        match rows.first() {
+            Some(row) => job_from_row(row),
+            None => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError> {
+        let now = self.now(now);
+        let res = self.with(|c| {
+            let retry = c.statement(SQL_DLQ_RETRY)?;
+            let apply = c.statement(SQL_APPLY_REQUEST)?;
+            let mut tx = c.client.transaction()?;
+            if let Some(req) = request {
+                if tx.execute(&apply, &[&req])? == 0 {
+                    return Ok(None); // applied before
+                }
+            }
+            let rows = tx.query(&retry, &[&id, &now])?;
+            let Some(row) = rows.first() else {
+                return Err(StoreError::NotFound(id.to_string()));
+            };
+            let job = job_from_row(row)?;
+            tx.commit()?;
+            Ok(Some(job))
+        });
+        match res {
+            Ok(Some(job)) => Ok(job),
+            Ok(None) => self.get(id)?.ok_or_else(|| StoreError::NotFound(id.into())),
+            Err(StoreError::NotFound(_)) => Err(self.not_in_state(id, JobState::Dead)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_output(&self, id: &str, output: &AttemptOutput) -> Result<(), StoreError> {
+        let outcome = serde_json::to_string(&output.outcome)
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let run = i64::from(output.run);
+        let finished = clamp_ms(output.finished_at);
+        let duration = clamp_ms(output.duration_ms);
+        self.with(|c| {
+            c.execute(
+                SQL_PUT_OUTPUT,
+                &[
+                    &id,
+                    &run,
+                    &outcome,
+                    &finished,
+                    &duration,
+                    &output.stdout,
+                    &output.stderr,
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn output(&self, id: &str, run: u32) -> Result<Option<AttemptOutput>, StoreError> {
+        let run = i64::from(run);
+        let rows = self.with(|c| c.query(SQL_OUTPUT, &[&id, &run]))?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let corrupt = |detail: String| StoreError::Corrupt {
+            tree: "job_output",
+            detail,
+        };
+        let outcome: String = row.try_get(1)?;
+        Ok(Some(AttemptOutput {
+            run: to_u32(row.try_get(0)?, "job_output.run")?,
+            outcome: serde_json::from_str(&outcome).map_err(|e| corrupt(e.to_string()))?,
+            finished_at: to_u64(row.try_get(2)?, "job_output.finished_at")?,
+            duration_ms: to_u64(row.try_get(3)?, "job_output.duration_ms")?,
+            stdout: row.try_get(4)?,
+            stderr: row.try_get(5)?,
+        }))
+    }
+
+    fn config_set(
+        &self,
+        key: ConfigKey,
+        value: u64,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let value = value.to_string();
+        self.with(|c| {
+            let set = c.statement(SQL_CONFIG_SET)?;
+            let apply = c.statement(SQL_APPLY_REQUEST)?;
+            let mut tx = c.client.transaction()?;
+            if let Some(req) = request {
+                if tx.execute(&apply, &[&req])? == 0 {
+                    return Ok(());
+                }
+            }
+            tx.execute(&set, &[&key.as_str(), &value])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn config(&self) -> Result<Config, StoreError> {
+        let rows = self.with(|c| c.query("SELECT key, value FROM config", &[]))?;
+        let mut cfg = Config::default();
+        for row in rows {
+            let key: String = row.try_get(0)?;
+            let value: String = row.try_get(1)?;
+            let Ok(key) = key.parse::<ConfigKey>() else {
+                continue; // a key from a newer version: ignored
+            };
+            let value = key.parse_value(&value).map_err(|_| StoreError::Corrupt {
+                tree: "config",
+                detail: format!("bad value for {}", key.as_str()),
+            })?;
+            cfg.set(key, value);
+        }
+        Ok(cfg)
+    }
+
+    fn forget_applied(&self) -> Result<(), StoreError> {
+        self.with(|c| c.execute("DELETE FROM queuectl_applied", &[]))?;
+        Ok(())
+    }
+
+    /// Applies the retry rule to this owner's jobs left in `processing` (a previous run of the
+    /// same supervisor died); other owners' jobs are theirs until their leases expire.
+    fn recover_interrupted(
+        &self,
+        error: &str,
+        backoff_base: u64,
+        now: Millis,
+    ) -> Result<Vec<FailResult>, StoreError> {
+        let base = clamp_ms(backoff_base);
+        let now = self.now(now);
+        let rows = self.with(|c| c.query(SQL_RECOVER, &[&error, &base, &now, &self.owner]))?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok(self.fail_result(job_from_row(r)?, backoff_base)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by(|a, b| a.job.id.cmp(&b.job.id));
+        Ok(out)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let rows = self.with(|c| c.query(SQL_GET, &[&id]))?;
+        rows.first().map(job_from_row).transpose()
+    }
+
+    fn list(
+        &self,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.with(|c| match state {
+            Some(st) => c.query(SQL_LIST_STATE, &[&st.as_str(), &offset, &limit]),
+            None => c.query(SQL_LIST_ALL, &[&offset, &limit]),
+        })?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    fn all_jobs(&self) -> Box<dyn Iterator<Item = Result<Job, StoreError>> + '_> {
+        Box::new(AllJobs {
+            store: self,
+            page: Vec::new().into_iter(),
+            after: None,
+            done: false,
+        })
+    }
+
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let rows = self.with(|c| c.query(SQL_COUNTS, &[]))?;
+        let mut counts = Counts::default();
+        for row in rows {
+            let state: String = row.try_get(0)?;
+            let n: i64 = row.try_get(1)?;
+            counts.set(parse_state(&state)?, to_u64(n, "count")?);
+        }
+        Ok(counts)
+    }
+
+    fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
+        let now = match self.clock {
+            Clock::Database => None,
+            Clock::Caller => Some(clamp_ms(self.last_now.load(Ordering::Relaxed))),
+        };
+        let rows = self.with(|c| c.query(SQL_NEXT_WAKEUP, &[&now]))?;
+        match rows.first() {
+            None => Ok(None),
+            Some(row) => row
+                .try_get::<_, Option<i64>>(0)?
+                .map(|ms| to_u64(ms, "jobs.available_at"))
+                .transpose(),
+        }
+    }
+
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        for job in self.all_jobs() {
+            let job = job?;
+            report.jobs += 1;
+            let id = &job.id;
+            let running = job.state == JobState::Processing;
+            let waiting = matches!(job.state, JobState::Pending | JobState::Failed);
+            if running != job.locked_by.is_some() || running != job.locked_at.is_some() {
+                report.problems.push(format!(
+                    "{} job {id} has a lock that does not match its state",
+                    job.state
+                ));
+            }
+            if waiting != job.available_at.is_some() && job.state != JobState::Processing {
+                report.problems.push(format!(
+                    "{} job {id} has a run time that does not match its state",
+                    job.state
+                ));
+            }
+        }
+        let orphans: i64 = self.with(|c| {
+            let rows = c.query(
+                "SELECT count(*) FROM jobs WHERE state = 'processing' AND owner IS NULL",
+                &[],
+            )?;
+            Ok(rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+        })?;
+        if orphans > 0 {
+            report
+                .problems
+                .push(format!("{orphans} processing jobs have no owner"));
+        }
+        Ok(report)
+    }
+}
+
+/// Reads every job, page by page, in state then id order.
+struct AllJobs<'a> {
+    store: &'a PgStore,
+    page: std::vec::IntoIter<Job>,
+    after: Option<(JobState, String)>,
+    done: bool,
+}
+
+impl Iterator for AllJobs<'_> {
+    type Item = Result<Job, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(job) = self.page.next() {
+            self.after = Some((job.state, job.id.clone()));
+            return Some(Ok(job));
+        }
+        if self.done {
+            return None;
+        }
+        let rows = self.store.with(|c| match &self.after {
+            None => c.query(SQL_PAGE_FIRST, &[&PAGE]),
+            Some((st, id)) => c.query(SQL_PAGE_AFTER, &[&st.as_str(), id, &PAGE]),
+        });
+        let jobs = match rows.and_then(|rows| rows.iter().map(job_from_row).collect()) {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        let jobs: Vec<Job> = jobs;
+        if (jobs.len() as i64) < PAGE {
+            self.done = true;
+        }
+        self.page = jobs.into_iter();
+        let job = self.page.next()?;
+        self.after = Some((job.state, job.id.clone()));
+        Some(Ok(job))
+    }
+}
+
+/// Brings the schema to [`schema::VERSION`], in one transaction under an advisory lock.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::MIGRATION_LOCK])?;
+    tx.batch_execute(schema::VERSION_TABLE_SQL)?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT max(version) FROM queuectl_schema", &[])?
+        .and_then(|r| r.get(0));
+    let found = found.unwrap_or(0);
+    if found > schema::VERSION {
+        return Err(StoreError::Schema {
+            found: u32::try_from(found).unwrap_or(0),
+            expected: schema::VERSION as u32,
+        });
+    }
+    if found == schema::VERSION {
+        return Ok(());
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tracing::info!(version = i + 1, "upgrading the PostgreSQL schema");
+        tx.batch_execute(sql)?;
+    }
+    tx.execute("DELETE FROM queuectl_schema", &[])?;
+    tx.execute(
+        "INSERT INTO queuectl_schema (version) VALUES ($1)",
+        &[&schema::VERSION],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The first of `ids` (in their order) that a job already has.
+fn first_existing(
+    tx: &mut postgres::Transaction<'_>,
+    existing: &Statement,
+    ids: &[&str],
+) -> Result<Option<String>, StoreError> {
+    let rows = tx.query(existing, &[&ids])?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let found: HashSet<String> = rows
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<_, _>>()?;
+    Ok(ids
+        .iter()
+        .find(|id| found.contains(**id))
+        .map(|id| id.to_string()))
+}
+
+fn is_unique_violation(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION)
+}
+
+/// The parameters describing how an attempt ended: success, error, backoff base.
+fn end_params<'a>(end: &AttemptEnd<'a>) -> (bool, Option<&'a str>, i64) {
+    match *end {
+        AttemptEnd::Succeeded => (true, None, 0),
+        AttemptEnd::Failed {
+            error,
+            backoff_base,
+        } => (false, Some(error), clamp_ms(backoff_base)),
+    }
+}
+
+fn clamp_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(MAX_MS).min(MAX_MS)
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        tree: "jobs",
+        detail: format!("{what} is negative ({v})"),
+    })
+}
+
+fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        tree: "jobs",
+        detail: format!("{what} is out of range ({v})"),
+    })
+}
+
+fn parse_state(s: &str) -> Result<JobState, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt {
+        tree: "jobs",
+        detail: format!("unknown state {s}"),
+    })
+}
+
+fn opt_ms(row: &Row, col: &str) -> Result<Option<Millis>, StoreError> {
+    row.try_get::<_, Option<i64>>(col)?
+        .map(|v| to_u64(v, col))
+        .transpose()
+}
+
+/// A job from a row holding [`job_cols`].
+fn job_from_row(row: &Row) -> Result<Job, StoreError> {
+    let env: String = row.try_get("env")?;
+    let env: Vec<(String, String)> = serde_json::from_str(&env).map_err(|e| StoreError::Corrupt {
+        tree: "jobs",
+        detail: format!("env: {e}"),
+    })?;
+    let state: String = row.try_get("state")?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        command: row.try_get("command")?,
+        state: parse_state(&state)?,
+        attempts: to_u32(row.try_get("attempts")?, "attempts")?,
+        max_retries: to_u32(row.try_get("max_retries")?, "max_retries")?,
+        created_at: to_u64(row.try_get("created_ms")?, "created_at")?,
+        updated_at: to_u64(row.try_get("updated_ms")?, "updated_at")?,
+        available_at: opt_ms(row, "available_ms")?,
+        locked_by: row.try_get("locked_by")?,
+        locked_at: opt_ms(row, "locked_ms")?,
+        last_error: row.try_get("last_error")?,
+        priority: row.try_get("priority")?,
+        timeout_ms: row
+            .try_get::<_, Option<i64>>("timeout_ms")?
+            .map(|v| to_u64(v, "timeout_ms"))
+            .transpose()?,
+        seq: to_u64(row.try_get("seq")?, "seq")?,
+        pgid: row.try_get("pgid")?,
+        runs: to_u32(row.try_get("runs")?, "runs")?,
+        cwd: row.try_get("cwd")?,
+        env,
+    })
+}
+
+/// `url` without credentials, for a message about a URL that did not parse.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, rest)) => match scheme_user.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://{rest}"),
+            None => rest.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Where `config` points, without credentials: `postgres://host:port/db`.
+fn describe(config: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    format!(
+        "postgres://{}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}

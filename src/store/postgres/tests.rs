@@ -1,0 +1,243 @@
+//! Tests of what only the PostgreSQL backend has: several stores (hosts) on one database,
+//! owners, the database's clock and the schema version. The shared behaviour is the
+//! conformance suite's.
+
+use super::*;
+use crate::model::NewJob;
+use crate::store::JobStore;
+
+/// A database of its own for one test, dropped afterwards; `None` (after saying so) when no
+/// server was given, which under `CI=true` is a failure instead.
+pub(crate) struct TestDb {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub(crate) fn create() -> Option<TestDb> {
+        let admin = match std::env::var("QUEUECTL_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("QUEUECTL_TEST_DATABASE_URL is not set: CI must test PostgreSQL");
+                }
+                // Straight to stderr, past the test harness's capture: a skip must be seen.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: a PostgreSQL test (set QUEUECTL_TEST_DATABASE_URL, or run .ci/run, \
+                     which starts a server)"
+                );
+                return None;
+            }
+        };
+        let name = format!("qtest_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let mut client = Client::connect(&admin, NoTls).expect("connect to the test server");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+        let url = with_dbname(&admin, &name);
+        Some(TestDb { admin, name, url })
+    }
+
+    /// A store on this database with the caller's clock.
+    pub(crate) fn store(&self, owner: &str) -> PgStore {
+        PgStore::open(&self.url, owner).unwrap().use_caller_clock()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// `url` naming database `name` instead.
+pub(crate) fn with_dbname(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    let base = if rest.contains('/') {
+        base.rsplit_once('/').map_or(base, |(b, _)| b)
+    } else {
+        base
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn new_job(id: &str) -> NewJob {
+    NewJob {
+        id: id.to_string(),
+        command: format!("echo {id}"),
+        max_retries: None,
+        priority: 0,
+        run_at: None,
+        timeout_ms: None,
+        cwd: None,
+        env: Vec::new(),
+    }
+}
+
+const CFG: Config = Config {
+    max_retries: 3,
+    backoff_base: 2,
+    poll_interval_ms: 500,
+};
+
+#[test]
+fn url_database_is_replaced() {
+    assert_eq!(with_dbname("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
+    assert_eq!(with_dbname("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+    assert_eq!(
+        with_dbname("postgres://u@h:1/db?sslmode=disable", "x"),
+        "postgres://u@h:1/x?sslmode=disable"
+    );
+}
+
+#[test]
+fn messages_never_show_the_password() {
+    assert_eq!(redact("postgres://u:secret@h/db"), "postgres://h/db");
+    let cfg: postgres::Config = "postgres://u:secret@h:5/db".parse().unwrap();
+    assert_eq!(describe(&cfg), "postgres://h:5/db");
+    let err = PgStore::open("postgres://u:secret@127.0.0.1:1/db", "o")
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn basic_cycle() {
+    let Some(db) = TestDb::create() else { return };
+    let s = db.store("host-a");
+    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 100, None).unwrap();
+    let a = s.get("a").unwrap().unwrap();
+    assert_eq!((a.state, a.available_at, a.created_at), (JobState::Pending, Some(100), 100));
+    let r = s.reserve("w1", 200).unwrap().unwrap();
+    assert_eq!((r.id.as_str(), r.state, r.runs, r.locked_at), ("a", JobState::Processing, 1, Some(200)));
+    let (done, next) = s.finish_and_reserve("a", &AttemptEnd::Succeeded, "w1", 300).unwrap();
+    assert!(matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed && j.updated_at == 300));
+    let next = next.unwrap();
+    assert_eq!(next.id, "b");
+    let failed = s
+        .finish("b", &AttemptEnd::Failed { error: "exit code 1", backoff_base: 2 }, 1000)
+        .unwrap();
+    let FailOrDone::Failed(f) = failed else { panic!("{failed:?}") };
+    assert_eq!(f.job.state, JobState::Failed);
+    assert_eq!(f.decision, RetryDecision::Retry { at: 3000, delay_secs: 2 });
+    assert_eq!(s.next_wakeup().unwrap(), Some(3000));
+    assert!(s.reserve("w1", 2999).unwrap().is_none());
+    assert_eq!(s.reserve("w1", 3000).unwrap().unwrap().id, "b");
+    assert!(s.verify().unwrap().problems.is_empty());
+}
+
+fn take_all(s: &PgStore) -> Vec<String> {
+    let mut mine = Vec::new();
+    while let Some(j) = s.reserve("w", 1).unwrap() {
+        mine.push(j.id);
+    }
+    mine
+}
+
+#[test]
+fn two_owners_never_take_the_same_job_and_only_the_owner_ends_it() {
+    let Some(db) = TestDb::create() else { return };
+    let a = db.store("host-a");
+    let b = db.store("host-b");
+    let jobs: Vec<NewJob> = (0..200).map(|i| new_job(&format!("j{i:03}"))).collect();
+    a.enqueue(&jobs, &CFG, 0, None).unwrap();
+    let taken = std::thread::scope(|scope| {
+        let ha = scope.spawn(|| take_all(&a));
+        let hb = scope.spawn(|| take_all(&b));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let mut all: Vec<String> = taken.0.iter().chain(taken.1.iter()).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 200, "every job taken exactly once");
+    assert_eq!(taken.0.len() + taken.1.len(), 200);
+    let theirs = taken.1.first().or(taken.0.first()).unwrap();
+    let (other, owner) = if taken.1.contains(theirs) { (&a, &b) } else { (&b, &a) };
+    let err = other.finish(theirs, &AttemptEnd::Succeeded, 2).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(other.set_pgid(theirs, 5).is_err());
+    owner.finish(theirs, &AttemptEnd::Succeeded, 2).unwrap();
+}
+
+#[test]
+fn recovery_takes_only_the_owners_own_jobs() {
+    let Some(db) = TestDb::create() else { return };
+    let a = db.store("host-a");
+    let b = db.store("host-b");
+    a.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None).unwrap();
+    a.reserve("w", 1).unwrap().unwrap();
+    b.reserve("w", 1).unwrap().unwrap();
+    let again = db.store("host-a");
+    let got = again.recover_interrupted("interrupted", 2, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.id, "a");
+    assert_eq!(got[0].job.attempts, 1);
+    assert_eq!(b.get("b").unwrap().unwrap().state, JobState::Processing);
+}
+
+#[test]
+fn the_database_clock_decides_when_not_told_otherwise() {
+    let Some(db) = TestDb::create() else { return };
+    let s = PgStore::open(&db.url, "host-a").unwrap();
+    // A caller far in the past is ignored: the job is stored and taken at the database's time.
+    s.enqueue(&[new_job("a")], &CFG, 5, None).unwrap();
+    let j = s.reserve("w", 5).unwrap().unwrap();
+    let wall = crate::model::now_ms();
+    assert!(j.locked_at.unwrap().abs_diff(wall) < 60_000, "{j:?}");
+    let FailOrDone::Failed(f) = s
+        .finish("a", &AttemptEnd::Failed { error: "x", backoff_base: 3 }, 5)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let RetryDecision::Retry { at, delay_secs } = f.decision else { panic!() };
+    assert_eq!(delay_secs, 3);
+    assert_eq!(at, f.job.updated_at + 3000);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let Some(db) = TestDb::create() else { return };
+    drop(db.store("x"));
+    let mut c = Client::connect(&db.url, NoTls).unwrap();
+    c.batch_execute("UPDATE queuectl_schema SET version = 99").unwrap();
+    let err = PgStore::open(&db.url, "x").err().unwrap();
+    assert!(matches!(err, StoreError::Schema { found: 99, .. }), "{err}");
+    // Opening twice at once is fine (the migration lock).
+    let db = TestDb::create().unwrap();
+    std::thread::scope(|s| {
+        let h: Vec<_> = (0..4).map(|_| s.spawn(|| PgStore::open(&db.url, "y").map(|_| ()))).collect();
+        for h in h {
+            h.join().unwrap().unwrap();
+        }
+    });
+}
+
+#[test]
+fn huge_backoff_saturates() {
+    let Some(db) = TestDb::create() else { return };
+    let s = db.store("a");
+    let mut j = new_job("a");
+    j.max_retries = Some(100);
+    s.enqueue(&[j], &CFG, 0, None).unwrap();
+    s.reserve("w", 0).unwrap().unwrap();
+    let r = s
+        .finish("a", &AttemptEnd::Failed { error: "x", backoff_base: 1_000_000 }, u64::MAX)
+        .unwrap();
+    let FailOrDone::Failed(f) = r else { panic!() };
+    assert_eq!(f.job.state, JobState::Failed);
+    assert!(f.job.available_at.unwrap() > MAX_MS as u64);
+}
