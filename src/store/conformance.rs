@@ -12,6 +12,9 @@
 //! crate::store::conformance::conformance_tests!(PgHarness::new());
 //! // or, when the backend needs something the machine may lack:
 //! crate::store::conformance::conformance_tests!(#[ignore = "needs PostgreSQL"] PgHarness::new());
+//! // or, to decide at run time (the guard is evaluated first in each test; false skips it, and
+//! // the guard itself says so loudly):
+//! crate::store::conformance::conformance_tests!(skip_unless(pg_available()) PgHarness::new());
 //! ```
 //!
 //! The macro expands into one `#[test]` per behaviour below; the expression is evaluated once per
@@ -42,8 +45,14 @@ pub type Fresh<'a> = &'a dyn Fn() -> Box<dyn Harness>;
 /// expression (evaluated anew for each test). Attributes given before the expression (such as
 /// `#[ignore = "why"]`) go on every test.
 macro_rules! conformance_tests {
+    (skip_unless($guard:expr) $(#[$attr:meta])* $make:expr) => {
+        $crate::store::conformance::conformance_tests!(@all ($guard) [$(#[$attr])*] $make);
+    };
     ($(#[$attr:meta])* $make:expr) => {
-        $crate::store::conformance::conformance_tests!(@each [$(#[$attr])*] $make;
+        $crate::store::conformance::conformance_tests!(@all (true) [$(#[$attr])*] $make);
+    };
+    (@all $guard:tt $attrs:tt $make:expr) => {
+        $crate::store::conformance::conformance_tests!(@each $guard $attrs $make;
             enqueue_reserve_complete,
             enqueue_defaults_and_fields,
             duplicates_are_refused_and_change_nothing,
@@ -72,13 +81,16 @@ macro_rules! conformance_tests {
             remove_deletes_finished_jobs_and_their_output
         );
     };
-    (@each $attrs:tt $make:expr; $($name:ident),*) => {
-        $( $crate::store::conformance::conformance_tests!(@one $attrs $make; $name); )*
+    (@each $guard:tt $attrs:tt $make:expr; $($name:ident),*) => {
+        $( $crate::store::conformance::conformance_tests!(@one $guard $attrs $make; $name); )*
     };
-    (@one [$(#[$attr:meta])*] $make:expr; $name:ident) => {
+    (@one ($guard:expr) [$(#[$attr:meta])*] $make:expr; $name:ident) => {
         #[test]
         $(#[$attr])*
         fn $name() {
+            if !$guard {
+                return;
+            }
             let fresh = || -> Box<dyn $crate::store::conformance::Harness> { Box::new($make) };
             $crate::store::conformance::$name(&fresh);
         }

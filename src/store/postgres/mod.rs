@@ -30,8 +30,7 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use crate::model::{
-    AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob,
-    RetryDecision,
+    AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision,
 };
 use crate::store::{AttemptEnd, FailOrDone, FailResult, JobStore, StoreError, VerifyReport};
 
@@ -79,7 +78,11 @@ macro_rules! now {
 /// Milliseconds (`$p`, may be NULL) as a timestamp.
 macro_rules! ts {
     ($p:literal) => {
-        concat!("(timestamptz 'epoch' + ", $p, "::bigint * interval '1 millisecond')")
+        concat!(
+            "(timestamptz 'epoch' + ",
+            $p,
+            "::bigint * interval '1 millisecond')"
+        )
     };
 }
 
@@ -248,19 +251,19 @@ const SQL_LIST_STATE: &str = concat!(
 const SQL_LIST_ALL: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs ORDER BY state, id OFFSET $1 LIMIT $2"
+    " FROM jobs ORDER BY jobs.state, jobs.id OFFSET $1 LIMIT $2"
 );
 
 const SQL_PAGE_AFTER: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs WHERE (state, id) > ($1::text::queuectl_state, $2) ORDER BY state, id LIMIT $3"
+    " FROM jobs WHERE (state, id) > ($1::text::queuectl_state, $2) ORDER BY jobs.state, jobs.id LIMIT $3"
 );
 
 const SQL_PAGE_FIRST: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs ORDER BY state, id LIMIT $1"
+    " FROM jobs ORDER BY jobs.state, jobs.id LIMIT $1"
 );
 
 const SQL_COUNTS: &str = "SELECT state::text, count(*) FROM jobs GROUP BY state";
@@ -328,6 +331,9 @@ pub struct PgStore {
     lease_ms: Option<u64>,
     /// The latest caller time seen (caller clock only): what `next_wakeup` counts from.
     last_now: AtomicU64,
+    /// What must outlive the store (a test's private database).
+    #[cfg(test)]
+    keep: Option<std::sync::Arc<tests::TestDb>>,
 }
 
 impl PgStore {
@@ -353,6 +359,8 @@ impl PgStore {
             clock: Clock::Database,
             lease_ms: None,
             last_now: AtomicU64::new(0),
+            #[cfg(test)]
+            keep: None,
         };
         {
             let mut guard = store.lock();
@@ -419,9 +427,9 @@ impl PgStore {
             *guard = None;
             *guard = Some(self.connect()?);
         }
-        let conn = guard.as_mut().ok_or_else(|| {
-            StoreError::Backend("no connection to the database".into())
-        })?;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| StoreError::Backend("no connection to the database".into()))?;
         let res = f(conn);
         if conn.client.is_closed() {
             *guard = None;
@@ -505,8 +513,7 @@ impl JobStore for PgStore {
             .collect();
         let priorities: Vec<i64> = jobs.iter().map(|j| j.priority).collect();
         let run_at: Vec<Option<i64>> = jobs.iter().map(|j| j.run_at.map(clamp_ms)).collect();
-        let timeouts: Vec<Option<i64>> =
-            jobs.iter().map(|j| j.timeout_ms.map(clamp_ms)).collect();
+        let timeouts: Vec<Option<i64>> = jobs.iter().map(|j| j.timeout_ms.map(clamp_ms)).collect();
         let cwds: Vec<Option<&str>> = jobs.iter().map(|j| j.cwd.as_deref()).collect();
         let envs: Vec<String> = jobs
             .iter()
@@ -904,7 +911,10 @@ impl Iterator for AllJobs<'_> {
 /// Brings the schema to [`schema::VERSION`], in one transaction under an advisory lock.
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::MIGRATION_LOCK])?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema::MIGRATION_LOCK],
+    )?;
     tx.batch_execute(schema::VERSION_TABLE_SQL)?;
     let found: Option<i32> = tx
         .query_opt("SELECT max(version) FROM queuectl_schema", &[])?
@@ -1003,10 +1013,11 @@ fn opt_ms(row: &Row, col: &str) -> Result<Option<Millis>, StoreError> {
 /// A job from a row holding [`job_cols`].
 fn job_from_row(row: &Row) -> Result<Job, StoreError> {
     let env: String = row.try_get("env")?;
-    let env: Vec<(String, String)> = serde_json::from_str(&env).map_err(|e| StoreError::Corrupt {
-        tree: "jobs",
-        detail: format!("env: {e}"),
-    })?;
+    let env: Vec<(String, String)> =
+        serde_json::from_str(&env).map_err(|e| StoreError::Corrupt {
+            tree: "jobs",
+            detail: format!("env: {e}"),
+        })?;
     let state: String = row.try_get("state")?;
     Ok(Job {
         id: row.try_get("id")?,

@@ -2,8 +2,11 @@
 //! owners, the database's clock and the schema version. The shared behaviour is the
 //! conformance suite's.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::model::NewJob;
+use crate::store::conformance::{conformance_tests, Harness};
 use crate::store::JobStore;
 
 /// A database of its own for one test, dropped afterwards; `None` (after saying so) when no
@@ -14,25 +17,33 @@ pub(crate) struct TestDb {
     pub url: String,
 }
 
+/// The test server's URL; `None` (after saying so) when there is none, a failure under `CI=true`.
+pub(crate) fn test_server() -> Option<String> {
+    match std::env::var("QUEUECTL_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("QUEUECTL_TEST_DATABASE_URL is not set: CI must test PostgreSQL");
+            }
+            // Straight to stderr, past the test harness's capture: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: a PostgreSQL test (set QUEUECTL_TEST_DATABASE_URL, or run .ci/run, \
+                 which starts a server)"
+            );
+            None
+        }
+    }
+}
+
 impl TestDb {
     pub(crate) fn create() -> Option<TestDb> {
-        let admin = match std::env::var("QUEUECTL_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("QUEUECTL_TEST_DATABASE_URL is not set: CI must test PostgreSQL");
-                }
-                // Straight to stderr, past the test harness's capture: a skip must be seen.
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: a PostgreSQL test (set QUEUECTL_TEST_DATABASE_URL, or run .ci/run, \
-                     which starts a server)"
-                );
-                return None;
-            }
-        };
-        let name = format!("qtest_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let admin = test_server()?;
+        let name = format!(
+            "qtest_{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
         let mut client = Client::connect(&admin, NoTls).expect("connect to the test server");
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -45,12 +56,22 @@ impl TestDb {
     pub(crate) fn store(&self, owner: &str) -> PgStore {
         PgStore::open(&self.url, owner).unwrap().use_caller_clock()
     }
+
+    /// A store that keeps the database until it is dropped.
+    fn keeping_store(self: &Arc<Self>, owner: &str) -> PgStore {
+        let mut store = self.store(owner);
+        store.keep = Some(Arc::clone(self));
+        store
+    }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -73,6 +94,27 @@ pub(crate) fn with_dbname(url: &str, name: &str) -> String {
     }
 }
 
+/// A private database per test; every open is the same supervisor again (same owner key).
+struct PgHarness {
+    db: Arc<TestDb>,
+}
+
+impl PgHarness {
+    fn new() -> PgHarness {
+        PgHarness {
+            db: Arc::new(TestDb::create().expect("a PostgreSQL test server")),
+        }
+    }
+}
+
+impl Harness for PgHarness {
+    fn open(&mut self) -> Box<dyn JobStore> {
+        Box::new(self.db.keeping_store("conformance-host"))
+    }
+}
+
+conformance_tests!(skip_unless(test_server().is_some()) PgHarness::new());
+
 fn new_job(id: &str) -> NewJob {
     NewJob {
         id: id.to_string(),
@@ -94,7 +136,10 @@ const CFG: Config = Config {
 
 #[test]
 fn url_database_is_replaced() {
-    assert_eq!(with_dbname("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
+    assert_eq!(
+        with_dbname("postgres://u@h:1/postgres", "x"),
+        "postgres://u@h:1/x"
+    );
     assert_eq!(with_dbname("postgres://u@h:1", "x"), "postgres://u@h:1/x");
     assert_eq!(
         with_dbname("postgres://u@h:1/db?sslmode=disable", "x"),
@@ -118,21 +163,47 @@ fn messages_never_show_the_password() {
 fn basic_cycle() {
     let Some(db) = TestDb::create() else { return };
     let s = db.store("host-a");
-    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 100, None).unwrap();
+    s.enqueue(&[new_job("a"), new_job("b")], &CFG, 100, None)
+        .unwrap();
     let a = s.get("a").unwrap().unwrap();
-    assert_eq!((a.state, a.available_at, a.created_at), (JobState::Pending, Some(100), 100));
+    assert_eq!(
+        (a.state, a.available_at, a.created_at),
+        (JobState::Pending, Some(100), 100)
+    );
     let r = s.reserve("w1", 200).unwrap().unwrap();
-    assert_eq!((r.id.as_str(), r.state, r.runs, r.locked_at), ("a", JobState::Processing, 1, Some(200)));
-    let (done, next) = s.finish_and_reserve("a", &AttemptEnd::Succeeded, "w1", 300).unwrap();
-    assert!(matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed && j.updated_at == 300));
+    assert_eq!(
+        (r.id.as_str(), r.state, r.runs, r.locked_at),
+        ("a", JobState::Processing, 1, Some(200))
+    );
+    let (done, next) = s
+        .finish_and_reserve("a", &AttemptEnd::Succeeded, "w1", 300)
+        .unwrap();
+    assert!(
+        matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed && j.updated_at == 300)
+    );
     let next = next.unwrap();
     assert_eq!(next.id, "b");
     let failed = s
-        .finish("b", &AttemptEnd::Failed { error: "exit code 1", backoff_base: 2 }, 1000)
+        .finish(
+            "b",
+            &AttemptEnd::Failed {
+                error: "exit code 1",
+                backoff_base: 2,
+            },
+            1000,
+        )
         .unwrap();
-    let FailOrDone::Failed(f) = failed else { panic!("{failed:?}") };
+    let FailOrDone::Failed(f) = failed else {
+        panic!("{failed:?}")
+    };
     assert_eq!(f.job.state, JobState::Failed);
-    assert_eq!(f.decision, RetryDecision::Retry { at: 3000, delay_secs: 2 });
+    assert_eq!(
+        f.decision,
+        RetryDecision::Retry {
+            at: 3000,
+            delay_secs: 2
+        }
+    );
     assert_eq!(s.next_wakeup().unwrap(), Some(3000));
     assert!(s.reserve("w1", 2999).unwrap().is_none());
     assert_eq!(s.reserve("w1", 3000).unwrap().unwrap().id, "b");
@@ -165,7 +236,11 @@ fn two_owners_never_take_the_same_job_and_only_the_owner_ends_it() {
     assert_eq!(all.len(), 200, "every job taken exactly once");
     assert_eq!(taken.0.len() + taken.1.len(), 200);
     let theirs = taken.1.first().or(taken.0.first()).unwrap();
-    let (other, owner) = if taken.1.contains(theirs) { (&a, &b) } else { (&b, &a) };
+    let (other, owner) = if taken.1.contains(theirs) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     let err = other.finish(theirs, &AttemptEnd::Succeeded, 2).unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert!(other.set_pgid(theirs, 5).is_err());
@@ -177,7 +252,8 @@ fn recovery_takes_only_the_owners_own_jobs() {
     let Some(db) = TestDb::create() else { return };
     let a = db.store("host-a");
     let b = db.store("host-b");
-    a.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None).unwrap();
+    a.enqueue(&[new_job("a"), new_job("b")], &CFG, 0, None)
+        .unwrap();
     a.reserve("w", 1).unwrap().unwrap();
     b.reserve("w", 1).unwrap().unwrap();
     let again = db.store("host-a");
@@ -198,12 +274,21 @@ fn the_database_clock_decides_when_not_told_otherwise() {
     let wall = crate::model::now_ms();
     assert!(j.locked_at.unwrap().abs_diff(wall) < 60_000, "{j:?}");
     let FailOrDone::Failed(f) = s
-        .finish("a", &AttemptEnd::Failed { error: "x", backoff_base: 3 }, 5)
+        .finish(
+            "a",
+            &AttemptEnd::Failed {
+                error: "x",
+                backoff_base: 3,
+            },
+            5,
+        )
         .unwrap()
     else {
         panic!()
     };
-    let RetryDecision::Retry { at, delay_secs } = f.decision else { panic!() };
+    let RetryDecision::Retry { at, delay_secs } = f.decision else {
+        panic!()
+    };
     assert_eq!(delay_secs, 3);
     assert_eq!(at, f.job.updated_at + 3000);
 }
@@ -213,13 +298,16 @@ fn a_newer_schema_is_refused() {
     let Some(db) = TestDb::create() else { return };
     drop(db.store("x"));
     let mut c = Client::connect(&db.url, NoTls).unwrap();
-    c.batch_execute("UPDATE queuectl_schema SET version = 99").unwrap();
+    c.batch_execute("UPDATE queuectl_schema SET version = 99")
+        .unwrap();
     let err = PgStore::open(&db.url, "x").err().unwrap();
     assert!(matches!(err, StoreError::Schema { found: 99, .. }), "{err}");
     // Opening twice at once is fine (the migration lock).
     let db = TestDb::create().unwrap();
     std::thread::scope(|s| {
-        let h: Vec<_> = (0..4).map(|_| s.spawn(|| PgStore::open(&db.url, "y").map(|_| ()))).collect();
+        let h: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PgStore::open(&db.url, "y").map(|_| ())))
+            .collect();
         for h in h {
             h.join().unwrap().unwrap();
         }
@@ -235,7 +323,14 @@ fn huge_backoff_saturates() {
     s.enqueue(&[j], &CFG, 0, None).unwrap();
     s.reserve("w", 0).unwrap().unwrap();
     let r = s
-        .finish("a", &AttemptEnd::Failed { error: "x", backoff_base: 1_000_000 }, u64::MAX)
+        .finish(
+            "a",
+            &AttemptEnd::Failed {
+                error: "x",
+                backoff_base: 1_000_000,
+            },
+            u64::MAX,
+        )
         .unwrap();
     let FailOrDone::Failed(f) = r else { panic!() };
     assert_eq!(f.job.state, JobState::Failed);
