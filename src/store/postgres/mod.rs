@@ -197,6 +197,21 @@ const SQL_DLQ_RETRY: &str = concat!(
     job_cols!()
 );
 
+const SQL_CANCEL: &str = concat!(
+    "UPDATE jobs SET state = 'dead', last_error = $3, available_at = NULL, locked_by = NULL, \
+     locked_at = NULL, pgid = NULL, owner = NULL, lease_until = NULL, updated_at = ",
+    now!("$2"),
+    " WHERE id = $1 AND state IN ('pending', 'failed') RETURNING ",
+    job_cols!()
+);
+
+const SQL_REMOVE: &str = concat!(
+    "DELETE FROM jobs WHERE id = $1 AND state IN ('completed', 'dead') RETURNING ",
+    job_cols!()
+);
+
+const SQL_REMOVE_OUTPUT: &str = "DELETE FROM job_output WHERE job_id = $1";
+
 const SQL_ENQUEUE: &str = concat!(
     "INSERT INTO jobs (id, command, state, attempts, max_retries, created_at, updated_at, \
      available_at, priority, timeout_ms, cwd, env) \
@@ -864,6 +879,49 @@ impl JobStore for PgStore {
                 .push(format!("{orphans} processing jobs have no owner"));
         }
         Ok(report)
+    }
+    fn cancel(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
+        let now = self.now(now);
+        let rows = self.with(|c| c.query(SQL_CANCEL, &[&id, &now, &crate::store::CANCELLED]))?;
+        if let Some(row) = rows.first() {
+            return job_from_row(row);
+        }
+        match self.get(id)? {
+            None => Err(StoreError::NotFound(id.to_string())),
+            Some(job) if job.state == JobState::Processing => {
+                Err(StoreError::Running(id.to_string()))
+            }
+            Some(job) => Err(StoreError::Finished {
+                id: id.to_string(),
+                state: job.state,
+            }),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<Job, StoreError> {
+        let removed = self.with(|c| {
+            let remove = c.statement(SQL_REMOVE)?;
+            let output = c.statement(SQL_REMOVE_OUTPUT)?;
+            let mut tx = c.client.transaction()?;
+            let rows = tx.query(&remove, &[&id])?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let job = job_from_row(row)?;
+            tx.execute(&output, &[&id])?;
+            tx.commit()?;
+            Ok(Some(job))
+        })?;
+        if let Some(job) = removed {
+            return Ok(job);
+        }
+        match self.get(id)? {
+            None => Err(StoreError::NotFound(id.to_string())),
+            Some(job) => Err(StoreError::NotFinished {
+                id: id.to_string(),
+                state: job.state,
+            }),
+        }
     }
 }
 
