@@ -30,9 +30,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 use crate::model::{
-    AttemptOutput, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision,
+    Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision, RunOutput,
 };
-use crate::store::{AttemptEnd, FailOrDone, FailResult, JobStore, StoreError, VerifyReport};
+use crate::store::{FailOrDone, FailResult, JobStore, RunEnd, StoreError, VerifyReport};
 
 /// Times handed to the database are clamped to this (about the year 192,000), so that adding a
 /// retry delay never leaves PostgreSQL's range of timestamps.
@@ -118,22 +118,22 @@ macro_rules! next_ready {
     };
 }
 
-/// Ending an attempt: `$ok` true completes; otherwise the retry rule with error `$err` and
+/// Ending an attempt, by `$mode`: `ok` completes; `cancel` moves the job to `dead` with error
+/// `$err` and its attempts unchanged; `fail` applies the retry rule with error `$err` and
 /// backoff base `$base` (delay base ^ attempts seconds, saturating at 10^12 s, about 31,700
-/// years, so that the time stays within PostgreSQL's range). Only the owner `$owner`
-/// may end it.
+/// years, so that the time stays within PostgreSQL's range). Only the owner `$owner` may end it.
 macro_rules! finish_update {
-    ($id:literal, $ok:literal, $err:literal, $base:literal, $now:literal, $owner:literal) => {
+    ($id:literal, $mode:literal, $err:literal, $base:literal, $now:literal, $owner:literal) => {
         concat!(
             "UPDATE jobs SET \
-             state = (CASE WHEN ", $ok, "::boolean THEN 'completed' \
-                           WHEN attempts + 1 >= max_retries THEN 'dead' \
-                           ELSE 'failed' END)::queuectl_state, \
-             attempts = CASE WHEN ", $ok, "::boolean THEN attempts ELSE attempts + 1 END, \
-             last_error = CASE WHEN ", $ok, "::boolean THEN last_error ELSE ", $err, "::text END, \
-             available_at = CASE WHEN ", $ok, "::boolean OR attempts + 1 >= max_retries THEN NULL \
-                 ELSE ", now!($now), " + LEAST(power(", $base, "::bigint::numeric, LEAST(attempts + 1, 64)), \
-                 1000000000000)::bigint * interval '1 second' END, \
+             state = (CASE ", $mode, "::text WHEN 'ok' THEN 'completed' WHEN 'cancel' THEN 'dead' \
+                      ELSE CASE WHEN attempts + 1 >= max_retries THEN 'dead' ELSE 'failed' END \
+                      END)::queuectl_state, \
+             attempts = CASE WHEN ", $mode, "::text = 'fail' THEN attempts + 1 ELSE attempts END, \
+             last_error = CASE WHEN ", $mode, "::text = 'ok' THEN last_error ELSE ", $err, "::text END, \
+             available_at = CASE WHEN ", $mode, "::text <> 'fail' OR attempts + 1 >= max_retries \
+                 THEN NULL ELSE ", now!($now), " + LEAST(power(", $base, "::bigint::numeric, \
+                 LEAST(attempts + 1, 64)), 1000000000000)::bigint * interval '1 second' END, \
              locked_by = NULL, locked_at = NULL, pgid = NULL, owner = NULL, lease_until = NULL, \
              updated_at = ", now!($now), " \
              WHERE id = ", $id, " AND state = 'processing' AND owner = ", $owner
@@ -252,7 +252,7 @@ const SQL_CONFIG_SET: &str = "INSERT INTO config (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
 
 const SQL_RECOVER: &str = concat!(
-    finish_update!("id", "false", "$1", "$2", "$3", "$4"),
+    finish_update!("id", "'fail'", "$1", "$2", "$3", "$4"),
     " RETURNING ",
     job_cols!()
 );
@@ -491,12 +491,16 @@ impl PgStore {
         FailResult { job, decision }
     }
 
-    fn done_or_failed(&self, job: Job, end: &AttemptEnd<'_>) -> FailOrDone {
+    fn done_or_failed(&self, job: Job, end: &RunEnd<'_>) -> FailOrDone {
         match end {
-            AttemptEnd::Succeeded => FailOrDone::Done(job),
-            AttemptEnd::Failed { backoff_base, .. } => {
+            RunEnd::Succeeded => FailOrDone::Done(job),
+            RunEnd::Failed { backoff_base, .. } => {
                 FailOrDone::Failed(self.fail_result(job, *backoff_base))
             }
+            RunEnd::Cancelled => FailOrDone::Failed(FailResult {
+                job,
+                decision: RetryDecision::Dead,
+            }),
         }
     }
 }
@@ -592,17 +596,26 @@ impl JobStore for PgStore {
     fn finish_and_reserve(
         &self,
         id: &str,
-        end: &AttemptEnd<'_>,
+        end: &RunEnd<'_>,
         worker: &str,
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError> {
-        let (ok, error, base) = end_params(end);
+        let (mode, error, base) = end_params(end);
         let now = self.now(now);
         let lease = self.lease();
         let rows = self.with(|c| {
             c.query(
                 SQL_FINISH_AND_RESERVE,
-                &[&id, &ok, &error, &base, &now, &self.owner, &worker, &lease],
+                &[
+                    &id,
+                    &mode,
+                    &error,
+                    &base,
+                    &now,
+                    &self.owner,
+                    &worker,
+                    &lease,
+                ],
             )
         })?;
         let mut done = None;
@@ -622,16 +635,11 @@ impl JobStore for PgStore {
         }
     }
 
-    fn finish(
-        &self,
-        id: &str,
-        end: &AttemptEnd<'_>,
-        now: Millis,
-    ) -> Result<FailOrDone, StoreError> {
-        let (ok, error, base) = end_params(end);
+    fn finish(&self, id: &str, end: &RunEnd<'_>, now: Millis) -> Result<FailOrDone, StoreError> {
+        let (mode, error, base) = end_params(end);
         let now = self.now(now);
         let rows =
-            self.with(|c| c.query(SQL_FINISH, &[&id, &ok, &error, &base, &now, &self.owner]))?;
+            self.with(|c| c.query(SQL_FINISH, &[&id, &mode, &error, &base, &now, &self.owner]))?;
         match rows.first() {
             Some(row) => Ok(self.done_or_failed(job_from_row(row)?, end)),
             None => Err(StoreError::NotFound(id.to_string())),
@@ -682,7 +690,7 @@ impl JobStore for PgStore {
         }
     }
 
-    fn put_output(&self, id: &str, output: &AttemptOutput) -> Result<(), StoreError> {
+    fn put_output(&self, id: &str, output: &RunOutput) -> Result<(), StoreError> {
         let outcome = serde_json::to_string(&output.outcome)
             .map_err(|e| StoreError::Encode(e.to_string()))?;
         let run = i64::from(output.run);
@@ -705,7 +713,7 @@ impl JobStore for PgStore {
         Ok(())
     }
 
-    fn output(&self, id: &str, run: u32) -> Result<Option<AttemptOutput>, StoreError> {
+    fn output(&self, id: &str, run: u32) -> Result<Option<RunOutput>, StoreError> {
         let run = i64::from(run);
         let rows = self.with(|c| c.query(SQL_OUTPUT, &[&id, &run]))?;
         let Some(row) = rows.first() else {
@@ -716,7 +724,7 @@ impl JobStore for PgStore {
             detail,
         };
         let outcome: String = row.try_get(1)?;
-        Ok(Some(AttemptOutput {
+        Ok(Some(RunOutput {
             run: to_u32(row.try_get(0)?, "job_output.run")?,
             outcome: serde_json::from_str(&outcome).map_err(|e| corrupt(e.to_string()))?,
             finished_at: to_u64(row.try_get(2)?, "job_output.finished_at")?,
@@ -1026,14 +1034,15 @@ fn is_unique_violation(e: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION)
 }
 
-/// The parameters describing how an attempt ended: success, error, backoff base.
-fn end_params<'a>(end: &AttemptEnd<'a>) -> (bool, Option<&'a str>, i64) {
+/// The parameters describing how an attempt ended: mode, error, backoff base.
+fn end_params<'a>(end: &RunEnd<'a>) -> (&'static str, Option<&'a str>, i64) {
     match *end {
-        AttemptEnd::Succeeded => (true, None, 0),
-        AttemptEnd::Failed {
+        RunEnd::Succeeded => ("ok", None, 0),
+        RunEnd::Failed {
             error,
             backoff_base,
-        } => (false, Some(error), clamp_ms(backoff_base)),
+        } => ("fail", Some(error), clamp_ms(backoff_base)),
+        RunEnd::Cancelled => ("cancel", Some(crate::store::CANCELLED), 0),
     }
 }
 

@@ -176,7 +176,7 @@ fn basic_cycle() {
         ("a", JobState::Processing, 1, Some(200))
     );
     let (done, next) = s
-        .finish_and_reserve("a", &AttemptEnd::Succeeded, "w1", 300)
+        .finish_and_reserve("a", &RunEnd::Succeeded, "w1", 300)
         .unwrap();
     assert!(
         matches!(done, FailOrDone::Done(ref j) if j.state == JobState::Completed && j.updated_at == 300)
@@ -186,7 +186,7 @@ fn basic_cycle() {
     let failed = s
         .finish(
             "b",
-            &AttemptEnd::Failed {
+            &RunEnd::Failed {
                 error: "exit code 1",
                 backoff_base: 2,
             },
@@ -241,10 +241,10 @@ fn two_owners_never_take_the_same_job_and_only_the_owner_ends_it() {
     } else {
         (&b, &a)
     };
-    let err = other.finish(theirs, &AttemptEnd::Succeeded, 2).unwrap_err();
+    let err = other.finish(theirs, &RunEnd::Succeeded, 2).unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert!(other.set_pgid(theirs, 5).is_err());
-    owner.finish(theirs, &AttemptEnd::Succeeded, 2).unwrap();
+    owner.finish(theirs, &RunEnd::Succeeded, 2).unwrap();
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn the_database_clock_decides_when_not_told_otherwise() {
     let FailOrDone::Failed(f) = s
         .finish(
             "a",
-            &AttemptEnd::Failed {
+            &RunEnd::Failed {
                 error: "x",
                 backoff_base: 3,
             },
@@ -325,7 +325,7 @@ fn huge_backoff_saturates() {
     let r = s
         .finish(
             "a",
-            &AttemptEnd::Failed {
+            &RunEnd::Failed {
                 error: "x",
                 backoff_base: 1_000_000,
             },
