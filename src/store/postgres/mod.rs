@@ -141,7 +141,11 @@ macro_rules! finish_update {
     };
 }
 
-const SQL_GET: &str = concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1");
+const SQL_GET: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE id = $1 AND state <> 'staged'"
+);
 
 const SQL_RESERVE: &str = concat!(
     "UPDATE jobs SET ",
@@ -214,8 +218,8 @@ const SQL_REMOVE_OUTPUT: &str = "DELETE FROM job_output WHERE job_id = $1";
 
 const SQL_ENQUEUE: &str = concat!(
     "INSERT INTO jobs (id, command, state, attempts, max_retries, created_at, updated_at, \
-     available_at, priority, timeout_ms, cwd, env) \
-     SELECT u.id, u.command, 'pending', 0, u.max_retries, ",
+     available_at, priority, timeout_ms, cwd, env, batch, owner) \
+     SELECT u.id, u.command, $10::text::queuectl_state, 0, u.max_retries, ",
     now!("$9"),
     ", ",
     now!("$9"),
@@ -223,14 +227,24 @@ const SQL_ENQUEUE: &str = concat!(
     ts!("u.run_at"),
     ", ",
     now!("$9"),
-    "), u.priority, u.timeout_ms, u.cwd, u.env::jsonb \
+    "), u.priority, u.timeout_ms, u.cwd, u.env::jsonb, $11::text, $12::text \
      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
      $6::bigint[], $7::text[], $8::text[]) WITH ORDINALITY \
      AS u(id, command, max_retries, priority, run_at, timeout_ms, cwd, env, ord) \
      ORDER BY u.ord"
 );
 
-const SQL_EXISTING: &str = "SELECT id FROM jobs WHERE id = ANY($1::text[])";
+const SQL_EXISTING: &str =
+    "SELECT id, state = 'staged' AND batch IS NOT DISTINCT FROM $2 FROM jobs WHERE id = ANY($1::text[])";
+
+const SQL_PUBLISH: &str = "UPDATE jobs SET state = 'pending', batch = NULL, owner = NULL \
+     WHERE state = 'staged' AND batch = $1";
+
+const SQL_DISCARD: &str = "DELETE FROM jobs WHERE state = 'staged' AND batch = $1";
+
+const SQL_DISCARD_MINE: &str = "DELETE FROM jobs WHERE state = 'staged' AND owner = $1";
+
+const SQL_IS_APPLIED: &str = "SELECT 1 FROM queuectl_applied WHERE request = $1";
 
 const SQL_APPLY_REQUEST: &str =
     "INSERT INTO queuectl_applied (request) VALUES ($1) ON CONFLICT DO NOTHING";
@@ -266,22 +280,24 @@ const SQL_LIST_STATE: &str = concat!(
 const SQL_LIST_ALL: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs ORDER BY jobs.state, jobs.id OFFSET $1 LIMIT $2"
+    " FROM jobs WHERE state <> 'staged' ORDER BY jobs.state, jobs.id OFFSET $1 LIMIT $2"
 );
 
 const SQL_PAGE_AFTER: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs WHERE (state, id) > ($1::text::queuectl_state, $2) ORDER BY jobs.state, jobs.id LIMIT $3"
+    " FROM jobs WHERE (state, id) > ($1::text::queuectl_state, $2) AND state <> 'staged' \
+     ORDER BY jobs.state, jobs.id LIMIT $3"
 );
 
 const SQL_PAGE_FIRST: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs ORDER BY jobs.state, jobs.id LIMIT $1"
+    " FROM jobs WHERE state <> 'staged' ORDER BY jobs.state, jobs.id LIMIT $1"
 );
 
-const SQL_COUNTS: &str = "SELECT state::text, count(*) FROM jobs GROUP BY state";
+const SQL_COUNTS: &str =
+    "SELECT state::text, count(*) FROM jobs WHERE state <> 'staged' GROUP BY state";
 
 const SQL_NEXT_WAKEUP: &str = concat!(
     "SELECT (extract(epoch FROM min(available_at)) * 1000)::bigint FROM jobs \
@@ -467,6 +483,91 @@ impl PgStore {
         self.lease_ms.map(clamp_ms)
     }
 
+    /// Stores `jobs`: pending (applying `request` once), or staged under `batch`.
+    fn insert(
+        &self,
+        jobs: &[NewJob],
+        config: &Config,
+        now: Millis,
+        request: Option<&str>,
+        batch: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut seen = HashSet::with_capacity(jobs.len());
+        for j in jobs {
+            if !seen.insert(j.id.as_str()) {
+                return Err(StoreError::DuplicateInBatch(j.id.clone()));
+            }
+        }
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let commands: Vec<&str> = jobs.iter().map(|j| j.command.as_str()).collect();
+        let max_retries: Vec<i64> = jobs
+            .iter()
+            .map(|j| i64::from(j.max_retries.unwrap_or(config.max_retries)))
+            .collect();
+        let priorities: Vec<i64> = jobs.iter().map(|j| j.priority).collect();
+        let run_at: Vec<Option<i64>> = jobs.iter().map(|j| j.run_at.map(clamp_ms)).collect();
+        let timeouts: Vec<Option<i64>> = jobs.iter().map(|j| j.timeout_ms.map(clamp_ms)).collect();
+        let cwds: Vec<Option<&str>> = jobs.iter().map(|j| j.cwd.as_deref()).collect();
+        let envs: Vec<String> = jobs
+            .iter()
+            .map(|j| serde_json::to_string(&j.env).map_err(|e| StoreError::Encode(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let now = self.now(now);
+        let state = if batch.is_some() { "staged" } else { "pending" };
+        let owner = batch.map(|_| self.owner.as_str());
+        let res = self.with(|c| {
+            let insert = c.statement(SQL_ENQUEUE)?;
+            let existing = c.statement(SQL_EXISTING)?;
+            let apply = c.statement(SQL_APPLY_REQUEST)?;
+            let applied = c.statement(SQL_IS_APPLIED)?;
+            let mut tx = c.client.transaction()?;
+            if let Some(req) = request {
+                if tx.execute(&apply, &[&req])? == 0 {
+                    return Ok(()); // applied before
+                }
+            }
+            if let Some(b) = batch {
+                if !tx.query(&applied, &[&b])?.is_empty() {
+                    return Err(StoreError::BatchPublished(b.to_string()));
+                }
+            }
+            if let Some(e) = first_existing(&mut tx, &existing, &ids, batch)? {
+                return Err(e);
+            }
+            tx.execute(
+                &insert,
+                &[
+                    &ids,
+                    &commands,
+                    &max_retries,
+                    &priorities,
+                    &run_at,
+                    &timeouts,
+                    &cwds,
+                    &envs,
+                    &now,
+                    &state,
+                    &batch,
+                    &owner,
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        });
+        match res {
+            Err(StoreError::Backend(e)) if is_unique_violation(&*e) => {
+                // Another process stored one of these ids in between: name it.
+                let dup = self.with(|c| {
+                    let existing = c.statement(SQL_EXISTING)?;
+                    let mut tx = c.client.transaction()?;
+                    first_existing(&mut tx, &existing, &ids, batch)
+                })?;
+                Err(dup.unwrap_or(StoreError::Backend(e)))
+            }
+            res => res,
+        }
+    }
+
     /// The error for a job that is not in `expected`: not found, or in another state.
     fn not_in_state(&self, id: &str, expected: JobState) -> StoreError {
         match self.get(id) {
@@ -518,72 +619,47 @@ impl JobStore for PgStore {
         now: Millis,
         request: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut seen = HashSet::with_capacity(jobs.len());
-        for j in jobs {
-            if !seen.insert(j.id.as_str()) {
-                return Err(StoreError::DuplicateInBatch(j.id.clone()));
-            }
-        }
-        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-        let commands: Vec<&str> = jobs.iter().map(|j| j.command.as_str()).collect();
-        let max_retries: Vec<i64> = jobs
-            .iter()
-            .map(|j| i64::from(j.max_retries.unwrap_or(config.max_retries)))
-            .collect();
-        let priorities: Vec<i64> = jobs.iter().map(|j| j.priority).collect();
-        let run_at: Vec<Option<i64>> = jobs.iter().map(|j| j.run_at.map(clamp_ms)).collect();
-        let timeouts: Vec<Option<i64>> = jobs.iter().map(|j| j.timeout_ms.map(clamp_ms)).collect();
-        let cwds: Vec<Option<&str>> = jobs.iter().map(|j| j.cwd.as_deref()).collect();
-        let envs: Vec<String> = jobs
-            .iter()
-            .map(|j| serde_json::to_string(&j.env).map_err(|e| StoreError::Encode(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        let now = self.now(now);
-        let res = self.with(|c| {
-            let insert = c.statement(SQL_ENQUEUE)?;
-            let existing = c.statement(SQL_EXISTING)?;
+        self.insert(jobs, config, now, request, None)
+    }
+
+    fn stage(
+        &self,
+        batch: &str,
+        jobs: &[NewJob],
+        config: &Config,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.insert(jobs, config, now, None, Some(batch))
+    }
+
+    fn publish(&self, batch: &str, _now: Millis) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let publish = c.statement(SQL_PUBLISH)?;
             let apply = c.statement(SQL_APPLY_REQUEST)?;
             let mut tx = c.client.transaction()?;
-            if let Some(req) = request {
-                if tx.execute(&apply, &[&req])? == 0 {
-                    return Ok(()); // applied before
-                }
-            }
-            if let Some(dup) = first_existing(&mut tx, &existing, &ids)? {
-                return Err(StoreError::Duplicate(dup));
-            }
-            tx.execute(
-                &insert,
-                &[
-                    &ids,
-                    &commands,
-                    &max_retries,
-                    &priorities,
-                    &run_at,
-                    &timeouts,
-                    &cwds,
-                    &envs,
-                    &now,
-                ],
-            )?;
+            let n = tx.execute(&publish, &[&batch])?;
+            tx.execute(&apply, &[&batch])?;
             tx.commit()?;
-            Ok(())
-        });
-        match res {
-            Err(StoreError::Backend(e)) if is_unique_violation(&*e) => {
-                // Another host stored one of these ids in between: name it.
-                let dup = self.with(|c| {
-                    let existing = c.statement(SQL_EXISTING)?;
-                    let mut tx = c.client.transaction()?;
-                    first_existing(&mut tx, &existing, &ids)
-                })?;
-                Err(match dup {
-                    Some(id) => StoreError::Duplicate(id),
-                    None => StoreError::Backend(e),
-                })
-            }
-            res => res,
+            Ok(n)
+        })
+    }
+
+    fn discard(&self, batch: &str) -> Result<u64, StoreError> {
+        if self.is_applied(batch)? {
+            return Err(StoreError::BatchPublished(batch.to_string()));
         }
+        self.with(|c| c.execute(SQL_DISCARD, &[&batch]))
+    }
+
+    /// Drops the batches this owner staged and never published (other hosts' are theirs).
+    fn discard_unpublished(&self) -> Result<u64, StoreError> {
+        self.with(|c| c.execute(SQL_DISCARD_MINE, &[&self.owner]))
+    }
+
+    fn is_applied(&self, request: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .with(|c| c.query(SQL_IS_APPLIED, &[&request]))?
+            .is_empty())
     }
 
     fn reserve(&self, worker: &str, now: Millis) -> Result<Option<Job>, StoreError> {
@@ -1008,24 +1084,31 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The first of `ids` (in their order) that a job already has.
+/// The error for the first of `ids` (in their order) that a job already has: `Duplicate`, or
+/// `DuplicateInBatch` when it is staged in `batch` itself.
 fn first_existing(
     tx: &mut postgres::Transaction<'_>,
     existing: &Statement,
     ids: &[&str],
-) -> Result<Option<String>, StoreError> {
-    let rows = tx.query(existing, &[&ids])?;
+    batch: Option<&str>,
+) -> Result<Option<StoreError>, StoreError> {
+    let rows = tx.query(existing, &[&ids, &batch])?;
     if rows.is_empty() {
         return Ok(None);
     }
-    let found: HashSet<String> = rows
-        .iter()
-        .map(|r| r.try_get::<_, String>(0))
-        .collect::<Result<_, _>>()?;
-    Ok(ids
-        .iter()
-        .find(|id| found.contains(**id))
-        .map(|id| id.to_string()))
+    let mut found: HashMap<String, bool> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        found.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    Ok(ids.iter().find_map(|id| {
+        found.get(*id).map(|same_batch| {
+            if *same_batch {
+                StoreError::DuplicateInBatch(id.to_string())
+            } else {
+                StoreError::Duplicate(id.to_string())
+            }
+        })
+    }))
 }
 
 fn is_unique_violation(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -20,7 +20,9 @@ pub const VERSION_TABLE_SQL: &str =
 pub const MIGRATIONS: [&str; VERSION as usize] = [V1];
 
 const V1: &str = r#"
-CREATE TYPE queuectl_state AS ENUM ('pending', 'processing', 'completed', 'failed', 'dead');
+-- `staged`: enqueued in a batch not yet published (invisible to every read and to reservation).
+CREATE TYPE queuectl_state AS ENUM ('pending', 'processing', 'completed', 'failed', 'dead',
+    'staged');
 
 CREATE TABLE jobs (
     id text COLLATE "C" PRIMARY KEY,
@@ -44,7 +46,9 @@ CREATE TABLE jobs (
     env jsonb NOT NULL DEFAULT '[]',
     -- the supervisor (host) running the job, and until when its lease holds
     owner text,
-    lease_until timestamptz
+    lease_until timestamptz,
+    -- the bulk enqueue a staged job belongs to
+    batch text
 );
 
 -- Reservation walks this index in order: highest priority, earliest, first enqueued.
@@ -54,6 +58,8 @@ CREATE INDEX jobs_ready ON jobs (priority DESC, available_at, seq)
 CREATE INDEX jobs_waiting ON jobs (available_at) WHERE state IN ('pending', 'failed');
 -- Listing a state in id order, and counting states.
 CREATE INDEX jobs_state ON jobs (state, id);
+-- Publishing or dropping a staged batch.
+CREATE INDEX jobs_staged ON jobs (batch) WHERE state = 'staged';
 -- Reaping expired leases, and a supervisor finding its own jobs.
 CREATE INDEX jobs_running ON jobs (owner, lease_until) WHERE state = 'processing';
 
