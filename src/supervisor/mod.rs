@@ -780,6 +780,8 @@ impl Supervisor {
             result.last_error()
         };
         let duration_ms = result.duration_ms;
+        // A worker creates a live file only once the stream printed something.
+        let (printed_out, printed_err) = (!result.stdout.is_empty(), !result.stderr.is_empty());
         if result.has_output_to_keep() {
             let output = result.into_output(job.runs, now);
             if let Err(e) = store.put_output(&job.id, &output) {
@@ -787,9 +789,15 @@ impl Supervisor {
             }
         }
         // The stored output replaces the live copy.
-        let (out, err) = self.owner.dir.live_paths(&job.id, job.runs);
-        let _ = std::fs::remove_file(out);
-        let _ = std::fs::remove_file(err);
+        if printed_out || printed_err {
+            let (out, err) = self.owner.dir.live_paths(&job.id, job.runs);
+            if printed_out {
+                let _ = std::fs::remove_file(out);
+            }
+            if printed_err {
+                let _ = std::fs::remove_file(err);
+            }
+        }
         let end = if cancelled {
             RunEnd::Cancelled
         } else if success {

@@ -211,13 +211,42 @@ pub(super) struct Capture {
     /// `None` once the pipe reached end of file (or failed).
     pipe: Option<File>,
     tail: Tail,
-    /// Where what arrives is also written as it arrives, for `queuectl logs --follow`, and how
-    /// much was written there (at most [`LIVE_BYTES`]).
-    live: Option<(File, u64)>,
+    /// Where what arrives is also written as it arrives, for `queuectl logs --follow`.
+    live: Option<Live>,
+}
+
+/// A live output file, created when the first output arrives (a silent job costs nothing).
+pub(super) struct Live {
+    path: std::path::PathBuf,
+    file: Option<File>,
+    /// Bytes written so far (at most [`LIVE_BYTES`]).
+    written: u64,
+}
+
+impl Live {
+    pub(super) fn new(path: &std::path::Path) -> Live {
+        Live {
+            path: path.to_path_buf(),
+            file: None,
+            written: 0,
+        }
+    }
+}
+
+/// Creates (mode 0600, never through a symbolic link) a live output file.
+fn create_live(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+        .open(path)
 }
 
 impl Capture {
-    pub(super) fn new(pipe: Option<OwnedFd>, live: Option<File>) -> io::Result<Capture> {
+    pub(super) fn new(pipe: Option<OwnedFd>, live: Option<Live>) -> io::Result<Capture> {
         let pipe = pipe.map(File::from);
         if let Some(file) = &pipe {
             fcntl(file, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -225,22 +254,35 @@ impl Capture {
         Ok(Capture {
             pipe,
             tail: Tail::default(),
-            live: live.map(|f| (f, 0)),
+            live,
         })
     }
 
     /// Appends to the live file, up to [`LIVE_BYTES`]; a failed write ends the live copy.
     fn write_live(&mut self, bytes: &[u8]) {
-        let Some((file, written)) = &mut self.live else {
+        let Some(live) = &mut self.live else {
             return;
         };
-        let room = usize::try_from(LIVE_BYTES.saturating_sub(*written)).unwrap_or(usize::MAX);
+        let room = usize::try_from(LIVE_BYTES.saturating_sub(live.written)).unwrap_or(usize::MAX);
         let part = &bytes[..bytes.len().min(room)];
         if part.is_empty() {
             return;
         }
+        if live.file.is_none() {
+            match create_live(&live.path) {
+                Ok(f) => live.file = Some(f),
+                Err(e) => {
+                    tracing::warn!(path = %live.path.display(), error = %e, "cannot create a live output file");
+                    self.live = None;
+                    return;
+                }
+            }
+        }
+        let Some(file) = live.file.as_mut() else {
+            return;
+        };
         match std::io::Write::write_all(file, part) {
-            Ok(()) => *written += part.len() as u64,
+            Ok(()) => live.written += part.len() as u64,
             Err(e) => {
                 tracing::warn!(error = %e, "could not write a job's live output");
                 self.live = None;

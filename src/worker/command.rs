@@ -32,7 +32,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{pipe2, Pid};
 
-use super::collect::{start_collector, Capture, Collect, Collected, Handover};
+use super::collect::{start_collector, Capture, Collect, Collected, Handover, Live};
 use super::kill::{watch_cancel, Target};
 use super::millis;
 use super::spawn::{spawn_shell, SHELL};
@@ -106,32 +106,13 @@ pub fn run_command_in(
     };
     // A timeout too large to represent as an instant is no timeout.
     let deadline = timeout.and_then(|t| started.checked_add(t));
-    let live = live.map(|(out, err)| (create_live(out), create_live(err)));
+    let live = live.map(|(out, err)| (Some(Live::new(out)), Some(Live::new(err))));
     let mut shell = match Shell::start(child, deadline, started, cancel, live) {
         Ok(shell) => shell,
         Err(e) => return failed(e, started),
     };
     on_start(shell.pgid);
     shell.wait(started)
-}
-
-/// Creates (mode 0600, replacing any left over) a file a job's output is copied to as it runs.
-fn create_live(path: &Path) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
-        .open(path)
-    {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot create a live output file");
-            None
-        }
-    }
 }
 
 /// The result of a run whose shell could not be started or handled.
@@ -161,7 +142,7 @@ impl Shell {
         deadline: Option<Instant>,
         started: Instant,
         cancel: &Receiver<()>,
-        live: Option<(Option<std::fs::File>, Option<std::fs::File>)>,
+        live: Option<(Option<Live>, Option<Live>)>,
     ) -> Result<Shell, ProcessError> {
         let (live_out, live_err) = live.unwrap_or((None, None));
         let pid = child.id();
