@@ -171,6 +171,20 @@ impl DataDir {
                 secure_tree(&db, 2)?;
             }
         }
+        let attempts = self.attempts_path();
+        match lstat(&attempts)? {
+            None => match fs::DirBuilder::new().mode(DIR_MODE).create(&attempts) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &attempts)(e)),
+            },
+            Some(meta) => {
+                check_entry(&attempts, &meta, Kind::Dir)?;
+                check_not_writable(&attempts, &meta)?;
+                tighten(&attempts, &meta, DIR_MODE)?;
+                secure_tree(&attempts, 1)?;
+            }
+        }
         let spool = self.root.join("spool");
         if let Some(meta) = lstat(&spool)? {
             check_entry(&spool, &meta, Kind::Dir)?;
@@ -219,6 +233,11 @@ impl DataDir {
     /// Workers hold this shared; a new owner takes it exclusively to know old workers are gone.
     pub fn workers_lock_path(&self) -> PathBuf {
         self.root.join("workers.lock")
+    }
+
+    /// Where workers record their running attempts (see `worker::attempt`).
+    pub fn attempts_path(&self) -> PathBuf {
+        self.root.join("attempts")
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -15,7 +15,6 @@ use crate::logging::log_failure;
 use crate::model::{now_ms, Outcome};
 use crate::spool::request::{self, ErrorKind, OwnerInfo, Reply, Request};
 use crate::spool::{PendingRequest, Spool, SpoolError};
-use crate::worker::kill;
 use std::sync::Arc;
 
 use crate::store::sled::SledStore;
@@ -73,6 +72,22 @@ impl Owner {
         // What recovery and the spool find is logged like the supervisor's work (a supervisor
         // has installed its own logger already).
         crate::logging::init_file_only(&dir.log_path());
+        // Before anything else: no attempt of a previous owner may still run (its reservation
+        // may not even have reached the store). Its workers kill their own job when their
+        // supervisor's pipe closes; once they are gone (so none can start another), the
+        // recorded attempts that still run are orphans of a killed worker: kill them.
+        if !dir.wait_for_old_workers(OLD_WORKERS_GRACE)? {
+            tracing::warn!(
+                "workers of a previous supervisor are still running; taking over anyway"
+            );
+        }
+        for rec in crate::worker::attempt::kill_recorded(&dir.attempts_path()) {
+            tracing::warn!(
+                "killed process group {} of job {}, left running by a previous owner",
+                rec.pgid,
+                rec.job_id
+            );
+        }
         let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&dir.store_path())?);
         let spool = Spool::open(dir.root())?;
         let owner = Owner {
@@ -102,24 +117,15 @@ impl Owner {
         &self.lock
     }
 
-    /// Counts every attempt left in `processing` as failed, after making sure nothing of it
-    /// still runs.
+    /// Counts every attempt left in `processing` as failed.
     fn recover(&self) -> Result<(), OwnerError> {
         let interrupted =
             self.store
                 .list(Some(crate::model::JobState::Processing), 0, usize::MAX)?;
+        // Nothing of them runs any more: `try_acquire` killed every recorded attempt (by
+        // group and start time, never by a bare pid that may have been reused).
         if interrupted.is_empty() {
             return Ok(());
-        }
-        if !self.dir.wait_for_old_workers(OLD_WORKERS_GRACE)? {
-            tracing::warn!("workers of a previous supervisor are still running; recovering anyway");
-        }
-        for job in &interrupted {
-            if let Some(pgid) = job.pgid {
-                if let Err(e) = kill::kill_job_group(pgid) {
-                    tracing::warn!("could not kill process group {pgid} of job {}: {e}", job.id);
-                }
-            }
         }
         let cfg = self.store.config()?;
         let results = self.store.recover_interrupted(

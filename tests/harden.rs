@@ -780,3 +780,206 @@ fn a_direct_owner_logs_to_worker_log() {
     let log = fs::read_to_string(env.path().join("worker.log")).unwrap_or_default();
     assert!(log.contains(&id) && log.contains("set aside"), "{log:?}");
 }
+
+// ---- no double run (case 3), pid reuse (case 4), daemons of a job (case 8) -------------------
+
+/// Pids of the supervisor's children (its workers).
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let status = fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+}
+
+/// Pids written by the test's jobs, one a line.
+fn pids_in(path: &Path) -> Vec<i32> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Case 3: kill -9 of the supervisor and its worker within a millisecond of a job's start, 50
+/// times: no attempt ever starts while an earlier one is alive, and none is left running.
+#[test]
+fn kill_9_of_supervisor_and_worker_at_a_start_never_runs_a_job_twice() {
+    let env = Env::new();
+    let pids = env.file("pids");
+    let double = env.file("double");
+    // Each attempt first looks for a live earlier attempt (of any job: a new owner kills every
+    // earlier attempt before it runs anything), then says it started, then runs on.
+    let script = format!(
+        "for p in $(cat {pids} 2>/dev/null); do \
+           if [ -e /proc/$p/status ] && ! grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null; \
+           then echo \"$p\" >> {double}; fi; \
+         done; echo $$ >> {pids}; exec sleep 60",
+        pids = pids.display(),
+        double = double.display()
+    );
+    for i in 0..50 {
+        env.enqueue(
+            &serde_json::json!({"id": format!("j{i}"), "command": script, "max_retries": 100})
+                .to_string(),
+        );
+        let before = pids_in(&pids).len();
+        let sup = env.start(1);
+        let mut spins = 0u64;
+        while pids_in(&pids).len() == before {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            spins += 1;
+            assert!(spins < 200_000, "round {i}: no attempt started");
+        }
+        let workers = children_of(sup.pid);
+        sigkill(sup.pid);
+        for w in workers {
+            sigkill(w);
+        }
+        common::wait_until("the killed supervisor to go", || !common::alive(sup.pid));
+        std::mem::forget(sup);
+    }
+    // The last owner's attempts go the same way: a command taking the store over kills them.
+    env.ok(&["status"]);
+    common::wait_until("every attempt to be gone", || {
+        pids_in(&pids).into_iter().all(|p| !common::alive(p))
+    });
+    assert!(
+        !double.exists(),
+        "attempts alive together: {}",
+        fs::read_to_string(&double).unwrap_or_default()
+    );
+    env.verify_store();
+}
+
+/// Case 8: a job's daemon (`setsid`, so outside its process group) does not outlive the
+/// attempt, whichever way the attempt ends.
+#[test]
+fn a_jobs_setsid_daemon_never_outlives_the_attempt() {
+    for how in ["timeout", "stop", "crash", "cancel"] {
+        let env = Env::new();
+        let kids = env.file("kids");
+        let started = env.file("started");
+        let cmd = format!(
+            "setsid sleep 300 & echo $! >> {kids}; echo go > {started}; sleep 300",
+            kids = kids.display(),
+            started = started.display()
+        );
+        let mut job = serde_json::json!({"id": "a", "command": cmd, "max_retries": 0});
+        if how == "timeout" {
+            job["timeout"] = serde_json::json!(1);
+        }
+        env.enqueue(&job.to_string());
+        let sup = env.start(1);
+        common::wait_until("the job to start its daemon", || started.exists());
+        let daemon = pids_in(&kids)[0];
+        assert!(common::alive(daemon));
+        match how {
+            "timeout" => {
+                common::wait_until("the timeout", || env.count("dead") == 1);
+                sup.stop();
+            }
+            "stop" => {
+                env.ok(&["worker", "stop", "--force", "--timeout", "30"]);
+                std::mem::forget(sup);
+            }
+            "crash" => {
+                sigkill(sup.pid);
+                std::mem::forget(sup);
+            }
+            _ => {
+                env.ok(&["cancel", "a"]);
+                common::wait_until("the cancel", || env.count("dead") == 1);
+                sup.stop();
+            }
+        }
+        let gone = (0..500).any(|_| {
+            let gone = !common::alive(daemon);
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            gone
+        });
+        if !gone {
+            sigkill(daemon);
+        }
+        assert!(
+            gone,
+            "{how}: the job's daemon {daemon} outlived the attempt"
+        );
+    }
+}
+
+/// Case 4: recovery kills a recorded process group only while its leader is the process that
+/// was recorded (same start time), never whoever has that pid now.
+#[test]
+fn recovery_never_kills_a_reused_pid() {
+    use queuectl::store::JobStore;
+    let env = Env::new();
+    env.ok(&["status"]);
+    // A bystander leading a process group of its own, as a reused pid would.
+    let mut bystander = std::process::Command::new("setsid")
+        .args(["sleep", "100"])
+        .spawn()
+        .unwrap();
+    let pgid = i32::try_from(bystander.id()).unwrap();
+    common::wait_until("the bystander to lead its group", || {
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pgid)))
+            .is_ok_and(|g| g.as_raw() == pgid)
+    });
+    // A job left in `processing` with that number as its process group, and an attempt record
+    // with that number but another start time.
+    {
+        let store = queuectl::store::sled::SledStore::open(&env.path().join("db")).unwrap();
+        let job = NewJob {
+            id: "a".into(),
+            command: "true".into(),
+            max_retries: None,
+            priority: 0,
+            run_at: None,
+            timeout_ms: None,
+            cwd: None,
+            env: Vec::new(),
+        };
+        store
+            .enqueue(&[job], &store.config().unwrap(), 1, None)
+            .unwrap();
+        store.reserve("w", 2).unwrap().expect("reserved");
+        store.set_pgid("a", pgid).unwrap();
+        store.flush().unwrap();
+    }
+    let start = queuectl::worker::kill::start_time(pgid).unwrap();
+    let record = env.path().join("attempts/2147483647");
+    fs::write(&record, format!("{pgid} {} a\n", start + 1)).unwrap();
+    env.ok(&["status"]);
+    assert_eq!(env.count("processing"), 0, "recovered");
+    let alive = bystander.try_wait().unwrap().is_none();
+    if !alive {
+        panic!("recovery killed an unrelated process group");
+    }
+    // The same record with the leader's own start time is the attempt: it is killed.
+    fs::write(&record, format!("{pgid} {start} a\n")).unwrap();
+    env.ok(&["status"]);
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while bystander.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = bystander.kill();
+            panic!("the recorded attempt was not killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

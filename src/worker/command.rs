@@ -90,6 +90,22 @@ pub fn run_command_in(
     cancel: &Receiver<()>,
     on_start: impl FnOnce(i32),
 ) -> RunResult {
+    let no_record = |_: i32, _: u64| Ok(());
+    run_command_recorded(command, cwd, env, timeout, cancel, no_record, on_start)
+}
+
+/// [`run_command_in`], calling `record(pgid, start_time)` after the shell exists and before
+/// its command may run: the command runs only if `record` succeeds (else the run fails with
+/// nothing run).
+pub fn run_command_recorded(
+    command: &str,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+    timeout: Option<Duration>,
+    cancel: &Receiver<()>,
+    record: impl FnOnce(i32, u64) -> io::Result<()>,
+    on_start: impl FnOnce(i32),
+) -> RunResult {
     let started = Instant::now();
     if let Some(dir) = cwd {
         if !dir.is_dir() {
@@ -100,10 +116,11 @@ pub fn run_command_in(
         }
     }
     let spawned = spawn_shell(command, cwd, env);
-    let child = match spawned {
+    let mut child = match spawned {
         Ok(child) => child,
         Err(cause) => return failed(ProcessError::Spawn { cause }, started),
     };
+    let gate = child.stdin.take();
     // A timeout too large to represent as an instant is no timeout.
     let deadline = timeout.and_then(|t| started.checked_add(t));
     let live = live.map(|(out, err)| (Some(Live::new(out)), Some(Live::new(err))));
@@ -111,6 +128,23 @@ pub fn run_command_in(
         Ok(shell) => shell,
         Err(e) => return failed(e, started),
     };
+    let start_time = super::kill::start_time(shell.pgid).unwrap_or(0);
+    if let Err(cause) = record(shell.pgid, start_time) {
+        // Not recorded, so not run: closing the gate unwritten ends the shell.
+        drop(gate);
+        let _ = shell.wait(started);
+        let e = ProcessError::Setup {
+            action: "record the attempt",
+            pid: shell.child.id(),
+            cause,
+        };
+        return failed(e, started);
+    }
+    if let Some(mut gate) = gate {
+        use std::io::Write;
+        // A shell that died already reports its own status below.
+        let _ = gate.write_all(b"\n");
+    }
     on_start(shell.pgid);
     shell.wait(started)
 }

@@ -69,6 +69,59 @@ pub fn kill_and_reap(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold any byte): the
+/// state is the first of them, the parent's pid the second, the start time the twentieth.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// When process `pid` started, in clock ticks since boot: with the pid, it names one process
+/// for good (a pid is reused, a pid and a start time are not).
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`), so
+/// that a job's daemons, which leave its process group, become our children when their
+/// parent exits, and [`kill_descendants`] can find them.
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Kills and reaps every child of this process whose pid is above `after` (every job's
+/// descendant was started after the job's shell; a worker has no other children), until none
+/// is left: each one killed may leave orphans that become our children in turn. Returns how
+/// many were killed.
+pub fn kill_descendants(after: i32) -> usize {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let mut killed = 0;
+    // A bound on the rounds, against a descendant that forks as fast as we kill.
+    for _ in 0..100 {
+        let children: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid > after && *pid != me)
+            .filter(|pid| {
+                stat_fields(*pid).is_some_and(|f| f.get(1).and_then(|p| p.parse().ok()) == Some(me))
+            })
+            .collect();
+        if children.is_empty() {
+            break;
+        }
+        for pid in children {
+            let pid = Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// Whether process `pid` still runs (a zombie, which has exited, does not).
 pub fn process_runs(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

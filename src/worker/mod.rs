@@ -9,6 +9,7 @@
 //! - with a lock file, a shared lock on it is held for the worker's whole life, so whoever takes
 //!   it exclusively knows every worker of the previous supervisor is gone.
 
+pub mod attempt;
 pub mod collect;
 pub mod command;
 pub mod kill;
@@ -41,6 +42,8 @@ pub enum WorkerError {
     OpenLock { path: PathBuf, cause: io::Error },
     #[error("could not take a shared lock on {}: {cause}", path.display())]
     Lock { path: PathBuf, cause: io::Error },
+    #[error("cannot record attempts: {0}")]
+    Attempts(io::Error),
     #[error("could not start the input reader thread: {0}")]
     ReaderThread(io::Error),
     #[error("bad frame from the supervisor: {0}")]
@@ -66,7 +69,13 @@ pub fn run_child(dir: &DataDir) -> Result<(), WorkerError> {
     };
     let input = stdio("stdin", io::stdin().as_fd())?;
     let output = stdio("stdout", io::stdout().as_fd())?;
+    // Every attempt is recorded before its command runs; a worker that cannot record runs
+    // nothing.
+    if let Err(cause) = attempt::install(&dir.attempts_path()) {
+        return Err(WorkerError::Attempts(cause));
+    }
     let result = run(input, output, Some(&dir.workers_lock_path()));
+    attempt::remove();
     if let Err(e) = &result {
         tracing::error!("worker {} stopped: {e}", std::process::id());
     }
@@ -174,7 +183,8 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
         live,
     } = job;
     let mut start_failed = None;
-    let result = command::run_command_in(
+    let mut group = None;
+    let result = command::run_command_recorded(
         &command,
         cwd.as_deref().map(std::path::Path::new),
         &env,
@@ -186,6 +196,10 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
         }),
         timeout_ms.map(Duration::from_millis),
         ended,
+        |pgid, start| {
+            group = Some(pgid);
+            attempt::record(&job_id, pgid, start)
+        },
         |pgid| {
             let started = FromWorker::Started {
                 job_id: job_id.clone(),
@@ -200,6 +214,9 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
             }
         },
     );
+    if let Some(pgid) = group {
+        attempt::end(pgid);
+    }
     if let Some(cause) = start_failed {
         return Err(WorkerError::Send {
             what: "started",

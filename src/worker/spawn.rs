@@ -73,8 +73,15 @@ fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
     io::Error::other(ProcessError::NotPiped { pipe, pid })
 }
 
-/// Starts `sh -c command` in a new process group (whose id is the shell's pid), stdin on
-/// `/dev/null`, stdout and stderr piped.
+/// What the shell runs first: wait at the gate (its stdin) for a line, then run the command
+/// in the same process (`exec`, so the pid, the group and the start time stay), with stdin on
+/// `/dev/null`. If the gate closes without a line (the worker died before the attempt was
+/// recorded), the command never runs.
+const GATE: &str = "read -r go || exit 125; exec </dev/null; exec /bin/sh -c \"$1\"";
+
+/// Starts `sh -c command` in a new process group (whose id is the shell's pid), stdout and
+/// stderr piped, held at a gate: the command runs only once a line is written to the child's
+/// stdin (then on `/dev/null`); dropping stdin unwritten stops it.
 pub(super) fn spawn_shell(
     command: &str,
     cwd: Option<&Path>,
@@ -83,9 +90,11 @@ pub(super) fn spawn_shell(
     // No `pre_exec` here, so std can use posix_spawn (vfork-like), much cheaper than fork.
     let mut cmd = Command::new(SHELL);
     cmd.arg("-c")
+        .arg(GATE)
+        .arg(SHELL)
         .arg(command)
         .process_group(0)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .envs(env.iter().map(|(k, v)| (k, v)));
