@@ -133,7 +133,10 @@ pub fn kill_recorded(dir: &Path) -> Vec<Recorded> {
         if let Some(rec) = parse(&bytes) {
             if rec.pgid > 1 && kill::start_time(rec.pgid) == Some(rec.start) {
                 match kill::kill_job_group(rec.pgid) {
-                    Ok(()) => killed.push(rec),
+                    Ok(()) => {
+                        wait_stopped(rec.pgid);
+                        killed.push(rec)
+                    }
                     Err(e) => tracing::warn!(
                         "could not kill process group {} of job {}: {e}",
                         rec.pgid,
@@ -147,6 +150,16 @@ pub fn kill_recorded(dir: &Path) -> Vec<Recorded> {
         }
     }
     killed
+}
+
+/// Waits (at most 5 s) until the killed leader no longer runs: SIGKILL takes effect when the
+/// process next runs, which on a busy machine is not at once.
+fn wait_stopped(pgid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while u32::try_from(pgid).is_ok_and(kill::process_runs) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Reads a record file: a regular file of ours, never through a link, at most one record.

@@ -91,16 +91,20 @@ pub fn run_command_in(
     on_start: impl FnOnce(i32),
 ) -> RunResult {
     let no_record = |_: i32, _: u64| Ok(());
-    run_command_recorded(command, cwd, env, timeout, cancel, no_record, on_start)
+    run_command_recorded(
+        command, cwd, env, live, timeout, cancel, no_record, on_start,
+    )
 }
 
 /// [`run_command_in`], calling `record(pgid, start_time)` after the shell exists and before
 /// its command may run: the command runs only if `record` succeeds (else the run fails with
 /// nothing run).
+#[allow(clippy::too_many_arguments)]
 pub fn run_command_recorded(
     command: &str,
     cwd: Option<&Path>,
     env: &[(String, String)],
+    live: Option<(&Path, &Path)>,
     timeout: Option<Duration>,
     cancel: &Receiver<()>,
     record: impl FnOnce(i32, u64) -> io::Result<()>,
