@@ -585,13 +585,15 @@ mod tests {
             max_retries: 7,
             backoff_base: 3,
             poll_interval_ms: 250,
+            retention_completed: crate::model::KEEP,
+            retention_dead: crate::model::KEEP,
         };
         let summary = export_sqlite(&db, false, jobs.clone(), &config).unwrap();
         assert_eq!(
             summary,
             ExportSummary {
                 jobs: jobs.len() as u64,
-                config_keys: 3
+                config_keys: 5
             }
         );
 
@@ -657,6 +659,8 @@ mod tests {
                 text("max_retries", "7"),
                 text("backoff_base", "3"),
                 text("poll_interval_ms", "250"),
+                text("retention_completed", "0"),
+                text("retention_dead", "0"),
             ]
         );
         assert_eq!(dir_entries(dir.path()), BTreeSet::from(["q.db".into()]));

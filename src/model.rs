@@ -28,7 +28,7 @@ pub enum ModelError {
     #[error("unknown state `{0}` (expected one of pending, processing, completed, failed, dead)")]
     UnknownState(String),
     #[error(
-        "unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms)"
+        "unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms, retention_completed, retention_dead)"
     )]
     UnknownConfigKey(String),
     #[error("invalid value `{value}` for {key}: {reason}")]
@@ -426,13 +426,22 @@ pub enum ConfigKey {
     MaxRetries,
     BackoffBase,
     PollIntervalMs,
+    /// How long completed jobs are kept (ms; [`KEEP`]: for ever).
+    RetentionCompleted,
+    /// How long dead jobs are kept (ms; [`KEEP`]: for ever).
+    RetentionDead,
 }
 
+/// A retention of 0: keep for ever (`keep` on the command line).
+pub const KEEP: u64 = 0;
+
 impl ConfigKey {
-    pub const ALL: [ConfigKey; 3] = [
+    pub const ALL: [ConfigKey; 5] = [
         ConfigKey::MaxRetries,
         ConfigKey::BackoffBase,
         ConfigKey::PollIntervalMs,
+        ConfigKey::RetentionCompleted,
+        ConfigKey::RetentionDead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -440,6 +449,19 @@ impl ConfigKey {
             ConfigKey::MaxRetries => "max_retries",
             ConfigKey::BackoffBase => "backoff_base",
             ConfigKey::PollIntervalMs => "poll_interval_ms",
+            ConfigKey::RetentionCompleted => "retention_completed",
+            ConfigKey::RetentionDead => "retention_dead",
+        }
+    }
+
+    /// A value as people read it: retentions as durations (`7days`) or `keep`.
+    pub fn format_value(self, value: u64) -> String {
+        match self {
+            ConfigKey::RetentionCompleted | ConfigKey::RetentionDead if value == KEEP => {
+                "keep".to_string()
+            }
+            ConfigKey::RetentionCompleted | ConfigKey::RetentionDead => format_duration(value),
+            _ => value.to_string(),
         }
     }
 
@@ -448,6 +470,16 @@ impl ConfigKey {
             ConfigKey::MaxRetries => 3,
             ConfigKey::BackoffBase => 2,
             ConfigKey::PollIntervalMs => 500,
+            ConfigKey::RetentionCompleted => 7 * 24 * 3600 * 1000,
+            ConfigKey::RetentionDead => KEEP,
+        }
+    }
+
+    /// Checks a value already in canonical form (as stored, or sent by a client).
+    pub fn check_canonical(self, value: u64) -> Result<u64, ModelError> {
+        match self {
+            ConfigKey::RetentionCompleted | ConfigKey::RetentionDead => Ok(value),
+            _ => self.parse_value(&value.to_string()),
         }
     }
 
@@ -458,6 +490,20 @@ impl ConfigKey {
             value: value.to_string(),
             reason,
         };
+        if matches!(
+            self,
+            ConfigKey::RetentionCompleted | ConfigKey::RetentionDead
+        ) {
+            let v = value.trim();
+            if v.eq_ignore_ascii_case("keep") {
+                return Ok(KEEP);
+            }
+            return match parse_duration(v) {
+                Ok(0) => Err(invalid("must be longer than 0 (or `keep`)")),
+                Ok(ms) => Ok(ms),
+                Err(_) => Err(invalid("expected a duration like 12h or 7d, or `keep`")),
+            };
+        }
         let n: u64 = match (self, value.trim().parse()) {
             (_, Ok(n)) => n,
             // The one duration setting also takes a unit: `300ms`, `2s`.
@@ -495,6 +541,16 @@ pub struct Config {
     pub max_retries: u32,
     pub backoff_base: u64,
     pub poll_interval_ms: u64,
+    /// Completed jobs older than this (ms since they finished) are removed; [`KEEP`]: never.
+    #[serde(default = "default_retention_completed")]
+    pub retention_completed: u64,
+    /// Dead jobs older than this are removed; [`KEEP`]: never.
+    #[serde(default)]
+    pub retention_dead: u64,
+}
+
+fn default_retention_completed() -> u64 {
+    ConfigKey::RetentionCompleted.default_value()
 }
 
 impl Default for Config {
@@ -503,6 +559,8 @@ impl Default for Config {
             max_retries: ConfigKey::MaxRetries.default_value() as u32,
             backoff_base: ConfigKey::BackoffBase.default_value(),
             poll_interval_ms: ConfigKey::PollIntervalMs.default_value(),
+            retention_completed: default_retention_completed(),
+            retention_dead: ConfigKey::RetentionDead.default_value(),
         }
     }
 }
@@ -513,6 +571,8 @@ impl Config {
             ConfigKey::MaxRetries => u64::from(self.max_retries),
             ConfigKey::BackoffBase => self.backoff_base,
             ConfigKey::PollIntervalMs => self.poll_interval_ms,
+            ConfigKey::RetentionCompleted => self.retention_completed,
+            ConfigKey::RetentionDead => self.retention_dead,
         }
     }
 
@@ -522,6 +582,8 @@ impl Config {
             ConfigKey::MaxRetries => self.max_retries = u32::try_from(value).unwrap_or(u32::MAX),
             ConfigKey::BackoffBase => self.backoff_base = value,
             ConfigKey::PollIntervalMs => self.poll_interval_ms = value,
+            ConfigKey::RetentionCompleted => self.retention_completed = value,
+            ConfigKey::RetentionDead => self.retention_dead = value,
         }
     }
 
@@ -1008,5 +1070,21 @@ mod tests {
             (out.run, out.finished_at, out.stdout),
             (3, 99, b"x".to_vec())
         );
+    }
+
+    #[test]
+    fn retention_settings_are_durations_or_keep() {
+        let k = ConfigKey::RetentionCompleted;
+        assert_eq!(k.parse_value("7d"), Ok(7 * 24 * 3600 * 1000));
+        assert_eq!(k.parse_value("keep"), Ok(KEEP));
+        assert_eq!(k.parse_value("90"), Ok(90_000), "plain numbers are seconds");
+        assert!(k.parse_value("0").is_err());
+        assert!(k.parse_value("soon").is_err());
+        assert_eq!(k.format_value(KEEP), "keep");
+        assert_eq!(k.format_value(3_600_000), "1h");
+        assert_eq!(k.check_canonical(604_800_000), Ok(604_800_000));
+        assert_eq!(Config::default().retention_completed, 604_800_000);
+        assert_eq!(Config::default().retention_dead, KEEP);
+        assert_eq!("retention_dead".parse(), Ok(ConfigKey::RetentionDead));
     }
 }

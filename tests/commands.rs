@@ -656,6 +656,8 @@ fn config_show_get_set() {
         ("max_retries", "3"),
         ("backoff_base", "2"),
         ("poll_interval_ms", "500"),
+        ("retention_completed", "7days"),
+        ("retention_dead", "keep"),
     ] {
         let row = table
             .lines()
@@ -666,7 +668,8 @@ fn config_show_get_set() {
     let cfg: Value = serde_json::from_str(&env.ok(&["config", "show", "--json"])).unwrap();
     assert_eq!(
         cfg,
-        json!({"max_retries": 3, "backoff_base": 2, "poll_interval_ms": 500})
+        json!({"max_retries": 3, "backoff_base": 2, "poll_interval_ms": 500,
+               "retention_completed": 604_800_000u64, "retention_dead": 0})
     );
     assert_eq!(env.ok(&["config", "get", "max_retries"]), "3\n");
     assert_eq!(env.ok(&["config", "get", "backoff_base"]), "2\n");
@@ -690,7 +693,8 @@ fn config_show_get_set() {
     let cfg: Value = serde_json::from_str(&env.ok(&["config", "show", "--json"])).unwrap();
     assert_eq!(
         cfg,
-        json!({"max_retries": 0, "backoff_base": 7, "poll_interval_ms": 250})
+        json!({"max_retries": 0, "backoff_base": 7, "poll_interval_ms": 250,
+               "retention_completed": 604_800_000u64, "retention_dead": 0})
     );
     // The setting persists: a job enqueued now takes it.
     env.enqueue(r#"{"id":"j","command":"true"}"#);

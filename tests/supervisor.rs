@@ -642,3 +642,62 @@ fn stop_returns_only_once_the_supervisor_has_let_go_of_the_store() {
     }
     assert_no_processes(&env);
 }
+
+/// Retention: `clean` removes finished jobs on demand (`--older-than`, else the setting, or
+/// all when it is `keep`), and a supervisor applies `retention_completed` by itself; the output
+/// of the jobs goes with them.
+#[test]
+fn clean_and_retention_remove_finished_jobs_with_their_output() {
+    let env = Env::new();
+    for i in 0..3 {
+        env.enqueue(&format!(r#"{{"id":"ok{i}","command":"echo {i}"}}"#));
+    }
+    for i in 0..2 {
+        env.enqueue(&format!(
+            r#"{{"id":"bad{i}","command":"false","max_retries":0}}"#
+        ));
+    }
+    let sup = env.start(2);
+    wait_until("every job finished", || {
+        env.count("completed") == 3 && env.count("dead") == 2
+    });
+    sup.stop();
+    assert!(env.ok(&["logs", "ok0"]).contains('0'));
+    let out = env.fails(&["clean", "--state", "pending"], 2);
+    assert!(out.contains("completed or dead"), "{out}");
+    let out = env.fails(&["clean", "--state", "dead", "--older-than", "soon"], 2);
+    assert!(out.contains("--older-than"), "{out}");
+    assert_eq!(
+        env.ok(&["clean", "--state", "dead", "--older-than", "1h"]),
+        "Removed 0 dead jobs\n"
+    );
+    // retention_dead is `keep` by default: cleaning dead jobs without a cut-off takes them all.
+    assert_eq!(env.ok(&["config", "get", "retention_dead"]), "keep\n");
+    assert_eq!(
+        env.ok(&["clean", "--state", "dead"]),
+        "Removed 2 dead jobs\n"
+    );
+    assert_eq!(env.count("dead"), 0);
+    // The default retention of completed jobs (7 days) keeps them.
+    assert_eq!(
+        env.ok(&["clean", "--state", "completed"]),
+        "Removed 0 completed jobs\n"
+    );
+    assert_eq!(
+        env.ok(&["config", "set", "retention_completed", "1ms"]),
+        "retention_completed = 1ms\n"
+    );
+    let sup = env.start(1);
+    wait_until("the supervisor removes the completed jobs", || {
+        env.count("completed") == 0
+    });
+    sup.stop();
+    let out = env.fails(&["logs", "ok0"], 2);
+    assert!(out.contains("ok0"), "{out}");
+    assert_eq!(env.count("total"), 0);
+    env.verify_store();
+    // The output went with the jobs: a new job of the same id has none.
+    env.enqueue(r#"{"id":"ok0","command":"true"}"#);
+    let out = env.fails(&["logs", "ok0"], 2);
+    assert!(out.contains("not run"), "{out}");
+}

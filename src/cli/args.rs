@@ -90,6 +90,16 @@ pub enum Command {
     /// Show or change settings (max_retries, backoff_base, poll_interval_ms)
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Remove completed or dead jobs (and their output) that finished long enough ago
+    Clean {
+        /// completed or dead
+        #[arg(long)]
+        state: String,
+        /// Remove those finished longer ago than this (90s, 12h, 7d) [default: the retention
+        /// setting for the state (retention_completed, retention_dead), or all when it is keep]
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+    },
     /// Write every job and the config to an SQLite file (the jobs and config tables of the
     /// Node.js queuectl)
     Export {

@@ -176,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Dlq(DlqCommand::Retry { ids, all }) => dlq_retry(&dir, ids, all, json, out),
         Command::Config(c) => config(&dir, c, json, out),
+        Command::Clean { state, older_than } => clean(&dir, &state, older_than, json, out),
         Command::Export { sqlite, force } => export(&dir, &sqlite, force, json, out),
         Command::WorkerChild => worker::run_child(&dir).map_err(Into::into),
         Command::Completions { .. } | Command::Man => Ok(()),
@@ -1300,11 +1301,11 @@ fn config(dir: &DataDir, c: ConfigCommand, json: bool, out: &mut impl Write) -> 
         k.parse::<ConfigKey>()
             .map_err(|e| CommandError::Invalid(e.to_string()))
     };
-    let pair = |out: &mut dyn Write, key: &str, v: u64| -> Result<()> {
+    let pair = |out: &mut dyn Write, key: ConfigKey, v: u64| -> Result<()> {
         if json {
-            writeln!(out, "{}", serde_json::json!({ key: v }))?;
+            writeln!(out, "{}", serde_json::json!({ key.as_str(): v }))?;
         } else {
-            writeln!(out, "{key} = {v}")?;
+            writeln!(out, "{} = {}", key.as_str(), key.format_value(v))?;
         }
         Ok(())
     };
@@ -1321,7 +1322,7 @@ fn config(dir: &DataDir, c: ConfigCommand, json: bool, out: &mut impl Write) -> 
                     value: v,
                 },
             )? {
-                Reply::Done => pair(out, &key, v)?,
+                Reply::Done => pair(out, k, v)?,
                 other => return unexpected(other),
             }
         }
@@ -1331,9 +1332,9 @@ fn config(dir: &DataDir, c: ConfigCommand, json: bool, out: &mut impl Write) -> 
                 return Err(CommandError::Unexpected);
             };
             if json {
-                pair(out, &key, cfg.get(k))?;
+                pair(out, k, cfg.get(k))?;
             } else {
-                writeln!(out, "{}", cfg.get(k))?;
+                writeln!(out, "{}", k.format_value(cfg.get(k)))?;
             }
         }
         ConfigCommand::Show => {
@@ -1350,12 +1351,56 @@ fn config(dir: &DataDir, c: ConfigCommand, json: bool, out: &mut impl Write) -> 
             } else {
                 let mut t = Table::new();
                 t.set_header(["KEY", "VALUE"]);
-                for (k, v) in cfg.entries() {
-                    t.add_row([k.to_string(), v.to_string()]);
+                for k in ConfigKey::ALL {
+                    t.add_row([k.as_str().to_string(), k.format_value(cfg.get(k))]);
                 }
                 writeln!(out, "{}", render(&mut t, &[], &[]))?;
             }
         }
+    }
+    Ok(())
+}
+
+fn clean(
+    dir: &DataDir,
+    state: &str,
+    older_than: Option<String>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let state = match state.parse::<JobState>() {
+        Ok(st @ (JobState::Completed | JobState::Dead)) => st,
+        _ => {
+            return Err(CommandError::Invalid(format!(
+                "--state must be completed or dead, not `{state}`"
+            )))
+        }
+    };
+    let older_than_ms = match older_than {
+        None => None,
+        Some(d) => Some(
+            parse_duration(&d).map_err(|e| CommandError::Invalid(format!("--older-than: {e}")))?,
+        ),
+    };
+    let req = Request::Clean {
+        state,
+        older_than_ms,
+    };
+    let Reply::Removed(n) = call(dir, &req)? else {
+        return Err(CommandError::Unexpected);
+    };
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "removed": n, "state": state })
+        )?;
+    } else {
+        writeln!(
+            out,
+            "Removed {n} {state} job{}",
+            if n == 1 { "" } else { "s" }
+        )?;
     }
     Ok(())
 }

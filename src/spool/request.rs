@@ -61,6 +61,12 @@ pub enum Request {
     },
     /// Move every dead job back to pending.
     DlqRetryAll,
+    /// Remove the completed (or dead) jobs that finished more than `older_than_ms` ago (`None`:
+    /// the configured retention, or all of them when it is `keep`), with their output.
+    Clean {
+        state: JobState,
+        older_than_ms: Option<u64>,
+    },
     /// The jobs, once all of them are completed or dead: a supervisor answers when they are;
     /// any other owner (or one that is stopping) answers at once with their current state.
     Wait {
@@ -96,6 +102,7 @@ impl Request {
                 | Request::Cancel { .. }
                 | Request::Remove { .. }
                 | Request::DlqRetryAll
+                | Request::Clean { .. }
         )
     }
 }
@@ -145,6 +152,8 @@ pub enum Reply {
         output: Option<RunOutput>,
     },
     Config(Config),
+    /// How many jobs were removed.
+    Removed(u64),
     Dump {
         jobs: Vec<Job>,
         config: Config,
@@ -218,7 +227,7 @@ pub fn apply(
         Request::DlqRetry { id } => store.dlq_retry(id, now, request_id).map(Reply::Retried),
         Request::ConfigSet { key, value } => match key.parse::<ConfigKey>() {
             Err(e) => return Reply::invalid(e.to_string()),
-            Ok(k) => match k.parse_value(&value.to_string()) {
+            Ok(k) => match k.check_canonical(*value) {
                 Err(e) => return Reply::invalid(e.to_string()),
                 Ok(v) => store.config_set(k, v, request_id).map(|()| Reply::Done),
             },
@@ -257,6 +266,10 @@ pub fn apply(
             Err(e) => Err(e),
         },
         Request::Config => store.config().map(Reply::Config),
+        Request::Clean {
+            state,
+            older_than_ms,
+        } => clean(store, *state, *older_than_ms, now).map(Reply::Removed),
         Request::Dump => store.config().and_then(|config| {
             let jobs = store.all_jobs().collect::<Result<Vec<_>, _>>()?;
             Ok(Reply::Dump { jobs, config })
@@ -321,6 +334,44 @@ fn each(
         }
     }
     Ok(Reply::Each(results))
+}
+
+/// Jobs examined per step of retention.
+pub const PURGE_STEP: usize = 1_000;
+
+/// The cut-off time of a retention (`None` when the jobs are kept for ever).
+pub fn retention_cutoff(retention_ms: u64, now: Millis) -> Option<Millis> {
+    (retention_ms != crate::model::KEEP).then(|| now.saturating_sub(retention_ms))
+}
+
+/// `queuectl clean`: every step of [`JobStore::purge`] over `state`, returning how many went.
+fn clean(
+    store: &dyn JobStore,
+    state: JobState,
+    older_than_ms: Option<u64>,
+    now: Millis,
+) -> Result<u64, StoreError> {
+    let cutoff = match older_than_ms {
+        Some(ms) => now.saturating_sub(ms),
+        None => {
+            let cfg = store.config()?;
+            let retention = match state {
+                JobState::Dead => cfg.retention_dead,
+                _ => cfg.retention_completed,
+            };
+            retention_cutoff(retention, now).unwrap_or(Millis::MAX)
+        }
+    };
+    let mut removed = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let step = store.purge(state, cutoff, after.as_deref(), PURGE_STEP)?;
+        removed += step.removed;
+        match step.next {
+            Some(next) => after = Some(next),
+            None => return Ok(removed),
+        }
+    }
 }
 
 /// Writes one job to a bulk file (the client's side of [`Request::EnqueueBulk`]).

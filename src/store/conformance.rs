@@ -76,6 +76,7 @@ macro_rules! conformance_tests {
             staged_ids_are_taken,
             a_discarded_batch_leaves_nothing,
             unpublished_batches_are_dropped_by_the_next_owner,
+            purge_removes_old_finished_jobs_step_by_step,
             random_operations_keep_the_invariants,
             cancel_moves_waiting_jobs_to_dead_and_out_of_the_order,
             remove_deletes_finished_jobs_and_their_output
@@ -144,6 +145,8 @@ const CFG: Config = Config {
     max_retries: 3,
     backoff_base: 2,
     poll_interval_ms: 500,
+    retention_completed: crate::model::KEEP,
+    retention_dead: crate::model::KEEP,
 };
 
 // ---- behaviours -----------------------------------------------------------------------------
@@ -997,6 +1000,82 @@ pub fn unpublished_batches_are_dropped_by_the_next_owner(fresh: Fresh<'_>) {
     assert_consistent(&*s);
 }
 
+/// Retention: `purge` removes completed (or dead) jobs that finished before the cut-off, with
+/// their output, examining at most `limit` jobs per step and saying where to go on.
+pub fn purge_removes_old_finished_jobs_step_by_step(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let jobs: Vec<NewJob> = (0..7).map(|i| new_job(&format!("p{i}"))).collect();
+    let mut once = new_job("dead");
+    once.max_retries = Some(0);
+    s.enqueue(&jobs, &CFG, 0, None).unwrap();
+    s.enqueue(&[once, new_job("waiting")], &CFG, 0, None)
+        .unwrap();
+    // p0..p6 complete at times 0..6 (ms), with output; `dead` dies at 3.
+    for i in 0..7u64 {
+        let j = s.reserve("w", i).unwrap().unwrap();
+        s.put_output(
+            &j.id,
+            &RunOutput {
+                run: 1,
+                outcome: Outcome::Exited(0),
+                finished_at: i,
+                duration_ms: 0,
+                stdout: b"x".to_vec(),
+                stderr: Vec::new(),
+            },
+        )
+        .unwrap();
+        complete(&*s, &j.id, i);
+    }
+    s.reserve("w", 3).unwrap();
+    fail(&*s, "dead", 2, 3);
+    // Pending and processing jobs are never examined.
+    assert_eq!(
+        s.purge(JobState::Pending, u64::MAX, None, 100).unwrap(),
+        crate::store::PurgeStep::default()
+    );
+    // Finished before 4: p0..p3, three examined per step.
+    let mut removed = 0;
+    let mut after: Option<String> = None;
+    let mut steps = 0;
+    loop {
+        let step = s
+            .purge(JobState::Completed, 4, after.as_deref(), 3)
+            .unwrap();
+        assert!(step.removed <= 3);
+        removed += step.removed;
+        steps += 1;
+        match step.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!((removed, steps), (4, 3));
+    for i in 0..7 {
+        let id = format!("p{i}");
+        assert_eq!(s.get(&id).unwrap().is_some(), i >= 4, "{id}");
+        assert_eq!(
+            s.output(&id, 1).unwrap().is_some(),
+            i >= 4,
+            "output of {id}"
+        );
+    }
+    assert_eq!(s.counts().unwrap().completed, 3);
+    let step = s.purge(JobState::Dead, 3, None, 100).unwrap();
+    assert_eq!(
+        (step.removed, step.next),
+        (0, None),
+        "died at 3, not before"
+    );
+    assert_eq!(s.purge(JobState::Dead, 4, None, 100).unwrap().removed, 1);
+    assert_eq!(s.counts().unwrap().dead, 0);
+    assert_eq!(s.get("waiting").unwrap().unwrap().state, JobState::Pending);
+    // The ids are free again.
+    s.enqueue(&[new_job("p0"), new_job("dead")], &CFG, 9, None)
+        .unwrap();
+    assert_consistent(&*s);
+}
+
 // ---- property test ----------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -1077,6 +1156,8 @@ fn run_ops(mut h: Box<dyn Harness>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         max_retries: 2,
         backoff_base: 1,
         poll_interval_ms: 10,
+        retention_completed: crate::model::KEEP,
+        retention_dead: crate::model::KEEP,
     };
     let mut now: Millis = 1_000;
     let mut next_id = 0u32;

@@ -88,6 +88,14 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+/// What one step of [`JobStore::purge`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeStep {
+    pub removed: u64,
+    /// The id to continue after; `None`: the end was reached.
+    pub next: Option<String>,
+}
+
 /// How an attempt ended, for [`JobStore::finish`].
 #[derive(Debug, Clone, Copy)]
 pub enum RunEnd<'a> {
@@ -273,6 +281,20 @@ pub trait JobStore: Send + Sync {
     /// and `runs` are unchanged. Errors, changing nothing: `NotFound`; `Running` for a
     /// processing job; `Finished` (with its state) for a completed or dead job.
     fn cancel(&self, id: &str, now: Millis) -> Result<Job, StoreError>;
+
+    /// One step of retention: examines at most `limit` jobs in `state` (completed or dead; any
+    /// other state examines nothing), in id order (bytes) after `after` (exclusive; `None`: from
+    /// the first), and removes those with `updated_at < finished_before` together with the
+    /// output of every run. Returns how many were removed and where the next step starts (`None`
+    /// once the last job was examined). Steps are small so that the owner can interleave them
+    /// with its other work.
+    fn purge(
+        &self,
+        state: JobState,
+        finished_before: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PurgeStep, StoreError>;
 
     /// Removes a finished job (`queuectl rm`): a completed or dead job and the output of every
     /// run are deleted; the job is returned as it was. Errors, changing nothing: `NotFound`;

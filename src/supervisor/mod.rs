@@ -244,7 +244,21 @@ struct Supervisor {
     actions: VecDeque<Action>,
     next_gen: u64,
     tx: Sender<Input>,
+    retention: Retention,
 }
+
+/// Where the sweeps of retention are (completed, then dead jobs), and when the next step is.
+struct Retention {
+    next_at: Instant,
+    after: [Option<String>; 2],
+}
+
+/// Jobs examined per retention step: a few milliseconds of the event loop.
+const RETENTION_STEP: usize = 1_000;
+/// Pause between two steps of a sweep.
+const RETENTION_STEP_PAUSE: Duration = Duration::from_millis(200);
+/// Pause between two sweeps.
+const RETENTION_SWEEP_PAUSE: Duration = Duration::from_secs(60);
 
 /// Runs the supervisor in this process until it is stopped.
 fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), SupervisorError> {
@@ -297,6 +311,10 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
             })
             .collect(),
         actions: VecDeque::new(),
+        retention: Retention {
+            next_at: Instant::now() + RETENTION_STEP_PAUSE,
+            after: [None, None],
+        },
         next_gen: 0,
         tx,
         dirty,
@@ -365,6 +383,54 @@ impl Supervisor {
             paused: self.core.paused(),
             stopping: self.core.phase() != Phase::Running,
         }
+    }
+
+    /// Retention, off the hot path: at most one small step of [`JobStore::purge`] per state
+    /// now and then, after the loop turn's dispatching; a sweep over all finished jobs goes
+    /// step by step, and the next sweep starts a minute after one ends.
+    fn retention_step(&mut self) {
+        if Instant::now() < self.retention.next_at {
+            return;
+        }
+        let now = now_ms();
+        let mut more = false;
+        for (i, (state, retention)) in [
+            (
+                crate::model::JobState::Completed,
+                self.config.retention_completed,
+            ),
+            (crate::model::JobState::Dead, self.config.retention_dead),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(cutoff) = request::retention_cutoff(retention, now) else {
+                self.retention.after[i] = None;
+                continue;
+            };
+            let after = self.retention.after[i].take();
+            match self
+                .owner
+                .store
+                .purge(state, cutoff, after.as_deref(), RETENTION_STEP)
+            {
+                Ok(step) => {
+                    if step.removed > 0 {
+                        tracing::debug!("retention removed {} {state} jobs", step.removed);
+                        self.mark_dirty();
+                    }
+                    more |= step.next.is_some();
+                    self.retention.after[i] = step.next;
+                }
+                Err(e) => tracing::warn!("retention of {state} jobs failed: {e}"),
+            }
+        }
+        self.retention.next_at = Instant::now()
+            + if more {
+                RETENTION_STEP_PAUSE
+            } else {
+                RETENTION_SWEEP_PAUSE
+            };
     }
 
     fn mark_dirty(&self) {
@@ -470,6 +536,7 @@ impl Supervisor {
             }
             if self.core.phase() == Phase::Running {
                 self.dispatch();
+                self.retention_step();
             } else if self.core.all_gone() {
                 break;
             }

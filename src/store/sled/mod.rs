@@ -14,6 +14,7 @@
 pub mod keys;
 
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -25,7 +26,7 @@ use crate::model::{
     retry_decision, Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision,
     RunOutput,
 };
-use crate::store::{FailOrDone, FailResult, JobStore, RunEnd, StoreError, VerifyReport};
+use crate::store::{FailOrDone, FailResult, JobStore, PurgeStep, RunEnd, StoreError, VerifyReport};
 
 /// sled's page cache: enough for a busy queue, far below sled's 1 GiB default.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -1089,7 +1090,8 @@ impl JobStore for SledStore {
             };
             let value = std::str::from_utf8(&v)
                 .ok()
-                .and_then(|v| key.parse_value(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .and_then(|v| key.check_canonical(v).ok())
                 .ok_or_else(|| corrupt(format!("bad value for {}", key.as_str())))?;
             cfg.set(key, value);
         }
@@ -1239,6 +1241,60 @@ impl JobStore for SledStore {
             Ok(())
         })?;
         Ok(job)
+    }
+
+    fn purge(
+        &self,
+        state: JobState,
+        finished_before: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PurgeStep, StoreError> {
+        if !matches!(state, JobState::Completed | JobState::Dead) || limit == 0 {
+            return Ok(PurgeStep::default());
+        }
+        let range = match after {
+            Some(a) => self
+                .tree(state)
+                .range::<&[u8], _>((Bound::Excluded(a.as_bytes()), Bound::Unbounded)),
+            None => self.tree(state).iter(),
+        };
+        let mut examined = 0;
+        let mut last = None;
+        let mut old = Vec::new();
+        for item in range.take(limit) {
+            let (_, v) = item?;
+            examined += 1;
+            let job: Job = decode(keys::state_tree_name(state), &v)?;
+            if job.updated_at < finished_before {
+                old.push(job.id.clone());
+            }
+            last = Some(job.id);
+        }
+        // Output first, as `remove` does.
+        let mut outputs = sled::Batch::default();
+        for id in &old {
+            for k in self.output.scan_prefix(keys::output_prefix(id)).keys() {
+                outputs.remove(k?);
+            }
+        }
+        self.output.apply_batch(outputs)?;
+        let removed = self.tx(|t| {
+            let mut n = 0i64;
+            for id in &old {
+                if t.take(state, id)?.is_some() {
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                t.count(state, -n)?;
+            }
+            Ok(n.unsigned_abs())
+        })?;
+        Ok(PurgeStep {
+            removed,
+            next: if examined == limit { last } else { None },
+        })
     }
 
     /// Checks both invariants over the whole store: each job in exactly one state tree whose
