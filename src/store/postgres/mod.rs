@@ -32,7 +32,7 @@ use postgres::{Client, NoTls, Row, Statement};
 use crate::model::{
     Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision, RunOutput,
 };
-use crate::store::{FailOrDone, FailResult, JobStore, RunEnd, StoreError, VerifyReport};
+use crate::store::{FailOrDone, FailResult, JobStore, PurgeStep, RunEnd, StoreError, VerifyReport};
 
 /// Times handed to the database are clamped to this (about the year 192,000), so that adding a
 /// retry delay never leaves PostgreSQL's range of timestamps.
@@ -215,6 +215,21 @@ const SQL_REMOVE: &str = concat!(
 );
 
 const SQL_REMOVE_OUTPUT: &str = "DELETE FROM job_output WHERE job_id = $1";
+
+/// One step of retention: the jobs examined (a page of one state in id order), those of them
+/// finished before the cut-off deleted with their output.
+const SQL_PURGE: &str = concat!(
+    "WITH examined AS (SELECT id, updated_at FROM jobs \
+     WHERE state = $1::text::queuectl_state AND ($2::text IS NULL OR id > $2::text) \
+     ORDER BY id LIMIT $3), \
+     gone AS (DELETE FROM jobs j USING examined e \
+     WHERE j.id = e.id AND e.updated_at < ",
+    ts!("$4"),
+    " RETURNING j.id), \
+     output AS (DELETE FROM job_output o USING gone g WHERE o.job_id = g.id) \
+     SELECT (SELECT count(*) FROM examined), (SELECT max(id) FROM examined), \
+     (SELECT count(*) FROM gone)"
+);
 
 const SQL_ENQUEUE: &str = concat!(
     "INSERT INTO jobs (id, command, state, attempts, max_retries, created_at, updated_at, \
@@ -980,6 +995,35 @@ impl JobStore for PgStore {
                 state: job.state,
             }),
         }
+    }
+
+    fn purge(
+        &self,
+        state: JobState,
+        finished_before: Millis,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PurgeStep, StoreError> {
+        if !matches!(state, JobState::Completed | JobState::Dead) || limit == 0 {
+            return Ok(PurgeStep::default());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let cutoff = i64::try_from(finished_before).map_or(MAX_MS, |ms| ms.min(MAX_MS));
+        let (examined, last, removed) = self.with(|c| {
+            let purge = c.statement(SQL_PURGE)?;
+            let row = c
+                .client
+                .query_one(&purge, &[&state.as_str(), &after, &limit, &cutoff])?;
+            Ok((
+                row.get::<_, i64>(0),
+                row.get::<_, Option<String>>(1),
+                row.get::<_, i64>(2),
+            ))
+        })?;
+        Ok(PurgeStep {
+            removed: removed.unsigned_abs(),
+            next: if examined == limit { last } else { None },
+        })
     }
 
     fn remove(&self, id: &str) -> Result<Job, StoreError> {

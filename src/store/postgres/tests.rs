@@ -132,6 +132,8 @@ const CFG: Config = Config {
     max_retries: 3,
     backoff_base: 2,
     poll_interval_ms: 500,
+    retention_completed: crate::model::KEEP,
+    retention_dead: crate::model::KEEP,
 };
 
 #[test]
