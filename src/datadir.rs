@@ -149,7 +149,7 @@ impl DataDir {
     /// are not refused there: the store creates its files with the process's umask, and the
     /// directories around them, checked above, are what keeps them private.
     fn secure(&self) -> Result<(), DataDirError> {
-        for name in ["lock", "workers.lock", "worker.log"] {
+        for name in ["lock", "workers.lock", "worker.log", BALLAST] {
             let path = self.root.join(name);
             if let Some(meta) = lstat(&path)? {
                 check_entry(&path, &meta, Kind::File)?;
@@ -233,6 +233,32 @@ impl DataDir {
     /// Workers hold this shared; a new owner takes it exclusively to know old workers are gone.
     pub fn workers_lock_path(&self) -> PathBuf {
         self.root.join("workers.lock")
+    }
+
+    /// Keeps [`BALLAST_BYTES`] of the disk for the moment it fills up (created if missing; a
+    /// failure only means there is no reserve yet). A full disk otherwise leaves no room even
+    /// for the small request file of `status` or `worker stop`.
+    pub fn ensure_ballast(&self) {
+        let path = self.root.join(BALLAST);
+        let file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(_) => return, // there already, or no room
+        };
+        if nix::fcntl::posix_fallocate(&file, 0, BALLAST_BYTES).is_err() {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
+    /// Gives the reserved space back to the file system (see [`DataDir::ensure_ballast`]).
+    /// Returns whether there was any.
+    pub fn release_ballast(&self) -> bool {
+        fs::remove_file(self.root.join(BALLAST)).is_ok()
     }
 
     /// Where workers record their running attempts (see `worker::attempt`).
@@ -354,6 +380,10 @@ impl DataDir {
 }
 
 const DIR_MODE: u32 = 0o700;
+
+/// The file holding space in reserve for a full disk, and its size.
+const BALLAST: &str = "reserved-space";
+const BALLAST_BYTES: i64 = 256 * 1024;
 
 /// How long [`DataDir::holder`] waits for a dead supervisor's lock to be released.
 const DYING_GRACE: Duration = Duration::from_secs(2);

@@ -96,6 +96,8 @@ impl Owner {
             spool,
             lock,
         };
+        // Space in reserve for a full disk (given back by a client that cannot submit).
+        dir.ensure_ballast();
         // What killed clients left: half-written requests and doorbells nobody listens on.
         match owner.spool.remove_stale_replies(STALE_SPOOL_FILES) {
             Ok(0) => {}

@@ -983,3 +983,143 @@ fn recovery_never_kills_a_reused_pid() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+// ---- a full disk (case 2) ----------------------------------------------------------------------
+
+/// A small tmpfs mounted for one test, unmounted (lazily) when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system: writes until there is no room left.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("fill"))
+            .unwrap();
+        let block = vec![0u8; 64 * 1024];
+        let mut small = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&small).is_ok() {}
+        small.truncate(1);
+        while f.write_all(&small).is_ok() {}
+    }
+
+    fn free(&self) {
+        fs::remove_file(self.path().join("fill")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Case 2: with the data directory's file system full while jobs run, the supervisor answers
+/// `status`, obeys `worker stop`, and once space returns nothing acknowledged is lost and the
+/// store opens and verifies.
+#[test]
+fn a_full_disk_is_an_error_not_a_hang() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        eprintln!("SKIPPED a_full_disk_is_an_error_not_a_hang: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let data = disk.path().join("q");
+    let q = |args: &[&str]| {
+        assert_cmd::Command::cargo_bin("queuectl")
+            .unwrap()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("QUEUECTL_REPLY_TIMEOUT", "20")
+            .timeout(common::DEADLINE)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = q(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let count = |state: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
+        v[state].as_u64().unwrap()
+    };
+    let jobs: String = (0..100)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"id": format!("j{i:03}"), "command": "head -c 3000 /dev/zero | tr '\\\\0' x", "max_retries": 20})
+            )
+        })
+        .collect();
+    let file = disk.path().join("jobs.jsonl");
+    fs::write(&file, jobs).unwrap();
+    ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    fs::remove_file(&file).unwrap();
+    let started = ok(&["worker", "start", "--count", "2"]);
+    let pid: i32 = started
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a pid");
+    struct Stop(i32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if common::alive(self.0) {
+                sigkill(self.0);
+            }
+        }
+    }
+    let _stop = Stop(pid);
+    common::wait_until("some jobs to complete", || count("completed") >= 5);
+    disk.fill();
+    // Jobs go on finishing into a full disk; the supervisor must still answer and stop. (The
+    // store may give a page back meanwhile: take it too.)
+    common::wait_until("the supervisor to hit the full disk", || {
+        disk.fill();
+        fs::read_to_string(data.join("worker.log")).is_ok_and(|l| l.contains("space"))
+    });
+    disk.fill();
+    let out = q(&["status", "--json"]);
+    assert!(out.status.success(), "status on a full disk: {out:?}");
+    let out = q(&["worker", "stop", "--force", "--timeout", "30"]);
+    assert!(out.status.success(), "stop on a full disk: {out:?}");
+    assert!(!common::alive(pid));
+    disk.free();
+    ok(&["worker", "start", "--count", "2"]);
+    common::wait_until("every job to complete", || count("completed") == 100);
+    ok(&["worker", "stop", "--timeout", "30"]);
+    let store = queuectl::store::sled::SledStore::open(&data.join("db")).unwrap();
+    let report = queuectl::store::JobStore::verify(&store).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -65,7 +65,16 @@ pub fn call_as(
     let id = id.to_string();
     let waiter = spool.reply_waiter(&id)?;
     // Not fsynced: we wait for the reply, which comes only after the owner flushed the effect.
-    spool.submit_awaited(&id, &request::encode(req)?)?;
+    let body = request::encode(req)?;
+    match spool.submit_awaited(&id, &body) {
+        // A full disk: give up the space kept for this moment and try once more, so that
+        // `status` and `worker stop` still reach the supervisor.
+        Err(e) if e.is_disk_full() && dir.release_ballast() => {
+            tracing::warn!("the disk is full: released the reserved space to reach the supervisor");
+            spool.submit_awaited(&id, &body)?;
+        }
+        other => other?,
+    }
     // A timeout too large for the clock means no deadline.
     let deadline = Instant::now().checked_add(timeout);
     loop {

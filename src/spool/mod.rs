@@ -134,6 +134,11 @@ impl SpoolError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, SpoolError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound)
     }
+
+    /// Whether this is a failed system call that found the disk full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::Io { error, .. } if has_errno(error, Errno::ENOSPC))
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
