@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
-    /// Start or stop the supervisor and its worker processes
+    /// Start, stop, resize or pause the supervisor and its worker processes
     #[command(subcommand)]
     Worker(WorkerCommand),
     /// Show how many jobs are in each state, the workers and the data directory
@@ -84,7 +84,7 @@ pub enum Command {
         #[arg(long)]
         supervisor: bool,
     },
-    /// The dead letter queue: jobs that failed max_retries times
+    /// The dead letter queue: jobs that failed max_retries times, or were cancelled
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Show or change settings (max_retries, backoff_base, poll_interval_ms)
