@@ -93,9 +93,35 @@ pub enum Holder {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// The shared PostgreSQL queue, when one was chosen (`--database-url`).
+    database_url: Option<String>,
 }
 
 impl DataDir {
+    /// Keeps the queue in the PostgreSQL database at `url` instead of this directory (which
+    /// then holds only what is per host: the supervisor's lock and `worker.log`).
+    pub fn with_database_url(mut self, url: Option<String>) -> DataDir {
+        self.database_url = url.filter(|u| !u.is_empty());
+        self
+    }
+
+    /// The shared queue's URL, if one was chosen.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// Names this data directory's supervisor among all that share a queue: host name and
+    /// directory. Stable across restarts, so that a new supervisor finds its predecessor's jobs.
+    pub fn host_key(&self) -> String {
+        let host = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        format!("{host}:{}", root.display())
+    }
+
     /// Picks the directory: the flag, else `$QUEUECTL_HOME`, else the per-user data directory.
     pub fn resolve(flag: Option<&Path>) -> Result<PathBuf, DataDirError> {
         if let Some(p) = flag {
@@ -137,6 +163,7 @@ impl DataDir {
         }
         let dir = DataDir {
             root: root.to_path_buf(),
+            database_url: None,
         };
         dir.secure()?;
         Ok(dir)

@@ -17,8 +17,9 @@ use crate::spool::request::{self, ErrorKind, OwnerInfo, Reply, Request};
 use crate::spool::{PendingRequest, Spool, SpoolError};
 use std::sync::Arc;
 
+use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
-use crate::store::{JobStore, StoreError};
+use crate::store::{lease_ms, JobStore, StoreError};
 
 /// How long a new owner waits for the previous supervisor's workers to exit.
 const OLD_WORKERS_GRACE: Duration = Duration::from_secs(10);
@@ -42,6 +43,8 @@ pub enum OwnerError {
 pub struct Owner {
     pub dir: DataDir,
     pub store: Arc<dyn JobStore>,
+    /// The same store when it is shared with other hosts (PostgreSQL): leases, heartbeat.
+    pub shared: Option<Arc<PgStore>>,
     pub spool: Spool,
     lock: StoreLock,
 }
@@ -88,11 +91,18 @@ impl Owner {
                 rec.job_id
             );
         }
-        let store: Arc<dyn JobStore> = Arc::new(SledStore::open(&dir.store_path())?);
+        let (store, shared): (Arc<dyn JobStore>, _) = match dir.database_url() {
+            Some(url) => {
+                let pg = Arc::new(PgStore::open(url, &dir.host_key())?.with_lease(lease_ms()));
+                (pg.clone(), Some(pg))
+            }
+            None => (Arc::new(SledStore::open(&dir.store_path())?), None),
+        };
         let spool = Spool::open(dir.root())?;
         let owner = Owner {
             dir: dir.clone(),
             store,
+            shared,
             spool,
             lock,
         };
@@ -121,9 +131,13 @@ impl Owner {
 
     /// Counts every attempt left in `processing` as failed.
     fn recover(&self) -> Result<(), OwnerError> {
-        let interrupted =
-            self.store
-                .list(Some(crate::model::JobState::Processing), 0, usize::MAX)?;
+        // A shared store's other processing jobs are other hosts': only ours were interrupted.
+        let interrupted = match &self.shared {
+            Some(pg) => pg.own_running()?,
+            None => self
+                .store
+                .list(Some(crate::model::JobState::Processing), 0, usize::MAX)?,
+        };
         // Nothing of them runs any more: `try_acquire` killed every recorded attempt (by
         // group and start time, never by a bare pid that may have been reused).
         if interrupted.is_empty() {

@@ -18,6 +18,17 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Keep the queue in this PostgreSQL database, shared by every host pointed at it
+    /// (postgres://user:password@host:port/database)
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "QUEUECTL_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -12,9 +12,11 @@
 use std::time::{Duration, Instant};
 
 use crate::datadir::{DataDir, Holder};
+use crate::model::now_ms;
 use crate::owner::{Owner, OwnerError};
-use crate::spool::request::{self, CodecError, Reply, Request};
+use crate::spool::request::{self, CodecError, OwnerInfo, Reply, Request};
 use crate::spool::{Spool, SpoolError};
+use crate::store::postgres::PgStore;
 
 /// How long to wait for each look at the reply before trying the lock again.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -58,6 +60,9 @@ pub fn call_as(
     req: &Request,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
+    if let Some(url) = dir.database_url() {
+        return shared(dir, url, req);
+    }
     if let Some(owner) = Owner::try_acquire(dir)? {
         return Ok(owner.run(req)?);
     }
@@ -110,4 +115,24 @@ pub fn call_as(
             });
         }
     }
+}
+
+/// With a shared queue (PostgreSQL) every command talks to the database itself: no lock, no
+/// spool request (the database orders concurrent writers).
+fn shared(dir: &DataDir, url: &str, req: &Request) -> Result<Reply, ClientError> {
+    let key = format!("command:{}:{}", dir.host_key(), std::process::id());
+    let store = PgStore::open(url, &key).map_err(OwnerError::from)?;
+    let hosts = store.supervisors().map_err(OwnerError::from)?;
+    let info = OwnerInfo {
+        workers: hosts.iter().map(|h| h.workers).sum(),
+        busy_workers: hosts.iter().map(|h| h.busy).sum(),
+        supervisor_pid: None,
+        ..OwnerInfo::default()
+    };
+    let spool = Spool::open(dir.root())?;
+    let mut reply = request::apply(&store, &spool, req, info, now_ms(), None);
+    if let Reply::Status(s) = &mut reply {
+        s.hosts = hosts;
+    }
+    Ok(reply)
 }

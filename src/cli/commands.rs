@@ -111,6 +111,13 @@ pub fn run(cli: Cli) -> Result<()> {
     } else {
         DataDir::open_existing(&root)?
     };
+    if let Some(url) = &cli.database_url {
+        // The supervisor and its workers are started from this process: they inherit the
+        // choice through the environment (not the command line, where others could read a
+        // password).
+        std::env::set_var("QUEUECTL_DATABASE_URL", url);
+    }
+    let dir = dir.with_database_url(cli.database_url.clone());
     match cli.command {
         Command::Enqueue(args) => enqueue(&dir, args, json, out),
         Command::Add(args) => add(&dir, args, json, out),
@@ -797,6 +804,9 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
     if json {
         let mut v = status_json(&s);
         v["data_dir"] = data_dir.display().to_string().into();
+        if dir.database_url().is_some() {
+            v["hosts"] = serde_json::to_value(&s.hosts).unwrap_or_default();
+        }
         writeln!(out, "{v}")?;
         return Ok(());
     }
@@ -813,6 +823,27 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
         Cell::new(s.counts.total()).set_alignment(CellAlignment::Right),
     ]);
     writeln!(out, "{}", render(&mut t, &[], &[]))?;
+    if dir.database_url().is_some() {
+        // A shared queue: every supervisor, host by host.
+        if s.hosts.is_empty() {
+            writeln!(out, "Workers: 0 (no supervisor running on any host)")?;
+        } else {
+            let mut h = Table::new();
+            h.set_header(["HOST", "PID", "WORKERS", "BUSY", "HEARTBEAT"]);
+            for host in &s.hosts {
+                h.add_row([
+                    Cell::new(&host.host),
+                    Cell::new(host.pid),
+                    Cell::new(host.workers).set_alignment(CellAlignment::Right),
+                    Cell::new(host.busy).set_alignment(CellAlignment::Right),
+                    Cell::new(format!("{:.1}s ago", host.heartbeat_age_ms as f64 / 1000.0)),
+                ]);
+            }
+            writeln!(out, "{}", render(&mut h, &[], &[]))?;
+        }
+        writeln!(out, "Data directory: {}", data_dir.display())?;
+        return Ok(());
+    }
     match s.owner.supervisor_pid {
         Some(pid) => writeln!(
             out,

@@ -108,10 +108,13 @@ impl Request {
 }
 
 /// The answer to `status`: the counts and who owns the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub counts: Counts,
     pub owner: OwnerInfo,
+    /// With a shared queue (PostgreSQL): every supervisor sharing it.
+    #[serde(default)]
+    pub hosts: Vec<crate::store::HostInfo>,
 }
 
 /// Who is answering: a supervisor (with its workers) or a command working directly.
@@ -232,9 +235,13 @@ pub fn apply(
                 Ok(v) => store.config_set(k, v, request_id).map(|()| Reply::Done),
             },
         },
-        Request::Status => store
-            .counts()
-            .map(|counts| Reply::Status(StatusInfo { counts, owner })),
+        Request::Status => store.counts().map(|counts| {
+            Reply::Status(StatusInfo {
+                counts,
+                owner,
+                hosts: Vec::new(),
+            })
+        }),
         Request::List {
             state,
             offset,

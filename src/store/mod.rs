@@ -81,6 +81,30 @@ pub struct FailResult {
     pub decision: RetryDecision,
 }
 
+/// How long a shared store's reservation holds unless its supervisor renews it.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+
+/// The lease length: `QUEUECTL_LEASE_MS` if set (tests shorten it), else [`DEFAULT_LEASE_MS`].
+pub fn lease_ms() -> u64 {
+    std::env::var("QUEUECTL_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms >= 100)
+        .unwrap_or(DEFAULT_LEASE_MS)
+}
+
+/// A supervisor sharing the queue from another data directory or host (shared stores only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostInfo {
+    /// Host name and data directory.
+    pub host: String,
+    pub pid: u32,
+    pub workers: u32,
+    pub busy: u32,
+    /// How long ago it last renewed its leases.
+    pub heartbeat_age_ms: u64,
+}
+
 /// Result of a consistency check ([`JobStore::verify`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VerifyReport {

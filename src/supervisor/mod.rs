@@ -33,7 +33,8 @@ use crate::model::{now_ms, Config, Job, RunResult};
 use crate::owner::{Handled, Owner, OwnerError};
 use crate::spool::request::{self, OwnerInfo, Reply, Request};
 use crate::spool::PendingRequest;
-use crate::store::{FailOrDone, JobStore, RunEnd};
+use crate::store::postgres::PgStore;
+use crate::store::{lease_ms, FailOrDone, JobStore, RunEnd};
 use crate::worker::protocol::{self, FromWorker, ToWorker};
 use crate::worker::{kill, spawn};
 
@@ -245,6 +246,22 @@ struct Supervisor {
     next_gen: u64,
     tx: Sender<Input>,
     retention: Retention,
+    /// With a shared queue: the leases of the jobs this supervisor runs.
+    leases: Option<Leases>,
+}
+
+/// Keeping the leases of a shared queue (PostgreSQL): renewed every third of their length with
+/// the heartbeat; jobs this supervisor no longer holds are killed at once, and when renewing
+/// fails for two thirds of a lease every running job is killed, before another supervisor
+/// may take it over (self-fencing).
+struct Leases {
+    pg: Arc<PgStore>,
+    lease_ms: u64,
+    next_beat: Instant,
+    /// When the last successful renewal was sent.
+    renewed: Instant,
+    /// Running jobs were killed because renewing failed.
+    fenced: bool,
 }
 
 /// Where the sweeps of retention are (completed, then dead jobs), and when the next step is.
@@ -262,6 +279,16 @@ const RETENTION_SWEEP_PAUSE: Duration = Duration::from_secs(60);
 
 /// Runs the supervisor in this process until it is stopped.
 fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), SupervisorError> {
+    if dir.database_url().is_some() {
+        // Set before any other thread exists: the workers inherit their fence from here.
+        let lease = dir.root().join(LEASE_FILE);
+        let _ = std::fs::remove_file(&lease);
+        std::env::set_var(crate::worker::fence::FILE_ENV, &lease);
+        std::env::set_var(
+            crate::worker::fence::MS_ENV,
+            (lease_ms() * 2 / 3).to_string(),
+        );
+    }
     crate::logging::init(&dir.log_path(), console);
     // A command working directly may hold the store for a moment: wait for it, not for a
     // supervisor.
@@ -318,11 +345,24 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         next_gen: 0,
         tx,
         dirty,
+        leases: None,
     };
     for i in 0..count as usize {
         sup.spawn(i)?;
     }
     let pid = std::process::id();
+    if let Some(pg) = sup.owner.shared.clone() {
+        pg.register(pid, count).map_err(OwnerError::from)?;
+        touch_lease_file(&sup.root.join(LEASE_FILE), std::time::SystemTime::now());
+        let now = Instant::now();
+        sup.leases = Some(Leases {
+            pg,
+            lease_ms: lease_ms(),
+            next_beat: now,
+            renewed: now,
+            fenced: false,
+        });
+    }
     // Requests that arrived while we were starting.
     sup.drain_spool();
     sup.event_loop(&rx, count, ready, pid)
@@ -496,6 +536,7 @@ impl Supervisor {
         let started = Instant::now();
         let mut announced = false;
         loop {
+            self.tend_leases();
             self.apply(Event::Timer {
                 now: Instant::now(),
             });
@@ -557,8 +598,84 @@ impl Supervisor {
             tracing::warn!("could not forget applied requests: {e}");
         }
         self.owner.store.flush().map_err(OwnerError::from)?;
+        if let Some(l) = &self.leases {
+            if let Err(e) = l.pg.unregister() {
+                tracing::warn!("could not leave the list of supervisors: {e}");
+            }
+        }
         tracing::info!("Supervisor {pid} stopped");
         Ok(())
+    }
+
+    /// With a shared queue: heartbeat and lease renewal when due, then the reaping of every
+    /// supervisor's expired leases.
+    fn tend_leases(&mut self) {
+        let Some(l) = &mut self.leases else {
+            return;
+        };
+        let now = Instant::now();
+        if now < l.next_beat {
+            return;
+        }
+        l.next_beat = now + Duration::from_millis(l.lease_ms / 3);
+        let pg = Arc::clone(&l.pg);
+        let lease_ms = l.lease_ms;
+        let workers = u32::try_from(self.core.alive()).unwrap_or(u32::MAX);
+        let busy = u32::try_from(self.core.busy()).unwrap_or(u32::MAX);
+        let running: Vec<(String, Option<i32>)> = (0..self.workers.len())
+            .filter_map(|w| self.core.running(w).map(|r| (r.job.id.clone(), r.pgid)))
+            .collect();
+        let sent = std::time::SystemTime::now();
+        match pg.heartbeat(workers, busy, lease_ms) {
+            Ok(held) => {
+                touch_lease_file(&self.root.join(LEASE_FILE), sent);
+                if let Some(l) = &mut self.leases {
+                    l.renewed = now;
+                    if l.fenced {
+                        tracing::info!("the database answers again");
+                        l.fenced = false;
+                    }
+                }
+                for (id, pgid) in running.iter().filter(|(id, _)| !held.contains(id)) {
+                    tracing::warn!(
+                        "job {id} was taken over by another supervisor: killing it here"
+                    );
+                    if let Some(pgid) = pgid {
+                        kill_quietly(*pgid, id);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot renew the leases of running jobs: {e}");
+                let Some(l) = &mut self.leases else {
+                    return;
+                };
+                let silent = now.saturating_duration_since(l.renewed);
+                if !l.fenced && silent >= Duration::from_millis(lease_ms * 2 / 3) {
+                    l.fenced = true;
+                    tracing::error!(
+                        "no lease renewed for {}ms: killing the {} running jobs before another \
+                         supervisor takes them over",
+                        silent.as_millis(),
+                        running.len()
+                    );
+                    for (id, pgid) in &running {
+                        if let Some(pgid) = pgid {
+                            kill_quietly(*pgid, id);
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        match pg.reap_expired(self.config.backoff_base) {
+            Ok(reaped) => {
+                for r in reaped {
+                    log_failure(&r.job, r.decision, "lost its supervisor (lease expired)");
+                }
+            }
+            Err(e) => tracing::warn!("cannot reap expired leases: {e}"),
+        }
     }
 
     fn handle(&mut self, input: Input) {
@@ -959,5 +1076,29 @@ fn notify_parent(pid: u32, count: u32) {
             }
         }
         Err(e) => tracing::warn!("cannot open /dev/null: {e}"),
+    }
+}
+
+/// SIGKILL to a job's process group, logging a failure.
+fn kill_quietly(pgid: i32, id: &str) {
+    if let Err(e) = kill::kill_job_group(pgid) {
+        tracing::warn!("cannot kill process group {pgid} of job {id}: {e}");
+    }
+}
+
+/// The file whose modification time tells this supervisor's workers when the leases were last
+/// renewed (see [`crate::worker::fence`]).
+const LEASE_FILE: &str = "lease";
+
+/// Sets the lease file's time to `at` (creating it).
+fn touch_lease_file(path: &std::path::Path, at: std::time::SystemTime) {
+    let res = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .and_then(|f| f.set_modified(at));
+    if let Err(e) = res {
+        tracing::warn!("cannot update {}: {e}", path.display());
     }
 }

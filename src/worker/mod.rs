@@ -12,6 +12,7 @@
 pub mod attempt;
 pub mod collect;
 pub mod command;
+pub mod fence;
 pub mod kill;
 pub mod protocol;
 pub mod spawn;
@@ -74,6 +75,7 @@ pub fn run_child(dir: &DataDir) -> Result<(), WorkerError> {
     if let Err(cause) = attempt::install(&dir.attempts_path()) {
         return Err(WorkerError::Attempts(cause));
     }
+    fence::start_from_env();
     let result = run(input, output, Some(&dir.workers_lock_path()));
     attempt::remove();
     if let Err(e) = &result {
@@ -201,6 +203,7 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
             attempt::record(&job_id, pgid, start)
         },
         |pgid| {
+            fence::set_running(Some(pgid));
             let started = FromWorker::Started {
                 job_id: job_id.clone(),
                 pgid,
@@ -217,6 +220,7 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
     if let Some(pgid) = group {
         attempt::end(pgid);
     }
+    fence::set_running(None);
     if let Some(cause) = start_failed {
         return Err(WorkerError::Send {
             what: "started",

@@ -16,6 +16,8 @@
 //! left to do).
 
 pub mod schema;
+#[doc(hidden)]
+pub mod scratch;
 
 #[cfg(test)]
 mod tests;
@@ -32,7 +34,9 @@ use postgres::{Client, NoTls, Row, Statement};
 use crate::model::{
     Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision, RunOutput,
 };
-use crate::store::{FailOrDone, FailResult, JobStore, PurgeStep, RunEnd, StoreError, VerifyReport};
+use crate::store::{
+    FailOrDone, FailResult, HostInfo, JobStore, PurgeStep, RunEnd, StoreError, VerifyReport,
+};
 
 /// Times handed to the database are clamped to this (about the year 192,000), so that adding a
 /// retry delay never leaves PostgreSQL's range of timestamps.
@@ -40,6 +44,9 @@ const MAX_MS: i64 = 6_000_000_000_000_000;
 
 /// Jobs fetched per round trip when reading all of them.
 const PAGE: i64 = 1000;
+
+/// How long sent data may stay unacknowledged before the connection counts as lost.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting may take before it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -320,6 +327,46 @@ const SQL_NEXT_WAKEUP: &str = concat!(
     now!("$1")
 );
 
+const SQL_REGISTER: &str = "INSERT INTO queuectl_supervisors \
+     (owner, host, pid, workers, busy, started_at, heartbeat_at) \
+     VALUES ($1, $1, $2, $3, 0, statement_timestamp(), statement_timestamp()) \
+     ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, workers = EXCLUDED.workers, busy = 0, \
+     started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at";
+
+/// The heartbeat and the renewal of every lease this owner holds, in one statement; returns
+/// the ids still held.
+const SQL_HEARTBEAT: &str = "WITH hb AS (UPDATE queuectl_supervisors \
+     SET heartbeat_at = statement_timestamp(), workers = $2, busy = $3 WHERE owner = $1), \
+     held AS (UPDATE jobs SET lease_until = statement_timestamp() \
+     + $4::bigint * interval '1 millisecond' \
+     WHERE state = 'processing' AND owner = $1 RETURNING id) SELECT id FROM held";
+
+const SQL_UNREGISTER: &str = "DELETE FROM queuectl_supervisors WHERE owner = $1";
+
+const SQL_SUPERVISORS: &str = "SELECT host, pid, workers, busy, \
+     (extract(epoch FROM statement_timestamp() - heartbeat_at) * 1000)::bigint \
+     FROM queuectl_supervisors ORDER BY host";
+
+/// Ends, by the retry rule, every run whose lease expired (its supervisor stopped renewing).
+const SQL_REAP: &str = concat!(
+    finish_update!(
+        "id",
+        "'fail'",
+        "('lease expired: ' || owner || ' stopped renewing it')",
+        "$1",
+        "NULL",
+        "owner"
+    ),
+    " AND lease_until < statement_timestamp() RETURNING ",
+    job_cols!()
+);
+
+const SQL_OWN_RUNNING: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE state = 'processing' AND owner = $1 ORDER BY id"
+);
+
 /// Which clock the store's times come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Clock {
@@ -393,6 +440,15 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A lost network fails a statement within seconds instead of hanging it, so that a
+        // supervisor notices in time that it cannot renew its leases.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config.keepalives(true);
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(5));
+        }
         if config.get_application_name().is_none() {
             config.application_name("queuectl");
         }
@@ -440,6 +496,69 @@ impl PgStore {
     /// Where the database is (no credentials).
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Registers this owner as a supervisor with `workers` workers (process `pid`).
+    pub fn register(&self, pid: u32, workers: u32) -> Result<(), StoreError> {
+        let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+        let workers = i32::try_from(workers).unwrap_or(i32::MAX);
+        self.with(|c| c.execute(SQL_REGISTER, &[&self.owner, &pid, &workers]))?;
+        Ok(())
+    }
+
+    /// Beats this supervisor's heartbeat and renews the lease of every job it runs, by
+    /// `lease_ms` from the database's time; returns the ids of the jobs it still holds.
+    pub fn heartbeat(
+        &self,
+        workers: u32,
+        busy: u32,
+        lease_ms: u64,
+    ) -> Result<HashSet<String>, StoreError> {
+        let workers = i32::try_from(workers).unwrap_or(i32::MAX);
+        let busy = i32::try_from(busy).unwrap_or(i32::MAX);
+        let lease = clamp_ms(lease_ms);
+        let rows =
+            self.with(|c| c.query(SQL_HEARTBEAT, &[&self.owner, &workers, &busy, &lease]))?;
+        rows.iter()
+            .map(|r| r.try_get::<_, String>(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Removes this supervisor from the registry (a clean stop).
+    pub fn unregister(&self) -> Result<(), StoreError> {
+        self.with(|c| c.execute(SQL_UNREGISTER, &[&self.owner]))?;
+        Ok(())
+    }
+
+    /// Every registered supervisor.
+    pub fn supervisors(&self) -> Result<Vec<HostInfo>, StoreError> {
+        let rows = self.with(|c| c.query(SQL_SUPERVISORS, &[]))?;
+        rows.iter()
+            .map(|r| {
+                Ok(HostInfo {
+                    host: r.try_get(0)?,
+                    pid: u32::try_from(r.try_get::<_, i32>(1)?).unwrap_or(0),
+                    workers: u32::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
+                    busy: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
+                    heartbeat_age_ms: u64::try_from(r.try_get::<_, i64>(4)?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Applies the retry rule to every job whose lease expired, whoever held it.
+    pub fn reap_expired(&self, backoff_base: u64) -> Result<Vec<FailResult>, StoreError> {
+        let base = clamp_ms(backoff_base);
+        let rows = self.with(|c| c.query(SQL_REAP, &[&base]))?;
+        rows.iter()
+            .map(|r| Ok(self.fail_result(job_from_row(r)?, backoff_base)))
+            .collect()
+    }
+
+    /// The jobs this owner holds in `processing`.
+    pub fn own_running(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = self.with(|c| c.query(SQL_OWN_RUNNING, &[&self.owner]))?;
+        rows.iter().map(job_from_row).collect()
     }
 
     fn open_error(&self, e: StoreError) -> StoreError {

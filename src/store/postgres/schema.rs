@@ -6,7 +6,7 @@
 //! bytewise (`COLLATE "C"`), as on the embedded store.
 
 /// The newest schema version this queuectl knows.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Serialises schema changes between processes opening the same database at once
 /// (`pg_advisory_xact_lock` key; arbitrary, fixed).
@@ -17,7 +17,7 @@ pub const VERSION_TABLE_SQL: &str =
     "CREATE TABLE IF NOT EXISTS queuectl_schema (version integer NOT NULL)";
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: [&str; VERSION as usize] = [V1];
+pub const MIGRATIONS: [&str; VERSION as usize] = [V1, V2];
 
 const V1: &str = r#"
 -- `staged`: enqueued in a batch not yet published (invisible to every read and to reservation).
@@ -81,5 +81,18 @@ CREATE TABLE job_output (
 
 CREATE TABLE queuectl_applied (
     request text PRIMARY KEY
+);
+"#;
+
+/// The supervisors sharing the queue, one row per data directory, with their heartbeat.
+const V2: &str = r#"
+CREATE TABLE queuectl_supervisors (
+    owner text PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    workers integer NOT NULL,
+    busy integer NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL
 );
 "#;

@@ -4,22 +4,15 @@
 
 use std::sync::Arc;
 
+use super::scratch::{self, with_dbname, ScratchDatabase};
 use super::*;
 use crate::model::NewJob;
 use crate::store::conformance::{conformance_tests, Harness};
 use crate::store::JobStore;
 
-/// A database of its own for one test, dropped afterwards; `None` (after saying so) when no
-/// server was given, which under `CI=true` is a failure instead.
-pub(crate) struct TestDb {
-    admin: String,
-    name: String,
-    pub url: String,
-}
-
 /// The test server's URL; `None` (after saying so) when there is none, a failure under `CI=true`.
 pub(crate) fn test_server() -> Option<String> {
-    match std::env::var("QUEUECTL_TEST_DATABASE_URL") {
+    match std::env::var(scratch::SERVER_ENV) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -37,24 +30,25 @@ pub(crate) fn test_server() -> Option<String> {
     }
 }
 
+/// A database of its own for one test, dropped afterwards.
+pub(crate) struct TestDb(ScratchDatabase);
+
 impl TestDb {
+    /// `None` (after saying so) when no server was given, which under `CI=true` is a failure.
     pub(crate) fn create() -> Option<TestDb> {
         let admin = test_server()?;
-        let name = format!(
-            "qtest_{}",
-            ulid::Ulid::generate().to_string().to_lowercase()
-        );
-        let mut client = Client::connect(&admin, NoTls).expect("connect to the test server");
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create a test database");
-        let url = with_dbname(&admin, &name);
-        Some(TestDb { admin, name, url })
+        Some(TestDb(
+            ScratchDatabase::create(&admin).expect("create a test database"),
+        ))
+    }
+
+    fn url(&self) -> &str {
+        &self.0.url
     }
 
     /// A store on this database with the caller's clock.
     pub(crate) fn store(&self, owner: &str) -> PgStore {
-        PgStore::open(&self.url, owner).unwrap().use_caller_clock()
+        PgStore::open(self.url(), owner).unwrap().use_caller_clock()
     }
 
     /// A store that keeps the database until it is dropped.
@@ -62,35 +56,6 @@ impl TestDb {
         let mut store = self.store(owner);
         store.keep = Some(Arc::clone(self));
         store
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
-
-/// `url` naming database `name` instead.
-pub(crate) fn with_dbname(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let rest = base.split_once("://").map_or(base, |(_, r)| r);
-    let base = if rest.contains('/') {
-        base.rsplit_once('/').map_or(base, |(b, _)| b)
-    } else {
-        base
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
     }
 }
 
@@ -269,7 +234,7 @@ fn recovery_takes_only_the_owners_own_jobs() {
 #[test]
 fn the_database_clock_decides_when_not_told_otherwise() {
     let Some(db) = TestDb::create() else { return };
-    let s = PgStore::open(&db.url, "host-a").unwrap();
+    let s = PgStore::open(db.url(), "host-a").unwrap();
     // A caller far in the past is ignored: the job is stored and taken at the database's time.
     s.enqueue(&[new_job("a")], &CFG, 5, None).unwrap();
     let j = s.reserve("w", 5).unwrap().unwrap();
@@ -299,16 +264,16 @@ fn the_database_clock_decides_when_not_told_otherwise() {
 fn a_newer_schema_is_refused() {
     let Some(db) = TestDb::create() else { return };
     drop(db.store("x"));
-    let mut c = Client::connect(&db.url, NoTls).unwrap();
+    let mut c = Client::connect(db.url(), NoTls).unwrap();
     c.batch_execute("UPDATE queuectl_schema SET version = 99")
         .unwrap();
-    let err = PgStore::open(&db.url, "x").err().unwrap();
+    let err = PgStore::open(db.url(), "x").err().unwrap();
     assert!(matches!(err, StoreError::Schema { found: 99, .. }), "{err}");
     // Opening twice at once is fine (the migration lock).
     let db = TestDb::create().unwrap();
     std::thread::scope(|s| {
         let h: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| PgStore::open(&db.url, "y").map(|_| ())))
+            .map(|_| s.spawn(|| PgStore::open(db.url(), "y").map(|_| ())))
             .collect();
         for h in h {
             h.join().unwrap().unwrap();

@@ -1,0 +1,269 @@
+//! Several hosts sharing one PostgreSQL queue: two data directories (two "hosts") on this
+//! machine, one database on the test server (`QUEUECTL_TEST_DATABASE_URL`, which `.ci/run`
+//! starts). Without a server these tests say so and skip; under `CI=true` they fail.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
+use std::time::Duration;
+
+use common::{alive, kill, wait_until_for, Env};
+use queuectl::store::postgres::scratch::{ScratchDatabase, SERVER_ENV};
+
+/// Leases in these tests: short, so that a lost host is noticed quickly.
+const LEASE_MS: &str = "3000";
+const LONG: Duration = Duration::from_secs(120);
+
+fn server() -> Option<String> {
+    match std::env::var(SERVER_ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{SERVER_ENV} is not set: CI must test PostgreSQL");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: a PostgreSQL test (set {SERVER_ENV}, or run .ci/run, which starts a server)"
+            );
+            None
+        }
+    }
+}
+
+/// One host: its own data directory, the shared database.
+struct Host {
+    env: Env,
+    url: String,
+}
+
+impl Host {
+    fn new(db: &ScratchDatabase) -> Host {
+        Host {
+            env: Env::new(),
+            url: db.url.clone(),
+        }
+    }
+
+    fn cmd(&self) -> assert_cmd::Command {
+        let mut c = self.env.cmd();
+        c.env("QUEUECTL_DATABASE_URL", &self.url)
+            .env("QUEUECTL_LEASE_MS", LEASE_MS);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run queuectl");
+        assert!(
+            out.status.success(),
+            "queuectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["--json", "status"])).expect("status json")
+    }
+
+    fn count(&self, state: &str) -> u64 {
+        self.status()[state].as_u64().unwrap_or(0)
+    }
+
+    /// Starts this host's supervisor; returns its pid.
+    fn start(&self, workers: u32) -> i32 {
+        let out = self.ok(&["worker", "start", "--count", &workers.to_string()]);
+        out.split("pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {out:?}"))
+    }
+
+    fn stop(&self) {
+        let _ = self
+            .cmd()
+            .args(["worker", "stop", "--force", "--timeout", "30"])
+            .output();
+    }
+
+    fn show(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["--json", "show", id])).expect("show json")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every live process of session `sid` (a detached supervisor leads its own session, which
+/// its workers and their jobs share).
+fn session(sid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name: state ppid pgrp session ...
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        if fields.get(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_thousand_jobs_on_two_hosts_each_run_exactly_once() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::new(&db);
+    let b = Host::new(&db);
+    let ran = a.env.file("ran");
+    let jobs = a.env.file("jobs.jsonl");
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "{{\"id\":\"j{i:04}\",\"command\":\"echo j{i:04} >> {}\"}}\n",
+            ran.display()
+        ));
+    }
+    std::fs::write(&jobs, text).unwrap();
+    a.ok(&["enqueue", "--file", jobs.to_str().unwrap()]);
+    a.start(3);
+    b.start(3);
+    let status = b.ok(&["status"]);
+    assert!(status.contains("HOST"), "{status}");
+    wait_until_for("1,000 jobs to complete", LONG, &mut || {
+        a.count("completed") == 1000
+    });
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    let unique: HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!(lines.len(), 1000, "every job ran once, none twice");
+    assert_eq!(unique.len(), 1000);
+    let s = a.status();
+    assert_eq!(s["hosts"].as_array().map(Vec::len), Some(2), "{s}");
+}
+
+#[test]
+fn a_killed_host_loses_nothing() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::new(&db);
+    let b = Host::new(&db);
+    let ran = a.env.file("ran");
+    for i in 0..4 {
+        a.ok(&[
+            "enqueue",
+            &format!(
+                "{{\"id\":\"k{i}\",\"command\":\"sleep 3; echo k{i} >> {}\"}}",
+                ran.display()
+            ),
+        ]);
+    }
+    let sup = a.start(2);
+    wait_until_for("host a to run two jobs", LONG, &mut || {
+        a.count("processing") == 2
+    });
+    // The host dies: its supervisor, workers and jobs, at once.
+    for pid in session(sup) {
+        kill(pid, 9);
+    }
+    wait_until_for("host a's processes to be gone", LONG, &mut || {
+        session(sup).is_empty()
+    });
+    b.start(2);
+    wait_until_for("every job to complete on host b", LONG, &mut || {
+        a.count("completed") == 4
+    });
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    let mut lines: Vec<&str> = lines.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["k0", "k1", "k2", "k3"],
+        "each job ran to its end once"
+    );
+    let a_key = a.env.path().display().to_string();
+    let lost: Vec<serde_json::Value> = (0..4)
+        .map(|i| a.show(&format!("k{i}")))
+        .filter(|j| j["attempts"].as_u64() == Some(1))
+        .collect();
+    assert_eq!(lost.len(), 2, "the two interrupted runs counted as failed");
+    for j in lost {
+        let err = j["last_error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("lease expired") && err.contains(&a_key),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_paused_host_never_runs_a_job_at_the_same_time_as_the_host_that_took_it_over() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::new(&db);
+    let b = Host::new(&db);
+    let log = a.env.file("ticks");
+    for i in 0..2 {
+        // Ticks every 0.1 s for about 10 s (longer than the lease and the retry delay together), each naming its run (the shell's pid).
+        a.ok(&[
+            "enqueue",
+            &format!(
+                "{{\"id\":\"p{i}\",\"command\":\"for n in $(seq 100); do echo p{i} $$ $(date +%s%N) >> {}; sleep 0.1; done\"}}",
+                log.display()
+            ),
+        ]);
+    }
+    let sup = a.start(2);
+    wait_until_for("host a to run both jobs", LONG, &mut || {
+        a.count("processing") == 2
+    });
+    kill(sup, 19); // SIGSTOP, past the lease
+    let _resume = Resume(sup);
+    b.start(2);
+    wait_until_for("host b to complete both jobs", LONG, &mut || {
+        a.count("completed") == 2
+    });
+    kill(sup, 18); // SIGCONT
+                   // Each run's ticks span an interval; two runs of one job never overlap.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut runs: BTreeMap<(String, String), (u128, u128)> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [id, run, t] = f[..] else { continue };
+        let t: u128 = t.parse().unwrap();
+        let e = runs.entry((id.into(), run.into())).or_insert((t, t));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+    }
+    for id in ["p0", "p1"] {
+        let mut spans: Vec<(u128, u128)> = runs
+            .iter()
+            .filter(|((j, _), _)| j == id)
+            .map(|(_, s)| *s)
+            .collect();
+        spans.sort_unstable();
+        assert!(spans.len() >= 2, "{id} ran again on host b: {spans:?}");
+        for w in spans.windows(2) {
+            assert!(w[0].1 < w[1].0, "two runs of {id} overlapped: {spans:?}");
+        }
+    }
+}
+
+/// Sends SIGCONT when dropped, so that a failed test leaves no stopped process.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        kill(self.0, 18);
+    }
+}
