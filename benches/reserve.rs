@@ -28,6 +28,14 @@
 //!   `(state, priority DESC, available_at)`, which the ORDER BY walks, at WAL
 //!   `synchronous=FULL`, `NORMAL` and `OFF`.
 //!
+//! - `postgres/fused`, `postgres/reserve+finish`: the PostgreSQL store (`--database-url`) on the
+//!   server named by `QUEUECTL_TEST_DATABASE_URL` (skipped, saying so, without one), in a
+//!   database of its own: the supervisor's one-statement finish-and-reserve, and the two
+//!   statements separately. Every statement commits before it returns; whether that commit
+//!   waits for the disk is the server's `synchronous_commit` (and `fsync`): start the server
+//!   with `QUEUECTL_PG_DURABLE=1 .ci/postgres.sh start DIR` for PostgreSQL's durable defaults
+//!   (`synchronous_commit=on`, `fsync=on`), the setting the figures are quoted for.
+//!
 //! Equal durability: `sled/flushed` ≈ `(b)-full` (each cycle is on disk when it returns).
 //! Unflushed: `sled/unflushed` is compared with `(b)-normal` and `(b)-off`; it is the least
 //! durable of them (sled loses its unflushed tail on a process crash too, which is why the
@@ -52,6 +60,8 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use queuectl::export::SCHEMA_SQL;
 use queuectl::model::{format_ts, Config, Millis, NewJob};
+use queuectl::store::postgres::scratch::{ScratchDatabase, SERVER_ENV};
+use queuectl::store::postgres::PgStore;
 use queuectl::store::sled::SledStore as Store;
 use queuectl::store::{JobStore, RunEnd};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -218,6 +228,70 @@ impl Queue for SledQueue {
     }
 }
 
+// ---- PostgreSQL: the shared store ----------------------------------------------------------
+
+struct PgQueue {
+    store: PgStore,
+    fused: bool,
+    running: Option<String>,
+    config: Config,
+    _db: ScratchDatabase,
+}
+
+impl PgQueue {
+    fn new(server: &str, fused: bool) -> Self {
+        let db = ScratchDatabase::create(server).expect("a database on the benchmark server");
+        let store = PgStore::open(&db.url, "bench-host").unwrap();
+        PgQueue {
+            store,
+            fused,
+            running: None,
+            config: Config::default(),
+            _db: db,
+        }
+    }
+}
+
+impl Queue for PgQueue {
+    fn add(&mut self, seqs: Range<u64>) {
+        let jobs: Vec<NewJob> = seqs
+            .map(|seq| NewJob {
+                id: job_id(seq),
+                command: "true".to_string(),
+                max_retries: None,
+                priority: priority_of(seq),
+                run_at: Some(FIRST_DUE + seq),
+                timeout_ms: None,
+                cwd: None,
+                env: Vec::new(),
+            })
+            .collect();
+        self.store.enqueue(&jobs, &self.config, NOW, None).unwrap();
+    }
+
+    fn cycle(&mut self) {
+        if self.fused {
+            let next = match self.running.take() {
+                Some(id) => {
+                    self.store
+                        .finish_and_reserve(&id, &RunEnd::Succeeded, WORKER, NOW)
+                        .unwrap()
+                        .1
+                }
+                None => self.store.reserve(WORKER, NOW).unwrap(),
+            };
+            self.running = Some(next.expect("the queue ran dry").id);
+        } else {
+            let job = self
+                .store
+                .reserve(WORKER, NOW)
+                .unwrap()
+                .expect("the queue ran dry");
+            self.store.finish(&job.id, &RunEnd::Succeeded, NOW).unwrap();
+        }
+    }
+}
+
 // ---- SQLite: the seed's layout --------------------------------------------------------------
 
 const SEED_INDEX: &str = "CREATE INDEX idx_jobs_state_available ON jobs(state, available_at)";
@@ -343,6 +417,19 @@ fn reserve(c: &mut Criterion) {
         bench_queue(&mut group, "sled/fused-flushed", size, || {
             SledQueue::new(true, true)
         });
+
+        match std::env::var(SERVER_ENV).ok().filter(|u| !u.is_empty()) {
+            Some(server) => {
+                let s = server.clone();
+                bench_queue(&mut group, "postgres/fused", size, move || {
+                    PgQueue::new(&s, true)
+                });
+                bench_queue(&mut group, "postgres/reserve+finish", size, move || {
+                    PgQueue::new(&server, false)
+                });
+            }
+            None => eprintln!("SKIPPED: the postgres rows ({SERVER_ENV} names no server)"),
+        }
 
         group
             .sample_size(10)
