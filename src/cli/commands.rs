@@ -331,9 +331,10 @@ fn submit(
     Ok(())
 }
 
-/// Says so on stderr when no supervisor will run the jobs just queued.
+/// Says so on stderr when no supervisor will run the jobs just queued (with a shared queue,
+/// supervisors of other hosts may: no hint).
 fn hint_if_no_supervisor(dir: &DataDir) {
-    if matches!(dir.holder(), Ok(Holder::Free)) {
+    if dir.database_url().is_none() && matches!(dir.holder(), Ok(Holder::Free)) {
         eprintln!("hint: no supervisor is running; `queuectl worker start` runs the queued jobs");
     }
 }
