@@ -75,7 +75,7 @@ const FIRST_DUE: Millis = NOW - 1_000_000_000;
 const WORKER: &str = "bench-worker";
 
 fn priority_of(seq: u64) -> i64 {
-    if seq % 1000 == 0 {
+    if seq.is_multiple_of(1000) {
         5
     } else {
         0

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use chrono::{DateTime, Utc};
-use common::{wait_until, Env, DEADLINE};
+use common::{stderr, wait_until, Env, DEADLINE};
 use serde_json::{json, Value};
 
 /// The keys of a job in `list --json` and `show --json`, in order.
@@ -53,10 +53,6 @@ fn is_ulid(s: &str) -> bool {
     s.len() == 26
         && s.chars()
             .all(|c| c.is_ascii_digit() || (c.is_ascii_uppercase() && !"ILOU".contains(c)))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts the failure of bad input: exit status 2, one line on stderr that starts with

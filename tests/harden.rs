@@ -5,14 +5,9 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
 
-use common::Env;
-
-fn mode(path: &Path) -> u32 {
-    fs::symlink_metadata(path).unwrap().mode() & 0o7777
-}
+use common::{mode, Env};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -64,12 +59,14 @@ fn data_directory_of_another_user_is_refused() {
 }
 
 /// Case 5: a `db` planted by another user (no `spool/`) is never opened, let alone run.
+/// Run as root with `cargo test -- --ignored as_root` (.ci/run does when it runs as root).
 #[test]
-fn store_planted_by_another_user_is_refused() {
-    if !is_root() {
-        eprintln!("SKIPPED store_planted_by_another_user_is_refused: needs root to chown");
-        return;
-    }
+#[ignore = "needs root to give the store to another user"]
+fn store_planted_by_another_user_is_refused_as_root() {
+    assert!(
+        is_root(),
+        "run this test as root: it gives files to another user"
+    );
     let env = Env::new();
     env.enqueue(r#"{"id":"a","command":"true"}"#);
     let db = env.path().join("db");

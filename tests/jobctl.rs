@@ -5,18 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{wait_until, Env};
+use common::{stderr, stdout, wait_until, Env};
 use serde_json::Value;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs bad input; asserts exit status 2, one `error:` line containing `expect`, and that the
 /// list of jobs did not change.

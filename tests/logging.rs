@@ -7,11 +7,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{alive, kill, wait_until, Env};
-
-fn log(env: &Env) -> String {
-    std::fs::read_to_string(env.path().join("worker.log")).unwrap_or_default()
-}
+use common::{alive, kill, log, wait_until, Env};
 
 /// Whether `line` is `[<RFC 3339 time in UTC, milliseconds>] [<LEVEL>] <message>`.
 fn well_formed(line: &str) -> bool {

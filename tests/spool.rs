@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{alive, wait_until, wait_until_for, Env};
+use common::{alive, assert_no_processes, mode, stderr, stdout, wait_until, Env};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use queuectl::model::NewJob;
@@ -38,22 +38,6 @@ fn run_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.args(args).output().expect("run queuectl")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Permission bits of a path (not following a symbolic link).
-fn mode(path: &Path) -> u32 {
-    fs::symlink_metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .mode()
-        & 0o7777
 }
 
 /// A fresh request-shaped name: a canonical ULID (26 characters of upper-case Crockford base32,
@@ -82,16 +66,6 @@ fn wake(env: &Env) {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     assert!(fifo.metadata().unwrap().file_type().is_fifo());
     fifo.write_all(&[1]).expect("ring the wake fifo");
-}
-
-/// Waits (bounded) until no process of this test's data directory is left: supervisor, workers,
-/// clients and job shells that name the directory.
-fn assert_no_processes(env: &Env) {
-    wait_until_for(
-        "every process of the test to exit",
-        Duration::from_secs(20),
-        &mut || env.processes().is_empty(),
-    );
 }
 
 fn signal(pid: i32, sig: Signal) {
@@ -628,21 +602,6 @@ fn bad_request_files_are_set_aside_and_the_supervisor_keeps_running() {
             "symbolic link",
         ));
     }
-    // Giving a file away needs root (CI runs as root); otherwise this case cannot be set up
-    // and is skipped.
-    if nix::unistd::geteuid().is_root() {
-        cases.push((
-            "other owner",
-            Box::new(|p| {
-                fs::write(p, enqueue_body("via-other-owner")).unwrap();
-                std::os::unix::fs::chown(p, Some(4242), Some(4242)).unwrap();
-                assert_eq!(fs::metadata(p).unwrap().uid(), 4242);
-            }),
-            "owned by uid 4242",
-        ));
-    } else {
-        eprintln!("not root: skipping the request file owned by another uid");
-    }
     cases.push((
         "sparse file over 64 MiB",
         Box::new(|p| {
@@ -680,72 +639,7 @@ fn bad_request_files_are_set_aside_and_the_supervisor_keeps_running() {
         "directory, not a regular file",
     ));
 
-    let client = Spool::open(env.path()).unwrap();
-    for (n, (what, plant, reason)) in cases.iter().enumerate() {
-        let id = request_id();
-        let name = format!("{id}.req");
-        // A client waiting for this request's reply, as `queuectl` itself would.
-        let waiter = client.reply_waiter(&id).unwrap();
-        let staging = env.file(&format!("staging-{n}"));
-        plant(&staging);
-        fs::rename(&staging, spool(&env, "new").join(&name)).unwrap();
-        wake(&env);
-
-        // Refused with an error reply, not left unanswered.
-        let body = waiter
-            .wait(ROUND_TRIP)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{what}: no reply within {ROUND_TRIP:?}"));
-        match request::decode::<Reply>(&body).unwrap() {
-            Reply::Error {
-                kind: ErrorKind::Invalid,
-                message,
-            } => assert!(
-                message.contains("refused") && message.contains(reason),
-                "{what}: {message}"
-            ),
-            other => panic!("{what}: expected a refusal, got {other:?}"),
-        }
-        drop(waiter);
-
-        // Moved aside as it was, with the reason next to it.
-        let moved = spool(&env, "rejected").join(&name);
-        let meta = fs::symlink_metadata(&moved)
-            .unwrap_or_else(|e| panic!("{what}: not in spool/rejected: {e}"));
-        assert!(
-            fs::symlink_metadata(spool(&env, "new").join(&name)).is_err(),
-            "{what}: still in spool/new"
-        );
-        let why = fs::read_to_string(spool(&env, "rejected").join(format!("{id}.reason")))
-            .unwrap_or_else(|e| panic!("{what}: no reason file: {e}"));
-        assert!(why.contains(reason), "{what}: {why}");
-        match *what {
-            "symlink" => {
-                assert!(meta.file_type().is_symlink());
-                assert_eq!(fs::read_link(&moved).unwrap(), secret);
-                assert_eq!(fs::read(&secret).unwrap(), enqueue_body("via-symlink"));
-            }
-            "fifo" => assert!(meta.file_type().is_fifo()),
-            "directory" => assert!(meta.file_type().is_dir()),
-            "other owner" => assert_eq!(meta.uid(), 4242),
-            "sparse file over 64 MiB" => assert_eq!(meta.len(), 64 * 1024 * 1024 + 1),
-            _ => assert!(meta.file_type().is_file()),
-        }
-
-        // The supervisor is still there and still answers; a normal write works.
-        assert!(alive(sup.pid), "{what}: the supervisor died");
-        let st = env.status();
-        assert_eq!(
-            st["supervisor_pid"].as_i64(),
-            Some(i64::from(sup.pid)),
-            "{what}: {st}"
-        );
-        let ok_id = format!("after-{n}");
-        assert_eq!(
-            env.enqueue(&format!(r#"{{"id":"{ok_id}","command":"true"}}"#)),
-            ok_id
-        );
-    }
+    assert_set_aside(&env, sup.pid, &secret, &cases);
 
     // A name that is not a request is moved aside too, untouched, and not answered.
     fs::write(env.file("staging-notes"), b"notes").unwrap();
@@ -777,6 +671,102 @@ fn bad_request_files_are_set_aside_and_the_supervisor_keeps_running() {
     sup.stop();
     assert_no_processes(&env);
     env.verify_store();
+}
+
+/// Plants each case's file in `spool/new/` and checks that the supervisor `sup_pid` refuses it
+/// with an error reply, sets it aside with the reason, and keeps running.
+fn assert_set_aside(env: &Env, sup_pid: i32, secret: &Path, cases: &[(&str, Plant, &str)]) {
+    let client = Spool::open(env.path()).unwrap();
+    for (n, (what, plant, reason)) in cases.iter().enumerate() {
+        let id = request_id();
+        let name = format!("{id}.req");
+        // A client waiting for this request's reply, as `queuectl` itself would.
+        let waiter = client.reply_waiter(&id).unwrap();
+        let staging = env.file(&format!("staging-{n}"));
+        plant(&staging);
+        fs::rename(&staging, spool(env, "new").join(&name)).unwrap();
+        wake(env);
+
+        // Refused with an error reply, not left unanswered.
+        let body = waiter
+            .wait(ROUND_TRIP)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: no reply within {ROUND_TRIP:?}"));
+        match request::decode::<Reply>(&body).unwrap() {
+            Reply::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            } => assert!(
+                message.contains("refused") && message.contains(reason),
+                "{what}: {message}"
+            ),
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+        drop(waiter);
+
+        // Moved aside as it was, with the reason next to it.
+        let moved = spool(env, "rejected").join(&name);
+        let meta = fs::symlink_metadata(&moved)
+            .unwrap_or_else(|e| panic!("{what}: not in spool/rejected: {e}"));
+        assert!(
+            fs::symlink_metadata(spool(env, "new").join(&name)).is_err(),
+            "{what}: still in spool/new"
+        );
+        let why = fs::read_to_string(spool(env, "rejected").join(format!("{id}.reason")))
+            .unwrap_or_else(|e| panic!("{what}: no reason file: {e}"));
+        assert!(why.contains(reason), "{what}: {why}");
+        match *what {
+            "symlink" => {
+                assert!(meta.file_type().is_symlink());
+                assert_eq!(fs::read_link(&moved).unwrap(), *secret);
+                assert_eq!(fs::read(secret).unwrap(), enqueue_body("via-symlink"));
+            }
+            "fifo" => assert!(meta.file_type().is_fifo()),
+            "directory" => assert!(meta.file_type().is_dir()),
+            "other owner" => assert_eq!(meta.uid(), 4242),
+            "sparse file over 64 MiB" => assert_eq!(meta.len(), 64 * 1024 * 1024 + 1),
+            _ => assert!(meta.file_type().is_file()),
+        }
+
+        // The supervisor is still there and still answers; a normal write works.
+        assert!(alive(sup_pid), "{what}: the supervisor died");
+        let st = env.status();
+        assert_eq!(
+            st["supervisor_pid"].as_i64(),
+            Some(i64::from(sup_pid)),
+            "{what}: {st}"
+        );
+        let ok_id = format!("after-{n}");
+        assert_eq!(
+            env.enqueue(&format!(r#"{{"id":"{ok_id}","command":"true"}}"#)),
+            ok_id
+        );
+    }
+}
+
+/// Giving a file away needs root: run as root with `cargo test -- --ignored as_root` (.ci/run
+/// does when it runs as root).
+#[test]
+#[ignore = "needs root to give a request file to another user"]
+fn request_file_of_another_owner_is_set_aside_as_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "run this test as root: it gives a file to another user"
+    );
+    let env = Env::new();
+    let sup = env.start(1);
+    let secret = env.file("secret");
+    let cases: Vec<(&str, Plant, &str)> = vec![(
+        "other owner",
+        Box::new(|p| {
+            fs::write(p, enqueue_body("via-other-owner")).unwrap();
+            std::os::unix::fs::chown(p, Some(4242), Some(4242)).unwrap();
+            assert_eq!(fs::metadata(p).unwrap().uid(), 4242);
+        }),
+        "owned by uid 4242",
+    )];
+    assert_set_aside(&env, sup.pid, &secret, &cases);
+    sup.stop();
 }
 
 // ---- 5. many concurrent clients ----

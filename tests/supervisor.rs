@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, kill, wait_until, wait_until_for, Env, Supervisor};
+use common::{alive, assert_no_processes, kill, log, wait_until, wait_until_for, Env, Supervisor};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -22,10 +22,6 @@ fn sh(path: &Path) -> String {
 /// The job as JSON (paths in commands are escaped properly).
 fn job(v: Value) -> String {
     v.to_string()
-}
-
-fn log(env: &Env) -> String {
-    std::fs::read_to_string(env.path().join("worker.log")).unwrap_or_default()
 }
 
 fn state(v: &Value) -> &str {
@@ -44,19 +40,6 @@ fn wait_for_pid(path: &Path) -> i32 {
         pid.is_some()
     });
     pid.expect("pid")
-}
-
-/// Asserts that nothing started by this test is left running.
-fn assert_no_processes(env: &Env) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = env.processes();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn wait_gone(what: &str, pid: i32) {

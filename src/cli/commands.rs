@@ -525,7 +525,7 @@ fn wait(
                 told = true;
             }
             while !matches!(dir.holder(), Ok(Holder::Supervisor(_)))
-                && deadline.map_or(true, |d| Instant::now() < d)
+                && deadline.is_none_or(|d| Instant::now() < d)
             {
                 std::thread::sleep(Duration::from_millis(250));
             }

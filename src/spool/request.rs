@@ -554,4 +554,72 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// Hex of `bytes`, two lower-case digits a byte.
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The exact bytes of request and reply files, pinned: requests left in a spool by one
+    /// version are read by the next, so the format changes only on purpose.
+    #[test]
+    fn golden_requests_and_replies() {
+        let job = NewJob {
+            id: "j1".into(),
+            command: "echo hi".into(),
+            max_retries: Some(2),
+            priority: -1,
+            run_at: Some(1_700_000_000_000),
+            timeout_ms: None,
+            cwd: Some("/tmp".into()),
+            env: vec![("A".into(), "1".into())],
+        };
+        let requests = [
+            (Request::Status, "a6537461747573"),
+            (
+                Request::ConfigSet {
+                    key: "max_retries".into(),
+                    value: 5,
+                },
+                concat!(
+                    "81a9436f6e66696753657482a36b6579ab6d61785f72657472696573a576616c",
+                    "756505",
+                ),
+            ),
+            (
+                Request::Enqueue { jobs: vec![job] },
+                concat!(
+                    "81a7456e717565756581a46a6f62739188a26964a26a31a7636f6d6d616e64a7",
+                    "6563686f206869ab6d61785f7265747269657302a87072696f72697479ffa672",
+                    "756e5f6174cf0000018bcfe56800aa74696d656f75745f6d73c0a3637764a42f",
+                    "746d70a3656e769192a141a131",
+                ),
+            ),
+        ];
+        for (req, golden) in &requests {
+            assert_eq!(hex(&encode(req).unwrap()), *golden);
+            assert_eq!(&decode::<Request>(&unhex(golden)).unwrap(), req);
+        }
+        let replies = [
+            (Reply::Done, "a4446f6e65"),
+            (
+                Reply::Error {
+                    kind: ErrorKind::Invalid,
+                    message: "no".into(),
+                },
+                "81a54572726f7282a46b696e64a7496e76616c6964a76d657373616765a26e6f",
+            ),
+        ];
+        for (rep, golden) in &replies {
+            assert_eq!(hex(&encode(rep).unwrap()), *golden);
+            assert_eq!(&decode::<Reply>(&unhex(golden)).unwrap(), rep);
+        }
+    }
 }

@@ -481,7 +481,7 @@ impl Core {
         out: &mut VecDeque<Action>,
     ) {
         let s = &mut self.workers[worker];
-        if !s.running.as_ref().is_some_and(|r| r.job.id == job_id) {
+        if s.running.as_ref().is_none_or(|r| r.job.id != job_id) {
             return; // a job we already gave up on (forced stop)
         }
         let Some(run) = s.running.take() else {

@@ -434,4 +434,86 @@ mod tests {
             assert!(!s.ends_with('.') && !s.contains('\n'), "{s}");
         }
     }
+
+    /// Hex of `bytes`, two lower-case digits a byte.
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The exact bytes of each frame, pinned: the pipe format changes only on purpose (the
+    /// supervisor and its workers are one binary, but a change must still be deliberate).
+    #[test]
+    fn golden_frames() {
+        let frame = |msg: &dyn erased::Frame| hex(&msg.frame());
+        let cases: [(&dyn erased::Frame, &str); 5] = [
+            (&ToWorker::Shutdown, "00000009a853687574646f776e"),
+            (
+                &ToWorker::Run(RunJob {
+                    job_id: "j1".into(),
+                    command: "echo hi".into(),
+                    timeout_ms: Some(1500),
+                    cwd: Some("/tmp".into()),
+                    env: vec![("A".into(), "1".into())],
+                }),
+                concat!(
+                    "0000004181a352756e85a66a6f625f6964a26a31a7636f6d6d616e64a7656368",
+                    "6f206869aa74696d656f75745f6d73cd05dca3637764a42f746d70a3656e7691",
+                    "92a141a131",
+                ),
+            ),
+            (
+                &FromWorker::Ready { pid: 4242 },
+                "0000000f81a5526561647981a3706964cd1092",
+            ),
+            (
+                &FromWorker::Started {
+                    job_id: "j1".into(),
+                    pgid: 77,
+                },
+                "0000001a81a75374617274656482a66a6f625f6964a26a31a4706769644d",
+            ),
+            (
+                &FromWorker::Finished {
+                    job_id: "j1".into(),
+                    result: RunResult {
+                        outcome: Outcome::Exited(3),
+                        duration_ms: 12,
+                        stdout: b"hi\n".to_vec(),
+                        stderr: vec![0xff],
+                    },
+                },
+                concat!(
+                    "0000005181a846696e697368656482a66a6f625f6964a26a31a6726573756c74",
+                    "84a76f7574636f6d6581a645786974656403ab6475726174696f6e5f6d730ca6",
+                    "7374646f7574c40368690aa6737464657272c401ff",
+                ),
+            ),
+        ];
+        for (msg, golden) in cases {
+            assert_eq!(frame(msg), golden);
+        }
+        // And the pinned bytes read back.
+        let (_, finished) = cases[4];
+        let bytes: Vec<u8> = (0..finished.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&finished[i..i + 2], 16).unwrap())
+            .collect();
+        let back: FromWorker = read_frame(&mut &bytes[..]).unwrap().unwrap();
+        assert!(matches!(back, FromWorker::Finished { ref job_id, .. } if job_id == "j1"));
+    }
+
+    /// Frames of either direction behind one trait object, for the golden table.
+    mod erased {
+        pub trait Frame {
+            fn frame(&self) -> Vec<u8>;
+        }
+
+        impl<T: serde::Serialize> Frame for T {
+            fn frame(&self) -> Vec<u8> {
+                let mut buf = Vec::new();
+                super::write_frame(&mut buf, self).unwrap();
+                buf
+            }
+        }
+    }
 }

@@ -263,3 +263,37 @@ impl Drop for Supervisor<'_> {
         }
     }
 }
+
+/// A command's standard output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Permission bits of `path` itself (a symbolic link is not followed).
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+/// The supervisor's log (`worker.log`) of `env`, empty if there is none yet.
+pub fn log(env: &Env) -> String {
+    std::fs::read_to_string(env.path().join("worker.log")).unwrap_or_default()
+}
+
+/// Waits (bounded) until no process of this test's data directory is left: supervisor,
+/// workers, clients and job shells that name the directory.
+pub fn assert_no_processes(env: &Env) {
+    wait_until_for(
+        "every process of the test to exit",
+        Duration::from_secs(20),
+        &mut || env.processes().is_empty(),
+    );
+}
