@@ -771,7 +771,7 @@ fn copy_jobs(path: &Path, now: u64, file: std::fs::File) -> Result<NewIds> {
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(cannot)?;
         lines += 1;
-        if progress && lines % PROGRESS_EVERY == 0 {
+        if progress && lines.is_multiple_of(PROGRESS_EVERY) {
             eprint!("\rRead {lines} lines");
         }
         if line.trim().is_empty() {

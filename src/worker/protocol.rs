@@ -454,11 +454,12 @@ mod tests {
                     timeout_ms: Some(1500),
                     cwd: Some("/tmp".into()),
                     env: vec![("A".into(), "1".into())],
+                    live: None,
                 }),
                 concat!(
-                    "0000004181a352756e85a66a6f625f6964a26a31a7636f6d6d616e64a7656368",
+                    "0000004781a352756e86a66a6f625f6964a26a31a7636f6d6d616e64a7656368",
                     "6f206869aa74696d656f75745f6d73cd05dca3637764a42f746d70a3656e7691",
-                    "92a141a131",
+                    "92a141a131a46c697665c0",
                 ),
             ),
             (
