@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
+use std::path::Path;
 
 use common::{mode, Env};
 
