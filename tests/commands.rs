@@ -1068,3 +1068,19 @@ fn xdg_data_home_is_used_when_nothing_else_is_set() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(home.join(".local/share/queuectl/db").is_dir());
 }
+
+/// `list --all` prints every job; it and `--limit` exclude each other. (A terminal shows the
+/// first 50 by default; tests read through a pipe, which gets every job.)
+#[test]
+fn list_all_and_limit() {
+    let env = Env::new();
+    for i in 0..60 {
+        env.enqueue(&format!(r#"{{"id":"j{i:02}","command":"true"}}"#));
+    }
+    let all: Value = serde_json::from_str(&env.ok(&["list", "--all", "--json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 60);
+    let piped: Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    assert_eq!(piped, all, "piped: every job");
+    let out = env.fails(&["list", "--all", "--limit", "3"], 2);
+    assert!(out.contains("--limit"), "{out}");
+}

@@ -184,9 +184,13 @@ pub struct ListArgs {
     /// pending, processing, completed, failed or dead, or several: failed,dead [default: all]
     #[arg(long)]
     pub state: Option<String>,
-    /// At most this many jobs
-    #[arg(long, value_name = "N")]
+    /// At most this many jobs [default: 50 when printing a table to a terminal, else all].
+    /// Order: state by state (pending, processing, completed, failed, dead), then by id
+    #[arg(long, value_name = "N", conflicts_with = "all")]
     pub limit: Option<usize>,
+    /// Every job, also on a terminal
+    #[arg(long)]
+    pub all: bool,
     /// Skip this many jobs first
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub offset: usize,

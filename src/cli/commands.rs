@@ -177,6 +177,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 state: Some("dead".into()),
                 limit: None,
                 offset: 0,
+                all: false,
             },
             json,
             out,
@@ -897,12 +898,21 @@ fn parse_states(text: &str) -> Result<Vec<JobState>> {
     Ok(states)
 }
 
+/// Rows `list` prints on a terminal when not told how many.
+const LIST_SCREENFUL: usize = 50;
+
 fn list(dir: &DataDir, args: ListArgs, json: bool, out: &mut impl Write) -> Result<()> {
     let states = match &args.state {
         None => Vec::new(),
         Some(s) => parse_states(s)?,
     };
-    let limit = args.limit.unwrap_or(usize::MAX);
+    // A screenful on a terminal, unless asked for more; programs get everything.
+    let screenful = !json && !args.all && args.limit.is_none() && io::stdout().is_terminal();
+    let limit = match args.limit {
+        Some(n) => n,
+        None if screenful => LIST_SCREENFUL,
+        None => usize::MAX,
+    };
     let fetch = |state, offset, limit| -> Result<Vec<Job>> {
         match call(
             dir,
@@ -946,6 +956,12 @@ fn list(dir: &DataDir, args: ListArgs, json: bool, out: &mut impl Write) -> Resu
         "{}",
         render(&mut jobs_table(&jobs), &[5, 8], &[6, 7, 4, 8])
     )?;
+    if screenful && jobs.len() == limit {
+        writeln!(
+            out,
+            "(the first {limit}; --all for every job, --limit N --offset M for a page)"
+        )?;
+    }
     Ok(())
 }
 
