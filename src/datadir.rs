@@ -1,7 +1,8 @@
 //! The data directory and its lock: where everything lives, and who owns the store.
 //!
 //! One directory holds the sled database (`db/`), the lock file (`lock`), the workers' lock
-//! (`workers.lock`), the request spool (`spool/`) and `worker.log`. It is `--data-dir`, else
+//! (`workers.lock`), the workers' attempt records (`attempts/`), the request spool (`spool/`),
+//! space kept in reserve for a full disk (`reserved-space`) and `worker.log`. It is `--data-dir`, else
 //! `$QUEUECTL_HOME`, else `$XDG_DATA_HOME/queuectl` (`~/.local/share/queuectl`), created on first
 //! use with mode 0700.
 //!
