@@ -821,12 +821,16 @@ fn kill_9_of_supervisor_and_worker_at_a_start_never_runs_a_job_twice() {
     let pids = env.file("pids");
     let double = env.file("double");
     // Each attempt first looks for a live earlier attempt (of any job: a new owner kills every
-    // earlier attempt before it runs anything), then says it started, then runs on.
+    // earlier attempt before it runs anything), then says it started, then runs on. The state
+    // is read once: a process reaped between two reads must not look alive; and a live pid
+    // counts only if it is an attempt's `sleep 61.25` (pids wrap at 32768 here).
     let script = format!(
         "for p in $(cat {pids} 2>/dev/null); do \
-           if [ -e /proc/$p/status ] && ! grep -q '^State:.*[ZX]' /proc/$p/status 2>/dev/null; \
-           then echo \"$p\" >> {double}; fi; \
-         done; echo $$ >> {pids}; exec sleep 60",
+           st=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$p/status 2>/dev/null); \
+           case \"$st\" in ''|Z|X) ;; \
+             *) grep -q 61.25 /proc/$p/cmdline 2>/dev/null && echo \"$p $st\" >> {double};; \
+           esac; \
+         done; echo $$ >> {pids}; exec sleep 61.25",
         pids = pids.display(),
         double = double.display()
     );
@@ -858,8 +862,10 @@ fn kill_9_of_supervisor_and_worker_at_a_start_never_runs_a_job_twice() {
     });
     assert!(
         !double.exists(),
-        "attempts alive together: {}",
-        fs::read_to_string(&double).unwrap_or_default()
+        "attempts alive together: {} (attempts in order: {:?}; log:\n{})",
+        fs::read_to_string(&double).unwrap_or_default(),
+        pids_in(&pids),
+        fs::read_to_string(env.path().join("worker.log")).unwrap_or_default()
     );
     env.verify_store();
 }
