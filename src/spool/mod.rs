@@ -625,11 +625,21 @@ impl Spool {
     /// would notice at once, but an inotify instance makes a killed process hold its files,
     /// the store's lock among them, for tens of milliseconds after it looks dead.)
     pub fn listen(&self, tx: Sender<()>) -> Result<JoinHandle<()>, SpoolError> {
+        self.listen_with(tx, || ())
+    }
+
+    /// Like [`listen`](Spool::listen), sending `make()` instead of `()`: so the wake-up can go
+    /// straight into a channel that carries other messages too, without a thread to relay it.
+    pub fn listen_with<T: Send + 'static>(
+        &self,
+        tx: Sender<T>,
+        make: fn() -> T,
+    ) -> Result<JoinHandle<()>, SpoolError> {
         let path = self.wake.clone();
         let fifo = open_wake(&path)?;
         std::thread::Builder::new()
             .name("spool-wake".to_owned())
-            .spawn(move || listen_loop(fifo, &path, &tx))
+            .spawn(move || listen_loop(fifo, &path, &tx, make))
             .map_err(io_err("start the listener thread for", &self.wake))
     }
 
@@ -830,7 +840,7 @@ fn same_file(fifo: &File, path: &Path) -> bool {
     }
 }
 
-fn listen_loop(mut fifo: File, path: &Path, tx: &Sender<()>) {
+fn listen_loop<T>(mut fifo: File, path: &Path, tx: &Sender<T>, make: fn() -> T) {
     let mut buf = [0u8; WAKE_READ_BYTES];
     loop {
         let fifo_ready = {
@@ -851,9 +861,9 @@ fn listen_loop(mut fifo: File, path: &Path, tx: &Sender<()>) {
                     Ok(new) => {
                         tracing::warn!(path = %path.display(), "the wake fifo was removed; made a new one");
                         fifo = new;
-                        match tx.try_send(()) {
-                            Ok(()) | Err(TrySendError::Full(())) => {}
-                            Err(TrySendError::Disconnected(())) => return,
+                        match tx.try_send(make()) {
+                            Ok(()) | Err(TrySendError::Full(_)) => {}
+                            Err(TrySendError::Disconnected(_)) => return,
                         }
                     }
                     Err(error) => {
@@ -869,9 +879,9 @@ fn listen_loop(mut fifo: File, path: &Path, tx: &Sender<()>) {
                 tracing::error!(path = %path.display(), "wake fifo reported end of file");
                 return;
             }
-            Ok(_) => match tx.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) => {}
-                Err(TrySendError::Disconnected(())) => return,
+            Ok(_) => match tx.try_send(make()) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => return,
             },
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {

@@ -311,9 +311,11 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         tracing::warn!("could not clean the spool's old replies: {e}");
     }
     let (tx, rx) = crossbeam_channel::unbounded();
-    let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-    owner.spool.listen(wake_tx).map_err(OwnerError::from)?;
-    forward(wake_rx, tx.clone(), || Input::Spool);
+    // Straight into the event channel: a relay thread would cost a wake-up per request.
+    owner
+        .spool
+        .listen_with(tx.clone(), || Input::Spool)
+        .map_err(OwnerError::from)?;
     let sig_tx = tx.clone();
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = sig_tx.send(Input::Signal);
@@ -366,17 +368,6 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
     // Requests that arrived while we were starting.
     sup.drain_spool();
     sup.event_loop(&rx, count, ready, pid)
-}
-
-/// Relays one channel into the event channel.
-fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Input>, make: fn() -> Input) {
-    thread::spawn(move || {
-        for _ in rx {
-            if tx.send(make()).is_err() {
-                break;
-            }
-        }
-    });
 }
 
 /// The flusher thread, which holds a handle on the store. Dropping this waits for the thread to
@@ -540,7 +531,9 @@ impl Supervisor {
             self.apply(Event::Timer {
                 now: Instant::now(),
             });
-            let next = if self.core.phase() == Phase::Running {
+            // The next scheduled job only matters to an idle worker: a busy one reserves what
+            // fell due when it reports (no store read per event while all are busy).
+            let next = if self.core.idle_worker(0).is_some() {
                 self.owner.store.next_wakeup().unwrap_or(None)
             } else {
                 None
@@ -550,10 +543,14 @@ impl Supervisor {
                     .sleep_for(now_ms(), next, self.config.poll_interval_ms, Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(input) => {
-                    self.handle(input);
-                    // Take everything already waiting before dispatching.
+                    // Take everything already waiting before dispatching; however many wake-ups
+                    // came, the spool is read once.
+                    let mut spool = self.handle(input);
                     while let Ok(input) = rx.try_recv() {
-                        self.handle(input);
+                        spool |= self.handle(input);
+                    }
+                    if spool {
+                        self.drain_spool();
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -678,7 +675,9 @@ impl Supervisor {
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    /// Turns `input` into an event for the core; `true` for a spool wake-up, which the caller
+    /// answers once all waiting input is handled.
+    fn handle(&mut self, input: Input) -> bool {
         let ev = match input {
             Input::Worker { worker, gen, msg } => match msg {
                 FromWorker::Ready { .. } => Event::Ready { worker, gen },
@@ -697,10 +696,11 @@ impl Supervisor {
                 },
             },
             Input::WorkerGone { worker, gen } => Event::Gone { worker, gen },
-            Input::Spool => return self.drain_spool(),
+            Input::Spool => return true,
             Input::Signal => Event::Signal,
         };
         self.apply(ev);
+        false
     }
 
     /// Hands `ev` to the core and carries out what it decides, including what follows from
