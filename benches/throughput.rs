@@ -182,11 +182,13 @@ fn span_rate(jobs: usize, list_json: &str) -> f64 {
     jobs as f64 / ((last - first).max(1) as f64 / 1000.0)
 }
 
-/// One baseline round: `sh -c true` four at a time, per second.
+/// One baseline round: `sh -c true` four at a time, per second. It runs in a session of its
+/// own (`setsid -w`), as the detached supervisor does, so that the kernel's per-session CPU
+/// grouping (autogroup) treats both alike when other work shares the machine.
 fn xargs_round(jobs: usize) -> f64 {
     let t = Instant::now();
-    let status = Command::new("sh")
-        .arg("-c")
+    let status = Command::new("setsid")
+        .args(["-w", "sh", "-c"])
         .arg(format!("seq {jobs} | xargs -P4 -I{{}} sh -c true"))
         .stdout(Stdio::null())
         .status()
