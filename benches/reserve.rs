@@ -1,5 +1,5 @@
 //! The storage comparison: one reserve + complete cycle against a queue of due jobs, in the sled
-//! store queuectl uses and in SQLite laid out like the Node.js seed.
+//! store queuectl uses and in SQLite laid out like the Node.js queuectl.
 //!
 //! Run: `cargo bench --bench reserve` (a few minutes; add a filter such as
 //! `cargo bench --bench reserve -- queue_10000/` to run part of it). The databases live under
@@ -18,7 +18,7 @@
 //! - `sled/fused-unflushed`, `sled/fused-flushed`: the supervisor's own cycle: the running job
 //!   ends and the next is reserved in one transaction (`Store::finish_and_reserve`), the same
 //!   work per job (one completed, one reserved) in one commit instead of two.
-//! - `sqlite_seed/(a)`: the seed's storage: index `(state, available_at)`, WAL,
+//! - `sqlite_nodejs/(a)`: the Node.js queuectl's storage: index `(state, available_at)`, WAL,
 //!   `synchronous=NORMAL`. `BEGIN IMMEDIATE; SELECT id ... WHERE state='pending' AND
 //!   available_at <= now ORDER BY priority DESC, available_at LIMIT 1; UPDATE ... 'processing';
 //!   COMMIT`, then the `UPDATE ... 'completed'` in its own transaction. The index cannot serve
@@ -41,7 +41,7 @@
 //! durable of them (sled loses its unflushed tail on a process crash too, which is why the
 //! supervisor flushes completions every 10 ms and everything it acknowledges at once).
 //! Not quite equal: `(b)-full` syncs twice per cycle (reserve and completion commit separately,
-//! as in the seed) where `sled/flushed` syncs once, after the completion.
+//! as in the Node.js queuectl) where `sled/flushed` syncs once, after the completion.
 //!
 //! Every SQLite database uses WAL and the exact exported schema (`queuectl::export::SCHEMA_SQL`)
 //! plus its index; rows are loaded in one transaction before timing.
@@ -295,9 +295,9 @@ impl Queue for PgQueue {
     }
 }
 
-// ---- SQLite: the seed's layout --------------------------------------------------------------
+// ---- SQLite: the Node.js queuectl's layout --------------------------------------------------------------
 
-const SEED_INDEX: &str = "CREATE INDEX idx_jobs_state_available ON jobs(state, available_at)";
+const NODE_INDEX: &str = "CREATE INDEX idx_jobs_state_available ON jobs(state, available_at)";
 const PRIORITY_INDEX: &str =
     "CREATE INDEX idx_jobs_state_priority_available ON jobs(state, priority DESC, available_at)";
 
@@ -438,8 +438,8 @@ fn reserve(c: &mut Criterion) {
             .sample_size(10)
             .sampling_mode(SamplingMode::Flat)
             .measurement_time(Duration::from_secs(3));
-        bench_queue(&mut group, "sqlite_seed/(a)", size, || {
-            SqliteQueue::new(SEED_INDEX, "NORMAL")
+        bench_queue(&mut group, "sqlite_nodejs/(a)", size, || {
+            SqliteQueue::new(NODE_INDEX, "NORMAL")
         });
 
         group.sample_size(20).sampling_mode(SamplingMode::Auto);

@@ -415,7 +415,7 @@ mod tests {
     use rusqlite::types::Value;
     use std::collections::BTreeSet;
 
-    /// The seed's schema as documented; [`SCHEMA_SQL`] must not drift from it.
+    /// The Node.js queuectl's schema as documented; [`SCHEMA_SQL`] must not drift from it.
     const DOCUMENTED_JOBS: &str = "CREATE TABLE jobs(
   id TEXT PRIMARY KEY,
   command TEXT NOT NULL,

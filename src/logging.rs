@@ -1,4 +1,4 @@
-//! Log lines in the seed's format, `[2025-11-09T08:21:13.456Z] [INFO] message`, written to
+//! Log lines in the Node.js queuectl's format, `[2025-11-09T08:21:13.456Z] [INFO] message`, written to
 //! `worker.log` in the data directory and, in the foreground, to the console. `RUST_LOG`
 //! filters them (default `info`).
 
@@ -17,10 +17,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::model::{escape_control, format_ts, now_ms, Job, RetryDecision};
 
-/// The seed's line format.
-struct SeedFormat;
+/// The Node.js queuectl's line format.
+struct NodeFormat;
 
-impl<S, N> FormatEvent<S, N> for SeedFormat
+impl<S, N> FormatEvent<S, N> for NodeFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -53,7 +53,7 @@ pub fn init(log_file: &Path, console: bool) {
     let file = open_log(log_file);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(SeedFormat);
+        .event_format(NodeFormat);
     let result = match (file, console) {
         (Ok(f), true) => builder
             .with_writer(Mutex::new(f).and(std::io::stderr))
@@ -78,7 +78,7 @@ pub fn init_file_only(log_file: &Path) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let result = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(SeedFormat)
+        .event_format(NodeFormat)
         .with_writer(Mutex::new(file))
         .try_init();
     drop(result);

@@ -92,7 +92,7 @@ impl FromStr for JobState {
     }
 }
 
-/// One job as stored: every column of the seed's `jobs` table plus what queuectl adds.
+/// One job as stored: every column of the Node.js queuectl's `jobs` table plus what queuectl adds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
@@ -129,7 +129,7 @@ pub struct Job {
     pub env: Vec<(String, String)>,
 }
 
-/// The JSON a user reads (`list --json`, `show --json`): the seed's column names, RFC 3339 times.
+/// The JSON a user reads (`list --json`, `show --json`): the Node.js queuectl's column names, RFC 3339 times.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: String,

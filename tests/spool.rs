@@ -1,7 +1,7 @@
 //! The request spool, black box: with a supervisor running, every command goes through
 //! `<data-dir>/spool/` and must behave as it does without one; requests survive a supervisor that
 //! is stopped, killed or stopping; planted files cannot hurt the supervisor; many concurrent
-//! clients lose nothing; and the seed's Quick Start works end to end.
+//! clients lose nothing; and the Node.js queuectl's Quick Start works end to end.
 
 mod common;
 
@@ -854,7 +854,7 @@ fn eight_clients_enqueueing_250_jobs_each_while_four_workers_run() {
     env.verify_store();
 }
 
-// ---- 6. the seed's Quick Start ----
+// ---- 6. the Node.js queuectl's Quick Start ----
 
 #[test]
 fn the_quick_start_in_its_own_order() {

@@ -10,7 +10,7 @@
 //!
 //! due           jobs that may run now, in the order they run
 //!               key   = [0..8)   priority, as (p XOR 1<<63) then bit-inverted: higher sorts first
-//!                       [8..16)  available_at, ms since epoch: earlier first (the seed's order)
+//!                       [8..16)  available_at, ms since epoch: earlier first (the Node.js queuectl's order)
 //!                       [16..24) seq, the job's enqueue sequence: a unique tie-break
 //!               value = [0] state tag (STATE_TAG), [1..) job id
 //!
