@@ -439,7 +439,8 @@ enum Kind {
     Any,
 }
 
-fn kind_name(ft: fs::FileType) -> &'static str {
+/// What kind of file `ft` is, in users' words.
+pub fn kind_name(ft: fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_file() {
         "regular file"
@@ -460,7 +461,8 @@ fn kind_name(ft: fs::FileType) -> &'static str {
     }
 }
 
-fn euid() -> u32 {
+/// The effective user id: who owns the files queuectl makes.
+pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 

@@ -180,28 +180,11 @@ fn check_destination(path: &Path, force: bool) -> Result<(), ExportError> {
         // `--force` replaces a file, never a device, a FIFO or a symbolic link's name.
         Ok(m) if !m.file_type().is_file() => Err(ExportError::NotRegular {
             path: path.to_path_buf(),
-            found: kind_of(m.file_type()),
+            found: crate::datadir::kind_name(m.file_type()),
         }),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(io_error(path, "checking", path, source)),
-    }
-}
-
-fn kind_of(ft: fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_symlink() {
-        "symbolic link"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "special file"
     }
 }
 

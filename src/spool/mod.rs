@@ -168,7 +168,7 @@ fn check_id(id: &str) -> Result<(), SpoolError> {
 
 /// A spool file must belong to the user this process runs as.
 fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), SpoolError> {
-    let euid = euid();
+    let euid = crate::datadir::euid();
     if meta.uid() != euid {
         return Err(SpoolError::WrongOwner {
             path: path.to_path_buf(),
@@ -177,30 +177,6 @@ fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), SpoolError> {
         });
     }
     Ok(())
-}
-
-fn kind_of(ft: fs::FileType) -> &'static str {
-    if ft.is_file() {
-        "regular file"
-    } else if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symbolic link"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "file of unknown type"
-    }
-}
-
-fn euid() -> u32 {
-    nix::unistd::geteuid().as_raw()
 }
 
 fn has_errno(error: &io::Error, errno: Errno) -> bool {
@@ -248,7 +224,7 @@ fn open_checked(path: &Path, limit: Option<u64>) -> Result<File, SpoolError> {
                 if !meta.file_type().is_file() {
                     return Err(SpoolError::NotRegular {
                         path: path.to_path_buf(),
-                        kind: kind_of(meta.file_type()),
+                        kind: crate::datadir::kind_name(meta.file_type()),
                     });
                 }
             }
@@ -259,7 +235,7 @@ fn open_checked(path: &Path, limit: Option<u64>) -> Result<File, SpoolError> {
     if !meta.file_type().is_file() {
         return Err(SpoolError::NotRegular {
             path: path.to_path_buf(),
-            kind: kind_of(meta.file_type()),
+            kind: crate::datadir::kind_name(meta.file_type()),
         });
     }
     check_owner(path, &meta)?;
@@ -355,7 +331,7 @@ fn check_owned(
         return Err(SpoolError::WrongType {
             path: path.to_path_buf(),
             expected,
-            found: kind_of(meta.file_type()),
+            found: crate::datadir::kind_name(meta.file_type()),
         });
     }
     check_owner(path, meta)?;
@@ -826,7 +802,7 @@ fn open_wake(path: &Path) -> Result<File, SpoolError> {
         return Err(SpoolError::WrongType {
             path: path.to_path_buf(),
             expected: "fifo",
-            found: kind_of(meta.file_type()),
+            found: crate::datadir::kind_name(meta.file_type()),
         });
     }
     Ok(fifo)
