@@ -31,10 +31,18 @@ fn server() -> Option<String> {
     }
 }
 
+/// A lease long enough that its renewals (every third of it) wake no supervisor during a test:
+/// what happens sooner was announced by the database.
+const LONG_LEASE_MS: &str = "90000";
+
+/// Quicker than any poll, renewal or retry in these tests: only a notification explains it.
+const PROMPT: Duration = Duration::from_secs(15);
+
 /// One host: its own data directory, the shared database.
 struct Host {
     env: Env,
     url: String,
+    lease_ms: &'static str,
 }
 
 impl Host {
@@ -42,13 +50,22 @@ impl Host {
         Host {
             env: Env::new(),
             url: db.url.clone(),
+            lease_ms: LEASE_MS,
         }
+    }
+
+    /// A host whose supervisor wakes only when told (a long lease, an hour's poll interval).
+    fn quiet(db: &ScratchDatabase) -> Host {
+        let mut h = Host::new(db);
+        h.lease_ms = LONG_LEASE_MS;
+        h.ok(&["config", "set", "poll_interval_ms", "3600000"]);
+        h
     }
 
     fn cmd(&self) -> assert_cmd::Command {
         let mut c = self.env.cmd();
         c.env("QUEUECTL_DATABASE_URL", &self.url)
-            .env("QUEUECTL_LEASE_MS", LEASE_MS);
+            .env("QUEUECTL_LEASE_MS", self.lease_ms);
         c
     }
 
@@ -266,4 +283,83 @@ impl Drop for Resume {
     fn drop(&mut self) {
         kill(self.0, 18);
     }
+}
+
+/// The supervisor of host a sleeps (no poll for an hour, no renewal for 30 s); jobs enqueued
+/// on host b, due now or a little later, start at once or at their time all the same.
+#[test]
+fn an_idle_host_wakes_when_any_host_enqueues_or_a_job_falls_due() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::quiet(&db);
+    let b = Host::new(&db);
+    a.start(1);
+    // Let the supervisor settle into its sleep first.
+    wait_until_for("host a to register", LONG, &mut || {
+        b.status()["hosts"].as_array().is_some_and(|h| h.len() == 1)
+    });
+    b.ok(&["enqueue", r#"{"id":"now","command":"true"}"#]);
+    wait_until_for("the job to run at once on host a", PROMPT, &mut || {
+        b.show("now")["state"] == "completed"
+    });
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let run_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    b.ok(&[
+        "enqueue",
+        &format!(r#"{{"id":"later","command":"true","run_at":"{run_at}"}}"#),
+    ]);
+    wait_until_for("the scheduled job to run at its time", PROMPT, &mut || {
+        b.show("later")["state"] == "completed"
+    });
+    let ran = b.show("later");
+    let finished = chrono::DateTime::parse_from_rfc3339(ran["updated_at"].as_str().unwrap())
+        .expect("updated_at");
+    assert!(finished >= at, "ran before its time: {ran}");
+}
+
+/// A job running on host a is cancelled from host b: a hears it at once and stops it.
+#[test]
+fn a_cancel_reaches_the_host_running_the_job() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::quiet(&db);
+    let b = Host::new(&db);
+    a.ok(&["enqueue", r#"{"id":"long","command":"sleep 60"}"#]);
+    a.start(1);
+    wait_until_for("the job to run on host a", LONG, &mut || {
+        b.show("long")["state"] == "processing"
+    });
+    let started = std::time::Instant::now();
+    let out = b.ok(&["cancel", "long"]);
+    assert!(out.contains("cancelled"), "{out}");
+    assert!(
+        started.elapsed() < PROMPT,
+        "the cancel took {:?}",
+        started.elapsed()
+    );
+    let job = b.show("long");
+    assert_eq!(job["state"], "dead", "{job}");
+    assert_eq!(job["last_error"], "cancelled", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
+}
+
+/// `wait` on a host without a supervisor sees jobs other hosts run end; pause and scale
+/// reach this host's own supervisor.
+#[test]
+fn wait_pause_and_scale_with_a_shared_queue() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::new(&db);
+    let b = Host::new(&db);
+    a.start(1);
+    a.ok(&["worker", "pause"]);
+    b.ok(&["enqueue", r#"{"id":"w","command":"true"}"#]);
+    assert_eq!(b.show("w")["state"], "pending");
+    a.ok(&["worker", "scale", "2"]);
+    wait_until_for("host a's heartbeat to show 2 workers", LONG, &mut || {
+        b.status()["hosts"][0]["workers"] == 2
+    });
+    a.ok(&["worker", "resume"]);
+    let out = b.ok(&["wait", "w", "--timeout", "60s"]);
+    assert!(out.contains("w: completed"), "{out}");
 }

@@ -17,6 +17,7 @@ use crate::owner::{Owner, OwnerError};
 use crate::spool::request::{self, CodecError, OwnerInfo, Reply, Request};
 use crate::spool::{Spool, SpoolError};
 use crate::store::postgres::PgStore;
+use crate::store::StoreError;
 
 /// How long to wait for each look at the reply before trying the lock again.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -61,7 +62,10 @@ pub fn call_as(
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
     if let Some(url) = dir.database_url() {
-        return shared(dir, url, req);
+        // Pausing and scaling are this host's supervisor's business: through the spool.
+        if !matches!(req, Request::Pause { .. } | Request::Scale { .. }) {
+            return shared(dir, url, req);
+        }
     }
     if let Some(owner) = Owner::try_acquire(dir)? {
         return Ok(owner.run(req)?);
@@ -130,9 +134,38 @@ fn shared(dir: &DataDir, url: &str, req: &Request) -> Result<Reply, ClientError>
         ..OwnerInfo::default()
     };
     let spool = Spool::open(dir.root())?;
+    if let Request::Cancel { ids } = req {
+        // A running job is stopped by the supervisor running it, on whichever host.
+        let results = ids
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    cancel_shared(&store, id).map_err(|e| e.to_string()),
+                )
+            })
+            .collect();
+        return Ok(Reply::Each(results));
+    }
     let mut reply = request::apply(&store, &spool, req, info, now_ms(), None);
     if let Reply::Status(s) = &mut reply {
         s.hosts = hosts;
     }
     Ok(reply)
+}
+
+/// Cancels job `id` of a shared queue: at once when it waits; when it runs, its supervisor is
+/// asked to stop it and the job is returned still running (the caller waits for its end).
+fn cancel_shared(store: &PgStore, id: &str) -> Result<crate::model::Job, StoreError> {
+    loop {
+        match request::cancel_one(store, id, now_ms()) {
+            Err(StoreError::Running(_)) => {
+                if let Some(job) = store.request_cancel(id)? {
+                    return Ok(job);
+                }
+                // It ended meanwhile: cancel (or report) it as it is now.
+            }
+            other => return other,
+        }
+    }
 }

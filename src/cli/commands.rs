@@ -479,6 +479,9 @@ fn wait(
         return print_waited(&[], json, out);
     }
     let mut told = false;
+    // A shared queue answers at once, whichever host runs the jobs: look again, less and less
+    // often (one read each time).
+    let mut pause = Duration::from_millis(50);
     loop {
         // "Forever" is ten years: far enough, and no overflow of the clock.
         let left = deadline
@@ -516,6 +519,13 @@ fn wait(
                 })
                 .count();
             return Err(CommandError::WaitTimeout(timeout.unwrap_or_default(), open));
+        }
+        if dir.database_url().is_some() {
+            std::thread::sleep(deadline.map_or(pause, |d| {
+                pause.min(d.saturating_duration_since(Instant::now()))
+            }));
+            pause = (pause * 2).min(Duration::from_millis(500));
+            continue;
         }
         // Answered without waiting: nobody runs the jobs (or the supervisor is stopping).
         if !matches!(dir.holder(), Ok(Holder::Supervisor(_))) {

@@ -53,6 +53,9 @@ pub enum StoreError {
     NotFinished { id: String, state: JobState },
     #[error("job `{0}` is running")]
     Running(String),
+    /// A shared store's database cannot be reached now (it is being connected to again).
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
 }
 
 /// The `last_error` of a job stopped by `queuectl cancel`.

@@ -16,7 +16,7 @@
 
 pub mod core;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -33,8 +33,9 @@ use crate::model::{now_ms, Config, Job, RunResult};
 use crate::owner::{Handled, Owner, OwnerError};
 use crate::spool::request::{self, OwnerInfo, Reply, Request};
 use crate::spool::PendingRequest;
+use crate::store::postgres::listen::{Listener, Notice};
 use crate::store::postgres::PgStore;
-use crate::store::{lease_ms, FailOrDone, JobStore, RunEnd};
+use crate::store::{lease_ms, FailOrDone, JobStore, RunEnd, StoreError};
 use crate::worker::protocol::{self, FromWorker, ToWorker};
 use crate::worker::{kill, spawn};
 
@@ -220,6 +221,8 @@ enum Input {
     },
     Spool,
     Signal,
+    /// With a shared queue: news from the database.
+    Db(Notice),
 }
 
 /// One worker's current process and the pipe to it (its state is the core's).
@@ -262,7 +265,44 @@ struct Leases {
     renewed: Instant,
     /// Running jobs were killed because renewing failed.
     fenced: bool,
+    /// Wakes the event loop when any host enqueues, retries or cancels (dropped with it).
+    _listener: Listener,
+    /// Ends of runs not recorded yet (the database could not be reached): sent again until
+    /// they are. Their jobs stay this supervisor's, their leases renewed, meanwhile.
+    unrecorded: Vec<Unrecorded>,
 }
+
+/// The end of a run still to be recorded.
+struct Unrecorded {
+    job: Job,
+    end: OwnedEnd,
+}
+
+/// [`RunEnd`] owning its error.
+enum OwnedEnd {
+    Succeeded,
+    Failed { error: String, backoff_base: u64 },
+    Cancelled,
+}
+
+impl OwnedEnd {
+    fn as_end(&self) -> RunEnd<'_> {
+        match self {
+            OwnedEnd::Succeeded => RunEnd::Succeeded,
+            OwnedEnd::Failed {
+                error,
+                backoff_base,
+            } => RunEnd::Failed {
+                error,
+                backoff_base: *backoff_base,
+            },
+            OwnedEnd::Cancelled => RunEnd::Cancelled,
+        }
+    }
+}
+
+/// How often ends of runs that could not be recorded are sent again.
+const RECORD_RETRY: Duration = Duration::from_millis(200);
 
 /// Where the sweeps of retention are (completed, then dead jobs), and when the next step is.
 struct Retention {
@@ -357,12 +397,16 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         pg.register(pid, count).map_err(OwnerError::from)?;
         touch_lease_file(&sup.root.join(LEASE_FILE), std::time::SystemTime::now());
         let now = Instant::now();
+        let db_tx = sup.tx.clone();
+        let listener = pg.listen(move |notice| db_tx.send(Input::Db(notice)).is_ok());
         sup.leases = Some(Leases {
             pg,
             lease_ms: lease_ms(),
             next_beat: now,
             renewed: now,
             fenced: false,
+            _listener: listener,
+            unrecorded: Vec::new(),
         });
     }
     // Requests that arrived while we were starting.
@@ -538,9 +582,17 @@ impl Supervisor {
             } else {
                 None
             };
-            let wait =
+            let mut wait =
                 self.core
                     .sleep_for(now_ms(), next, self.config.poll_interval_ms, Instant::now());
+            if let Some(l) = &self.leases {
+                // Leases are renewed in time however long the poll interval; unrecorded ends
+                // are sent again soon.
+                wait = wait.min(l.next_beat.saturating_duration_since(Instant::now()));
+                if !l.unrecorded.is_empty() {
+                    wait = wait.min(RECORD_RETRY);
+                }
+            }
             match rx.recv_timeout(wait) {
                 Ok(input) => {
                     // Take everything already waiting before dispatching; however many wake-ups
@@ -607,6 +659,7 @@ impl Supervisor {
     /// With a shared queue: heartbeat and lease renewal when due, then the reaping of every
     /// supervisor's expired leases.
     fn tend_leases(&mut self) {
+        self.record_again();
         let Some(l) = &mut self.leases else {
             return;
         };
@@ -625,6 +678,28 @@ impl Supervisor {
         let sent = std::time::SystemTime::now();
         match pg.heartbeat(workers, busy, lease_ms) {
             Ok(held) => {
+                // Cancels asked for while the notification was missed.
+                for (id, _) in held.iter().filter(|(_, cancel)| **cancel) {
+                    self.cancel_here(id);
+                }
+                // Held but neither running nor waiting to be recorded: reserved by a statement
+                // whose answer was lost with the connection; it never started, so it goes back.
+                let unrecorded: HashSet<&str> =
+                    self.leases.as_ref().map_or_else(HashSet::new, |l| {
+                        l.unrecorded.iter().map(|u| u.job.id.as_str()).collect()
+                    });
+                for id in held.keys() {
+                    if running.iter().any(|(r, _)| r == id) || unrecorded.contains(id.as_str()) {
+                        continue;
+                    }
+                    match pg.release(id, now_ms()) {
+                        Ok(_) => tracing::warn!(
+                            "job {id} was reserved here but never started (the answer was lost \
+                             with the connection): returned to pending"
+                        ),
+                        Err(e) => tracing::warn!("cannot return job {id} to pending: {e}"),
+                    }
+                }
                 touch_lease_file(&self.root.join(LEASE_FILE), sent);
                 if let Some(l) = &mut self.leases {
                     l.renewed = now;
@@ -633,7 +708,7 @@ impl Supervisor {
                         l.fenced = false;
                     }
                 }
-                for (id, pgid) in running.iter().filter(|(id, _)| !held.contains(id)) {
+                for (id, pgid) in running.iter().filter(|(id, _)| !held.contains_key(id)) {
                     tracing::warn!(
                         "job {id} was taken over by another supervisor: killing it here"
                     );
@@ -698,6 +773,20 @@ impl Supervisor {
             Input::WorkerGone { worker, gen } => Event::Gone { worker, gen },
             Input::Spool => return true,
             Input::Signal => Event::Signal,
+            Input::Db(notice) => {
+                match notice {
+                    // Jobs are looked for after every turn.
+                    Notice::Jobs => {}
+                    // Notices may have been missed: renew (which brings missed cancels) now.
+                    Notice::Listening => {
+                        if let Some(l) = &mut self.leases {
+                            l.next_beat = Instant::now();
+                        }
+                    }
+                    Notice::Cancel(id) => self.cancel_here(&id),
+                }
+                return false;
+            }
         };
         self.apply(ev);
         false
@@ -1015,10 +1104,88 @@ impl Supervisor {
                 log_failure(&r.job, r.decision, &format!("failed ({error})"));
                 next
             }
+            Err(e) if !e.is_user_error() && self.leases.is_some() => {
+                tracing::warn!(
+                    "cannot record the end of job {} yet: {e}; trying again",
+                    job.id
+                );
+                let end = match end {
+                    RunEnd::Succeeded => OwnedEnd::Succeeded,
+                    RunEnd::Failed {
+                        error,
+                        backoff_base,
+                    } => OwnedEnd::Failed {
+                        error: error.to_string(),
+                        backoff_base,
+                    },
+                    RunEnd::Cancelled => OwnedEnd::Cancelled,
+                };
+                if let Some(l) = &mut self.leases {
+                    l.unrecorded.push(Unrecorded { job, end });
+                }
+                None
+            }
             Err(e) => {
                 tracing::error!("cannot record the end of job {}: {e}", job.id);
                 None
             }
+        }
+    }
+
+    /// Sends again the ends of runs that could not be recorded (shared queue).
+    fn record_again(&mut self) {
+        let Some(l) = &mut self.leases else {
+            return;
+        };
+        if l.unrecorded.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut l.unrecorded);
+        let mut kept = Vec::new();
+        let mut recorded = false;
+        for u in pending {
+            match self
+                .owner
+                .store
+                .finish(&u.job.id, &u.end.as_end(), now_ms())
+            {
+                Ok(FailOrDone::Done(_)) => {
+                    recorded = true;
+                    tracing::info!("Job {} completed successfully (recorded late)", u.job.id)
+                }
+                Ok(FailOrDone::Failed(r)) => {
+                    recorded = true;
+                    log_failure(&r.job, r.decision, "failed (recorded late)")
+                }
+                Err(e) if e.is_user_error() => {
+                    recorded = true;
+                    tracing::warn!(
+                        "the end of job {} cannot be recorded: {e} (another supervisor took it \
+                         over)",
+                        u.job.id
+                    )
+                }
+                Err(e) => {
+                    tracing::debug!("cannot record the end of job {} yet: {e}", u.job.id);
+                    kept.push(u);
+                }
+            }
+        }
+        if let Some(l) = &mut self.leases {
+            l.unrecorded.extend(kept);
+        }
+        if recorded {
+            self.answer_waits();
+        }
+    }
+
+    /// Stops job `id` if it runs here (a cancel from any host); ignored otherwise.
+    fn cancel_here(&mut self, id: &str) {
+        if let Some(job) = self.core.cancel(id, Instant::now(), &mut self.actions) {
+            tracing::info!("Job {} cancelled: stopping it", job.id);
+        }
+        while let Some(action) = self.actions.pop_front() {
+            self.perform(action);
         }
     }
 
@@ -1039,6 +1206,11 @@ impl Supervisor {
             let job = match self.owner.store.reserve(&self.workers[i].name, now) {
                 Ok(Some(job)) => job,
                 Ok(None) => return,
+                // The store says when the database is lost and found again.
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::debug!("cannot reserve a job: {e}");
+                    return;
+                }
                 Err(e) => {
                     tracing::error!("cannot reserve a job: {e}");
                     return;

@@ -15,6 +15,7 @@
 //! release them. Durability: every statement commits before it returns (`flush` has nothing
 //! left to do).
 
+pub mod listen;
 pub mod schema;
 #[doc(hidden)]
 pub mod scratch;
@@ -25,7 +26,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -50,6 +51,10 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting may take before it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first and the longest pause between two tries to reach a database that is unreachable.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
@@ -103,7 +108,7 @@ macro_rules! take_set {
             now!($now),
             ", updated_at = ",
             now!($now),
-            ", runs = runs + 1, pgid = NULL, owner = ",
+            ", runs = runs + 1, pgid = NULL, cancel_requested = false, owner = ",
             $owner,
             ", lease_until = ",
             now!($now),
@@ -128,9 +133,11 @@ macro_rules! next_ready {
 /// Ending an attempt, by `$mode`: `ok` completes; `cancel` moves the job to `dead` with error
 /// `$err` and its attempts unchanged; `fail` applies the retry rule with error `$err` and
 /// backoff base `$base` (delay base ^ attempts seconds, saturating at 10^12 s, about 31,700
-/// years, so that the time stays within PostgreSQL's range). Only the owner `$owner` may end it.
+/// years, so that the time stays within PostgreSQL's range). Only the owner `$owner` may end it,
+/// and only its attempt `$run` (NULL: whichever): a finish sent again after its answer was lost
+/// can never end a later attempt.
 macro_rules! finish_update {
-    ($id:literal, $mode:literal, $err:literal, $base:literal, $now:literal, $owner:literal) => {
+    ($id:literal, $mode:literal, $err:literal, $base:literal, $now:literal, $owner:literal, $run:literal) => {
         concat!(
             "UPDATE jobs SET \
              state = (CASE ", $mode, "::text WHEN 'ok' THEN 'completed' WHEN 'cancel' THEN 'dead' \
@@ -142,8 +149,9 @@ macro_rules! finish_update {
                  THEN NULL ELSE ", now!($now), " + LEAST(power(", $base, "::bigint::numeric, \
                  LEAST(attempts + 1, 64)), 1000000000000)::bigint * interval '1 second' END, \
              locked_by = NULL, locked_at = NULL, pgid = NULL, owner = NULL, lease_until = NULL, \
-             updated_at = ", now!($now), " \
-             WHERE id = ", $id, " AND state = 'processing' AND owner = ", $owner
+             cancel_requested = false, updated_at = ", now!($now), " \
+             WHERE id = ", $id, " AND state = 'processing' AND owner = ", $owner,
+             " AND (", $run, "::bigint IS NULL OR runs = ", $run, "::bigint)"
         )
     };
 }
@@ -164,14 +172,14 @@ const SQL_RESERVE: &str = concat!(
 );
 
 const SQL_FINISH: &str = concat!(
-    finish_update!("$1", "$2", "$3", "$4", "$5", "$6"),
+    finish_update!("$1", "$2", "$3", "$4", "$5", "$6", "$7"),
     " RETURNING ",
     job_cols!()
 );
 
 const SQL_FINISH_AND_RESERVE: &str = concat!(
     "WITH fin AS (",
-    finish_update!("$1", "$2", "$3", "$4", "$5", "$6"),
+    finish_update!("$1", "$2", "$3", "$4", "$5", "$6", "$9"),
     " RETURNING 0 AS k, ",
     job_cols!(),
     "), nxt AS (UPDATE jobs SET ",
@@ -183,18 +191,19 @@ const SQL_FINISH_AND_RESERVE: &str = concat!(
     ") SELECT * FROM fin UNION ALL SELECT * FROM nxt ORDER BY k"
 );
 
-const SQL_SET_PGID: &str =
-    "UPDATE jobs SET pgid = $2 WHERE id = $1 AND state = 'processing' AND owner = $3";
+const SQL_SET_PGID: &str = "UPDATE jobs SET pgid = $2 WHERE id = $1 AND state = 'processing' \
+     AND owner = $3 AND ($4::bigint IS NULL OR runs = $4::bigint)";
 
 const SQL_RELEASE: &str = concat!(
     "UPDATE jobs SET state = 'pending', locked_by = NULL, locked_at = NULL, pgid = NULL, \
-     owner = NULL, lease_until = NULL, updated_at = ",
+     owner = NULL, lease_until = NULL, cancel_requested = false, updated_at = ",
     now!("$2"),
     ", available_at = LEAST(COALESCE(available_at, ",
     now!("$2"),
     "), ",
     now!("$2"),
-    ") WHERE id = $1 AND state = 'processing' AND owner = $3 RETURNING ",
+    ") WHERE id = $1 AND state = 'processing' AND owner = $3 \
+     AND ($4::bigint IS NULL OR runs = $4::bigint) RETURNING ",
     job_cols!()
 );
 
@@ -288,7 +297,7 @@ const SQL_CONFIG_SET: &str = "INSERT INTO config (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
 
 const SQL_RECOVER: &str = concat!(
-    finish_update!("id", "'fail'", "$1", "$2", "$3", "$4"),
+    finish_update!("id", "'fail'", "$1", "$2", "$3", "$4", "NULL"),
     " RETURNING ",
     job_cols!()
 );
@@ -334,12 +343,30 @@ const SQL_REGISTER: &str = "INSERT INTO queuectl_supervisors \
      started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at";
 
 /// The heartbeat and the renewal of every lease this owner holds, in one statement; returns
-/// the ids still held.
+/// the ids still held, each with whether a cancel was asked for.
 const SQL_HEARTBEAT: &str = "WITH hb AS (UPDATE queuectl_supervisors \
      SET heartbeat_at = statement_timestamp(), workers = $2, busy = $3 WHERE owner = $1), \
      held AS (UPDATE jobs SET lease_until = statement_timestamp() \
      + $4::bigint * interval '1 millisecond' \
-     WHERE state = 'processing' AND owner = $1 RETURNING id) SELECT id FROM held";
+     WHERE state = 'processing' AND owner = $1 RETURNING id, cancel_requested) \
+     SELECT id, cancel_requested FROM held";
+
+/// Asks whoever runs job `$1` to stop it (a cancel from any host).
+const SQL_REQUEST_CANCEL: &str = concat!(
+    "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'processing' RETURNING ",
+    job_cols!()
+);
+
+/// Tells every listening supervisor something (channel `$1`, payload `$2`) once this
+/// transaction commits.
+const SQL_NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// The channel telling idle supervisors that a job may run now or at a new time (enqueued,
+/// published, retried, released).
+pub const CHANNEL_JOBS: &str = "queuectl_jobs";
+
+/// The channel carrying the id of a running job someone cancelled.
+pub const CHANNEL_CANCEL: &str = "queuectl_cancel";
 
 const SQL_UNREGISTER: &str = "DELETE FROM queuectl_supervisors WHERE owner = $1";
 
@@ -347,15 +374,18 @@ const SQL_SUPERVISORS: &str = "SELECT host, pid, workers, busy, \
      (extract(epoch FROM statement_timestamp() - heartbeat_at) * 1000)::bigint \
      FROM queuectl_supervisors ORDER BY host";
 
-/// Ends, by the retry rule, every run whose lease expired (its supervisor stopped renewing).
+/// Ends, by the retry rule, every run whose lease expired (its supervisor stopped renewing);
+/// a run whose cancel was asked for ends cancelled (`$2`).
 const SQL_REAP: &str = concat!(
     finish_update!(
         "id",
-        "'fail'",
-        "('lease expired: ' || owner || ' stopped renewing it')",
+        "(CASE WHEN cancel_requested THEN 'cancel' ELSE 'fail' END)",
+        "(CASE WHEN cancel_requested THEN $2::text \
+          ELSE 'lease expired: ' || owner || ' stopped renewing it' END)",
         "$1",
         "NULL",
-        "owner"
+        "owner",
+        "NULL"
     ),
     " AND lease_until < statement_timestamp() RETURNING ",
     job_cols!()
@@ -411,9 +441,28 @@ impl Conn {
     }
 }
 
+/// The connection, and while the database cannot be reached, when to try again.
+struct Link {
+    conn: Option<Conn>,
+    down: Option<Down>,
+}
+
+/// A lost connection: since when, and the backoff of the tries to connect again.
+struct Down {
+    since: Instant,
+    next_try: Instant,
+    delay: Duration,
+}
+
 /// The queue's state in a PostgreSQL database shared by every host.
 pub struct PgStore {
-    conn: Mutex<Option<Conn>>,
+    link: Mutex<Link>,
+    /// The attempt (`runs`) of each job this store reserved and has not ended yet: the token
+    /// that guards every later write about that attempt.
+    runs: Mutex<HashMap<String, i64>>,
+    /// Jobs whose last finish was sent but lost its answer with the connection: it may have
+    /// been applied.
+    uncertain: Mutex<HashSet<String>>,
     config: postgres::Config,
     /// Where the database is, without credentials, for messages.
     target: String,
@@ -454,7 +503,12 @@ impl PgStore {
         }
         let target = describe(&config);
         let store = PgStore {
-            conn: Mutex::new(None),
+            link: Mutex::new(Link {
+                conn: None,
+                down: None,
+            }),
+            runs: Mutex::new(HashMap::new()),
+            uncertain: Mutex::new(HashSet::new()),
             config,
             target,
             owner: owner.to_string(),
@@ -471,7 +525,7 @@ impl PgStore {
                 e @ StoreError::Schema { .. } => e,
                 e => store.open_error(e),
             })?;
-            *guard = Some(conn);
+            guard.conn = Some(conn);
         }
         Ok(store)
     }
@@ -507,21 +561,49 @@ impl PgStore {
     }
 
     /// Beats this supervisor's heartbeat and renews the lease of every job it runs, by
-    /// `lease_ms` from the database's time; returns the ids of the jobs it still holds.
+    /// `lease_ms` from the database's time; returns the ids of the jobs it still holds, each
+    /// with whether a cancel was asked for.
     pub fn heartbeat(
         &self,
         workers: u32,
         busy: u32,
         lease_ms: u64,
-    ) -> Result<HashSet<String>, StoreError> {
+    ) -> Result<HashMap<String, bool>, StoreError> {
         let workers = i32::try_from(workers).unwrap_or(i32::MAX);
         let busy = i32::try_from(busy).unwrap_or(i32::MAX);
         let lease = clamp_ms(lease_ms);
         let rows =
             self.with(|c| c.query(SQL_HEARTBEAT, &[&self.owner, &workers, &busy, &lease]))?;
         rows.iter()
-            .map(|r| r.try_get::<_, String>(0).map_err(StoreError::from))
+            .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, bool>(1)?)))
             .collect()
+    }
+
+    /// Asks the supervisor running job `id` to stop it, wherever it runs: it hears at once
+    /// (a notification) or at its next lease renewal. Returns the job as it is (still
+    /// running); `Running` is never the answer.
+    pub fn request_cancel(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        self.with(|c| {
+            let ask = c.statement(SQL_REQUEST_CANCEL)?;
+            let notify = c.statement(SQL_NOTIFY)?;
+            let mut tx = c.client.transaction()?;
+            let rows = tx.query(&ask, &[&id])?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let job = job_from_row(row)?;
+            tx.execute(&notify, &[&CHANNEL_CANCEL, &id])?;
+            tx.commit()?;
+            Ok(Some(job))
+        })
+    }
+
+    /// Wakes every idle supervisor: a job may run now, or at a new time. A failure only
+    /// delays the news until their next look (the poll interval).
+    fn announce_jobs(&self) {
+        if let Err(e) = self.with(|c| c.execute(SQL_NOTIFY, &[&CHANNEL_JOBS, &""])) {
+            tracing::debug!("could not wake the other supervisors: {e}");
+        }
     }
 
     /// Removes this supervisor from the registry (a clean stop).
@@ -549,7 +631,10 @@ impl PgStore {
     /// Applies the retry rule to every job whose lease expired, whoever held it.
     pub fn reap_expired(&self, backoff_base: u64) -> Result<Vec<FailResult>, StoreError> {
         let base = clamp_ms(backoff_base);
-        let rows = self.with(|c| c.query(SQL_REAP, &[&base]))?;
+        let rows = self.with(|c| c.query(SQL_REAP, &[&base, &crate::store::CANCELLED]))?;
+        if !rows.is_empty() {
+            self.announce_jobs();
+        }
         rows.iter()
             .map(|r| Ok(self.fail_result(job_from_row(r)?, backoff_base)))
             .collect()
@@ -579,27 +664,223 @@ impl PgStore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Conn>> {
+    fn lock(&self) -> MutexGuard<'_, Link> {
         // A panic while holding the lock leaves at worst a connection mid-statement, which the
         // next use detects (closed) and replaces.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on the connection, connecting again first if it was lost.
     fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut guard = self.lock();
-        if !matches!(guard.as_ref(), Some(c) if !c.client.is_closed()) {
-            *guard = None;
-            *guard = Some(self.connect()?);
+        self.attempt(f).map_err(|(e, _)| e)
+    }
+
+    /// [`PgStore::with`], whose error also says whether the connection was lost while `f` ran
+    /// (what `f` sent may then have been applied, or not). A lost connection is logged once;
+    /// it is connected again at the next call, then with a growing pause between tries
+    /// ([`RECONNECT_FIRST`] to [`RECONNECT_MAX`]), each failure answered at once with
+    /// `Unavailable` in the meantime.
+    fn attempt<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, (StoreError, bool)> {
+        let mut link = self.lock();
+        if !matches!(link.conn.as_ref(), Some(c) if !c.client.is_closed()) {
+            if link.conn.take().is_some() {
+                self.went_down(&mut link, "the connection closed");
+            }
+            let now = Instant::now();
+            if let Some(d) = &link.down {
+                if now < d.next_try {
+                    return Err((
+                        StoreError::Unavailable(format!(
+                            "{} (next try in {}ms)",
+                            self.target,
+                            d.next_try.saturating_duration_since(now).as_millis()
+                        )),
+                        false,
+                    ));
+                }
+            }
+            match self.connect() {
+                Ok(conn) => {
+                    if let Some(d) = link.down.take() {
+                        tracing::info!(
+                            "connected to the database at {} again after {:.1}s",
+                            self.target,
+                            d.since.elapsed().as_secs_f64()
+                        );
+                    }
+                    link.conn = Some(conn);
+                }
+                Err(e) => {
+                    let d = link.down.get_or_insert(Down {
+                        since: now,
+                        next_try: now,
+                        delay: Duration::ZERO,
+                    });
+                    d.delay = (d.delay * 2).clamp(RECONNECT_FIRST, RECONNECT_MAX);
+                    d.next_try = now + d.delay;
+                    tracing::warn!(
+                        "cannot reach the database at {}: {e}; trying again in {}ms",
+                        self.target,
+                        d.delay.as_millis()
+                    );
+                    return Err((StoreError::Unavailable(e.to_string()), false));
+                }
+            }
         }
-        let conn = guard
-            .as_mut()
-            .ok_or_else(|| StoreError::Backend("no connection to the database".into()))?;
-        let res = f(conn);
-        if conn.client.is_closed() {
-            *guard = None;
+        let Some(conn) = link.conn.as_mut() else {
+            return Err((StoreError::Unavailable(self.target.clone()), false));
+        };
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let lost = conn.client.is_closed() || connection_lost(&e);
+                if lost {
+                    link.conn = None;
+                    self.went_down(&mut link, &e.to_string());
+                }
+                Err((e, lost))
+            }
         }
-        res
+    }
+
+    /// Notes (and logs) a lost connection; the next call connects again at once.
+    fn went_down(&self, link: &mut Link, why: &str) {
+        if link.down.is_none() {
+            tracing::warn!(
+                "lost the connection to the database at {}: {why}; connecting again",
+                self.target
+            );
+            let now = Instant::now();
+            link.down = Some(Down {
+                since: now,
+                next_try: now,
+                delay: Duration::ZERO,
+            });
+        }
+    }
+
+    /// The attempt of job `id` this store reserved, if it did.
+    fn run_of(&self, id: &str) -> Option<i64> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    fn hold(&self, job: &Job) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.id.clone(), i64::from(job.runs));
+    }
+
+    fn let_go(&self, id: &str) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Ends the attempt of job `id` (guarded by its token) and, with `next`
+    /// (`worker`, `lease`), reserves that worker's next job in the same statement.
+    ///
+    /// When the connection is lost on the way the outcome is unknown: the job is marked
+    /// uncertain and the error returned; the caller sends the finish again later. Guarded
+    /// by the attempt, a finish applied twice changes nothing the second time; one that
+    /// finds its attempt already ended after an unknown outcome answers with the job as it
+    /// is now (the first one was applied, or another supervisor reaped the attempt).
+    fn end_attempt(
+        &self,
+        id: &str,
+        end: &RunEnd<'_>,
+        now: Millis,
+        next: Option<(&str, Option<i64>)>,
+    ) -> Result<(FailOrDone, Option<Job>), StoreError> {
+        let (mode, error, base) = end_params(end);
+        let now = self.now(now);
+        let run = self.run_of(id);
+        let res = self.attempt(|c| match next {
+            None => c.query(
+                SQL_FINISH,
+                &[&id, &mode, &error, &base, &now, &self.owner, &run],
+            ),
+            Some((worker, lease)) => c.query(
+                SQL_FINISH_AND_RESERVE,
+                &[
+                    &id,
+                    &mode,
+                    &error,
+                    &base,
+                    &now,
+                    &self.owner,
+                    &worker,
+                    &lease,
+                    &run,
+                ],
+            ),
+        });
+        let rows = match res {
+            Ok(rows) => rows,
+            Err((e, lost)) => {
+                if lost {
+                    self.uncertain
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.to_string());
+                }
+                return Err(e);
+            }
+        };
+        let was_uncertain = self
+            .uncertain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let mut done = None;
+        let mut taken = None;
+        for row in &rows {
+            let k: i32 = if next.is_some() { row.try_get("k")? } else { 0 };
+            let job = job_from_row(row)?;
+            if k == 0 {
+                done = Some(job);
+            } else {
+                taken = Some(job);
+            }
+        }
+        let done = match done {
+            Some(job) => job,
+            None if was_uncertain => {
+                let job = self
+                    .get(id)?
+                    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+                tracing::info!(
+                    "the end of job {id} was recorded before the connection was lost \
+                     (now {})",
+                    job.state
+                );
+                job
+            }
+            None => return Err(StoreError::NotFound(id.to_string())),
+        };
+        self.let_go(id);
+        if let Some(job) = &taken {
+            self.hold(job);
+        }
+        let result = self.done_or_failed(done, end);
+        if matches!(
+            &result,
+            FailOrDone::Failed(FailResult {
+                decision: RetryDecision::Retry { .. },
+                ..
+            })
+        ) {
+            self.announce_jobs();
+        }
+        Ok((result, taken))
     }
 
     /// The `now` parameter: the caller's time, or NULL for the database's clock.
@@ -654,6 +935,7 @@ impl PgStore {
             let existing = c.statement(SQL_EXISTING)?;
             let apply = c.statement(SQL_APPLY_REQUEST)?;
             let applied = c.statement(SQL_IS_APPLIED)?;
+            let notify = c.statement(SQL_NOTIFY)?;
             let mut tx = c.client.transaction()?;
             if let Some(req) = request {
                 if tx.execute(&apply, &[&req])? == 0 {
@@ -667,6 +949,9 @@ impl PgStore {
             }
             if let Some(e) = first_existing(&mut tx, &existing, &ids, batch)? {
                 return Err(e);
+            }
+            if batch.is_none() {
+                tx.execute(&notify, &[&CHANNEL_JOBS, &""])?;
             }
             tx.execute(
                 &insert,
@@ -770,9 +1055,13 @@ impl JobStore for PgStore {
         self.with(|c| {
             let publish = c.statement(SQL_PUBLISH)?;
             let apply = c.statement(SQL_APPLY_REQUEST)?;
+            let notify = c.statement(SQL_NOTIFY)?;
             let mut tx = c.client.transaction()?;
             let n = tx.execute(&publish, &[&batch])?;
             tx.execute(&apply, &[&batch])?;
+            if n > 0 {
+                tx.execute(&notify, &[&CHANNEL_JOBS, &""])?;
+            }
             tx.commit()?;
             Ok(n)
         })
@@ -800,7 +1089,11 @@ impl JobStore for PgStore {
         let now = self.now(now);
         let lease = self.lease();
         let rows = self.with(|c| c.query(SQL_RESERVE, &[&worker, &now, &self.owner, &lease]))?;
-        rows.first().map(job_from_row).transpose()
+        let job = rows.first().map(job_from_row).transpose()?;
+        if let Some(job) = &job {
+            self.hold(job);
+        }
+        Ok(job)
     }
 
     fn finish_and_reserve(
@@ -810,54 +1103,16 @@ impl JobStore for PgStore {
         worker: &str,
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError> {
-        let (mode, error, base) = end_params(end);
-        let now = self.now(now);
-        let lease = self.lease();
-        let rows = self.with(|c| {
-            c.query(
-                SQL_FINISH_AND_RESERVE,
-                &[
-                    &id,
-                    &mode,
-                    &error,
-                    &base,
-                    &now,
-                    &self.owner,
-                    &worker,
-                    &lease,
-                ],
-            )
-        })?;
-        let mut done = None;
-        let mut next = None;
-        for row in &rows {
-            let k: i32 = row.try_get("k")?;
-            let job = job_from_row(row)?;
-            if k == 0 {
-                done = Some(job);
-            } else {
-                next = Some(job);
-            }
-        }
-        match done {
-            Some(job) => Ok((self.done_or_failed(job, end), next)),
-            None => Err(StoreError::NotFound(id.to_string())),
-        }
+        self.end_attempt(id, end, now, Some((worker, self.lease())))
     }
 
     fn finish(&self, id: &str, end: &RunEnd<'_>, now: Millis) -> Result<FailOrDone, StoreError> {
-        let (mode, error, base) = end_params(end);
-        let now = self.now(now);
-        let rows =
-            self.with(|c| c.query(SQL_FINISH, &[&id, &mode, &error, &base, &now, &self.owner]))?;
-        match rows.first() {
-            Some(row) => Ok(self.done_or_failed(job_from_row(row)?, end)),
-            None => Err(StoreError::NotFound(id.to_string())),
-        }
+        self.end_attempt(id, end, now, None).map(|(done, _)| done)
     }
 
     fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError> {
-        let n = self.with(|c| c.execute(SQL_SET_PGID, &[&id, &pgid, &self.owner]))?;
+        let run = self.run_of(id);
+        let n = self.with(|c| c.execute(SQL_SET_PGID, &[&id, &pgid, &self.owner, &run]))?;
         if n == 0 {
             return Err(StoreError::NotFound(id.to_string()));
         }
@@ -866,9 +1121,14 @@ impl JobStore for PgStore {
 
     fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
         let now = self.now(now);
-        let rows = self.with(|c| c.query(SQL_RELEASE, &[&id, &now, &self.owner]))?;
+        let run = self.run_of(id);
+        let rows = self.with(|c| c.query(SQL_RELEASE, &[&id, &now, &self.owner, &run]))?;
         match rows.first() {
-            Some(row) => job_from_row(row),
+            Some(row) => {
+                self.let_go(id);
+                self.announce_jobs();
+                job_from_row(row)
+            }
             None => Err(StoreError::NotFound(id.to_string())),
         }
     }
@@ -878,6 +1138,7 @@ impl JobStore for PgStore {
         let res = self.with(|c| {
             let retry = c.statement(SQL_DLQ_RETRY)?;
             let apply = c.statement(SQL_APPLY_REQUEST)?;
+            let notify = c.statement(SQL_NOTIFY)?;
             let mut tx = c.client.transaction()?;
             if let Some(req) = request {
                 if tx.execute(&apply, &[&req])? == 0 {
@@ -889,6 +1150,7 @@ impl JobStore for PgStore {
                 return Err(StoreError::NotFound(id.to_string()));
             };
             let job = job_from_row(row)?;
+            tx.execute(&notify, &[&CHANNEL_JOBS, &""])?;
             tx.commit()?;
             Ok(Some(job))
         });
@@ -1272,6 +1534,30 @@ fn first_existing(
             }
         })
     }))
+}
+
+/// Whether `e` says the connection is gone (closed, shut down by the server, or broken).
+fn connection_lost(e: &StoreError) -> bool {
+    let StoreError::Backend(b) = e else {
+        return false;
+    };
+    let Some(e) = b.downcast_ref::<postgres::Error>() else {
+        return false;
+    };
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // Class 08 (connection exception), and the server ending the session (57P01-57P03).
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+        }
+        // No SQL state: the socket failed (an error of ours, such as a value that does not
+        // convert, would not close the connection, which the caller checks first).
+        None => std::error::Error::source(e)
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
+    }
 }
 
 fn is_unique_violation(e: &(dyn std::error::Error + 'static)) -> bool {

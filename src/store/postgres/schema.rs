@@ -6,7 +6,7 @@
 //! bytewise (`COLLATE "C"`), as on the embedded store.
 
 /// The newest schema version this queuectl knows.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Serialises schema changes between processes opening the same database at once
 /// (`pg_advisory_xact_lock` key; arbitrary, fixed).
@@ -17,7 +17,7 @@ pub const VERSION_TABLE_SQL: &str =
     "CREATE TABLE IF NOT EXISTS queuectl_schema (version integer NOT NULL)";
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: [&str; VERSION as usize] = [V1, V2];
+pub const MIGRATIONS: [&str; VERSION as usize] = [V1, V2, V3];
 
 const V1: &str = r#"
 -- `staged`: enqueued in a batch not yet published (invisible to every read and to reservation).
@@ -95,4 +95,10 @@ CREATE TABLE queuectl_supervisors (
     started_at timestamptz NOT NULL,
     heartbeat_at timestamptz NOT NULL
 );
+"#;
+
+/// A cancel asked for a job while it runs on some host: that host's supervisor stops it (told at
+/// once by a notification, or at its next lease renewal if it missed that).
+const V3: &str = r#"
+ALTER TABLE jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
 "#;
