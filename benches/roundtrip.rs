@@ -1,7 +1,10 @@
 //! Whole-process round trips of `queuectl` commands: `cargo bench --bench roundtrip`.
 //!
 //! Part 1 times N sequential process runs (spawn + wait) of each of these, **interleaved** (one
-//! run of each in turn), so that every series sees the same load on a busy machine:
+//! run of each in turn), so that every series sees the same load on a busy machine. It runs in
+//! two phases, each with its own `/bin/true` and `--version` baseline: first the direct commands
+//! with no supervisor anywhere, then the commands answered by a running supervisor (whose
+//! worker runs the jobs enqueued meanwhile, as in real use):
 //!
 //! - `/bin/true`: the cost of starting any process here, the baseline;
 //! - `queuectl --version`: starting queuectl itself (loading, argument parsing);
@@ -236,6 +239,60 @@ fn groups_in_log(log: &Path) -> (usize, usize) {
     total
 }
 
+/// One phase: `/bin/true`, `queuectl --version` and each of `commands` (name, arguments) run
+/// against `dir`, interleaved.
+fn phase(n: usize, dir: &Path, commands: &[(&'static str, Vec<&str>)]) -> Vec<Series<'static>> {
+    let mut series = vec![
+        Series {
+            name: "/bin/true",
+            make: Box::new(|| Command::new("/bin/true")),
+            times: Vec::new(),
+        },
+        Series {
+            name: "queuectl --version",
+            make: Box::new(|| {
+                let mut c = Command::new(queuectl());
+                c.arg("--version");
+                c
+            }),
+            times: Vec::new(),
+        },
+    ];
+    for (name, args) in commands {
+        let dir = dir.to_path_buf();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        series.push(Series {
+            name,
+            make: Box::new(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                command(&dir, &args)
+            }),
+            times: Vec::new(),
+        });
+    }
+    interleaved(n, &mut series);
+    series
+}
+
+/// Median, p90 and the median's excess over the phase's own `/bin/true` (its first series).
+fn print_table(series: &[Series<'_>]) {
+    let base_median = quantile(&series[0].times, 0.5);
+    println!(
+        "{:<34} {:>10} {:>10} {:>16}",
+        "", "median", "p90", "median - true"
+    );
+    for s in series {
+        let median = quantile(&s.times, 0.5);
+        println!(
+            "{:<34} {:>8.2}ms {:>8.2}ms {:>+14.2}ms",
+            s.name,
+            ms(median),
+            ms(quantile(&s.times, 0.9)),
+            ms(median) - ms(base_median)
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench` (and maybe a filter); `cargo test --benches` runs us with
     // `--test`: nothing to do then.
@@ -255,58 +312,25 @@ fn main() {
         base.path().display()
     );
 
-    let supervisor = Supervisor::start(&spool_dir, 1, false);
-    let mut series = [
-        Series {
-            name: "/bin/true",
-            make: Box::new(|| Command::new("/bin/true")),
-            times: Vec::new(),
-        },
-        Series {
-            name: "queuectl --version",
-            make: Box::new(|| command(&direct_dir, &["--version"])),
-            times: Vec::new(),
-        },
-        Series {
-            name: "enqueue, direct (no supervisor)",
-            make: Box::new(|| command(&direct_dir, &["enqueue", JOB])),
-            times: Vec::new(),
-        },
-        Series {
-            name: "status, direct (no supervisor)",
-            make: Box::new(|| command(&direct_dir, &["status"])),
-            times: Vec::new(),
-        },
-        Series {
-            name: "enqueue, with a supervisor",
-            make: Box::new(|| command(&spool_dir, &["enqueue", JOB])),
-            times: Vec::new(),
-        },
-        Series {
-            name: "status, with a supervisor",
-            make: Box::new(|| command(&spool_dir, &["status"])),
-            times: Vec::new(),
-        },
+    // Two phases, each with its own baseline: the direct commands with no supervisor anywhere
+    // (a running one, and the jobs it runs, would take CPU and disk from them), then the same
+    // commands answered by a supervisor.
+    let direct = [
+        ("enqueue, direct (no supervisor)", vec!["enqueue", JOB]),
+        ("status, direct (no supervisor)", vec!["status"]),
     ];
-    interleaved(n, &mut series);
+    print_table(&phase(n, &direct_dir, &direct));
+
+    let supervisor = Supervisor::start(&spool_dir, 1, false);
+    let answered = [
+        ("enqueue, with a supervisor", vec!["enqueue", JOB]),
+        ("status, with a supervisor", vec!["status"]),
+    ];
+    let table = phase(n, &spool_dir, &answered);
     assert!(supervisor.alive(), "the supervisor died during the bench");
     drop(supervisor);
-
-    let base_median = quantile(&series[0].times, 0.5);
-    println!(
-        "{:<34} {:>10} {:>10} {:>16}",
-        "", "median", "p90", "median - true"
-    );
-    for s in &series {
-        let median = quantile(&s.times, 0.5);
-        println!(
-            "{:<34} {:>8.2}ms {:>8.2}ms {:>+14.2}ms",
-            s.name,
-            ms(median),
-            ms(quantile(&s.times, 0.9)),
-            ms(median) - ms(base_median)
-        );
-    }
+    println!();
+    print_table(&table);
 
     let (times, wall, requests, flushes) = concurrent(&concurrent_dir, per_client);
     println!(

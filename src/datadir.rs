@@ -137,9 +137,11 @@ impl DataDir {
     }
 
     /// Opens `root`, creating it (mode 0700) if it does not exist. An existing directory, and
-    /// each file of ours in it, must belong to this user and be writable by nobody else (see
-    /// [`secure`]); it is then tightened to 0700 (files 0600). The `db` directory is created
-    /// here with mode 0700, so that the store never creates it with the umask's mode.
+    /// each file of ours at its top and in `spool/`, must belong to this user and be writable by
+    /// nobody else (see [`secure`](DataDir::secure)); they are then tightened to 0700 (files
+    /// 0600). What only the store's owner touches (`db/`, `attempts/`) is checked by
+    /// [`secure_store`](DataDir::secure_store) once the lock is held: a command that hands its
+    /// request to a running supervisor never reads those files.
     pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
         match fs::metadata(root) {
             Ok(m) if m.is_dir() => {
@@ -170,12 +172,13 @@ impl DataDir {
         Ok(dir)
     }
 
-    /// Checks and tightens every entry of ours in the directory: a symbolic link, a file of
-    /// the wrong type or of another user, or one others may write to is refused (nothing was
-    /// written yet); the rest get mode 0600 (directories 0700). Inside `db/` and `spool/`
-    /// entries must be ours and not links; their modes are tightened but group-writable ones
-    /// are not refused there: the store creates its files with the process's umask, and the
-    /// directories around them, checked above, are what keeps them private.
+    /// Checks and tightens the entries of ours at the top of the directory and in `spool/`: a
+    /// symbolic link, a file of the wrong type or of another user, or one others may write to
+    /// is refused (nothing was written yet); the rest get mode 0600 (directories 0700). Inside
+    /// `db/` (see [`secure_store`](DataDir::secure_store)) entries must be ours and not links;
+    /// their modes are tightened but group-writable ones are not refused there: the store
+    /// creates its files with the process's umask, and the directories around them, checked
+    /// first, are what keeps them private.
     fn secure(&self) -> Result<(), DataDirError> {
         for name in ["lock", "workers.lock", "worker.log", BALLAST] {
             let path = self.root.join(name);
@@ -185,6 +188,13 @@ impl DataDir {
                 tighten(&path, &meta, FILE_MODE)?;
             }
         }
+        self.secure_spool()
+    }
+
+    /// Checks and tightens the store's directory and the attempt records, as
+    /// [`open`](DataDir::open) does the rest, creating them (mode 0700) where missing. The
+    /// store's owner calls this with the lock held, before it opens the store.
+    pub fn secure_store(&self) -> Result<(), DataDirError> {
         let db = self.store_path();
         match lstat(&db)? {
             None => match fs::DirBuilder::new().mode(DIR_MODE).create(&db) {
@@ -213,6 +223,11 @@ impl DataDir {
                 secure_tree(&attempts, 1)?;
             }
         }
+        Ok(())
+    }
+
+    /// The spool's directories and wake FIFO, where they exist (the spool creates them).
+    fn secure_spool(&self) -> Result<(), DataDirError> {
         let spool = self.root.join("spool");
         if let Some(meta) = lstat(&spool)? {
             check_entry(&spool, &meta, Kind::Dir)?;

@@ -75,6 +75,8 @@ impl Owner {
         // What recovery and the spool find is logged like the supervisor's work (a supervisor
         // has installed its own logger already).
         crate::logging::init_file_only(&dir.log_path());
+        // What only an owner reads (the store's files, the attempt records) is checked now.
+        dir.secure_store()?;
         // Before anything else: no attempt of a previous owner may still run (its reservation
         // may not even have reached the store). Its workers kill their own job when their
         // supervisor's pipe closes; once they are gone (so none can start another), the

@@ -61,14 +61,38 @@ pub fn call_as(
     req: &Request,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
+    call_answered(dir, id, req, timeout).map(|a| a.reply)
+}
+
+/// A reply and who gave it.
+#[derive(Debug)]
+pub struct Answer {
+    pub reply: Reply,
+    /// A running supervisor applied the request (rather than this command, directly, or a
+    /// shared database).
+    pub by_supervisor: bool,
+}
+
+/// [`call_as`], saying whether a supervisor answered: a command that finds one running needs
+/// no second look at the lock to know it.
+pub fn call_answered(
+    dir: &DataDir,
+    id: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let direct = |reply| Answer {
+        reply,
+        by_supervisor: false,
+    };
     if let Some(url) = dir.database_url() {
         // Pausing and scaling are this host's supervisor's business: through the spool.
         if !matches!(req, Request::Pause { .. } | Request::Scale { .. }) {
-            return shared(dir, url, req);
+            return shared(dir, url, req).map(direct);
         }
     }
     if let Some(owner) = Owner::try_acquire(dir)? {
-        return Ok(owner.run(req)?);
+        return Ok(direct(owner.run(req)?));
     }
     let spool = Spool::open(dir.root())?;
     let id = id.to_string();
@@ -86,13 +110,18 @@ pub fn call_as(
     }
     // A timeout too large for the clock means no deadline.
     let deadline = Instant::now().checked_add(timeout);
+    let mut took_over = false;
     loop {
         if let Some(body) = waiter.wait(WAIT_SLICE)? {
-            return Ok(request::decode(&body)?);
+            return Ok(Answer {
+                reply: request::decode(&body)?,
+                by_supervisor: !took_over,
+            });
         }
         // Nobody answering: if the owner is gone, take over (which answers our request).
         if let Some(owner) = Owner::try_acquire(dir)? {
             drop(owner);
+            took_over = true;
             continue;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -317,7 +317,9 @@ fn submit(
     out: &mut impl Write,
 ) -> Result<()> {
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    match call(dir, &Request::Enqueue { jobs })? {
+    let req = Request::Enqueue { jobs };
+    let answer = client::call_answered(dir, &Spool::new_request_id(), &req, reply_timeout())?;
+    match error_reply(answer.reply)? {
         Reply::Done => {}
         other => return unexpected(other),
     }
@@ -328,7 +330,9 @@ fn submit(
         (false, false) => writeln!(out, "Enqueued {n} job{}", if n == 1 { "" } else { "s" })?,
         (false, true) => writeln!(out, "{}", serde_json::json!({ "enqueued": n, "ids": ids }))?,
     }
-    hint_if_no_supervisor(dir);
+    if !answer.by_supervisor {
+        hint_if_no_supervisor(dir);
+    }
     Ok(())
 }
 

@@ -299,23 +299,43 @@ fn ring(path: &Path) -> io::Result<()> {
 
 /// Creates a FIFO with mode 0600 at `path` unless one is already there.
 fn ensure_fifo(path: &Path) -> Result<(), SpoolError> {
-    match nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(errno) => return Err(io_err("create fifo", path)(errno.into())),
-    }
-    let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    let meta = match existing(path)? {
+        Some(meta) => meta,
+        None => {
+            match nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(io_err("create fifo", path)(errno.into())),
+            }
+            fs::symlink_metadata(path).map_err(io_err("stat", path))?
+        }
+    };
     check_owned(path, &meta, "fifo", |ft| ft.is_fifo(), FILE_MODE)
 }
 
 /// Creates a directory with mode 0700 at `path` unless one is already there.
 fn ensure_dir(path: &Path) -> Result<(), SpoolError> {
-    match DirBuilder::new().mode(DIR_MODE).create(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(io_err("create directory", path)(error)),
-    }
-    let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    let meta = match existing(path)? {
+        Some(meta) => meta,
+        None => {
+            match DirBuilder::new().mode(DIR_MODE).create(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(io_err("create directory", path)(error)),
+            }
+            fs::symlink_metadata(path).map_err(io_err("stat", path))?
+        }
+    };
     check_owned(path, &meta, "directory", |ft| ft.is_dir(), DIR_MODE)
+}
+
+/// The entry's own metadata (a link is not followed), `None` if there is none: every command
+/// opens the spool, which exists but the first time, so look before creating.
+fn existing(path: &Path) -> Result<Option<fs::Metadata>, SpoolError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io_err("stat", path)(error)),
+    }
 }
 
 /// Checks that a piece of the spool's layout has the expected type and owner, and sets its mode
@@ -397,11 +417,6 @@ impl Spool {
     /// be of the right type and owned by this process's effective uid; modes are tightened.
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let root = data_dir.join("spool");
-        DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&root)
-            .map_err(io_err("create directory", &root))?;
         let spool = Spool {
             tmp: root.join("tmp"),
             new: root.join("new"),
