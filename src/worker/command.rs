@@ -395,6 +395,18 @@ mod tests {
     }
 
     #[test]
+    fn the_command_sees_what_sh_c_would_give_it() {
+        // No positional parameters, `$0` the shell, which also names itself in its errors
+        // (not the command's text).
+        let r = run("echo \"$0|$#|$*\"; no-such-command-xyz");
+        assert_eq!(r.outcome, Outcome::Exited(127));
+        assert_eq!(String::from_utf8_lossy(&r.stdout), format!("{SHELL}|0|\n"));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.starts_with(&format!("{SHELL}: ")), "{err}");
+        assert!(!err.contains("echo"), "{err}");
+    }
+
+    #[test]
     fn death_by_signal() {
         assert_eq!(run("kill -TERM $$").outcome, Outcome::Signaled(15));
     }

@@ -74,12 +74,17 @@ fn abandon_unpiped(mut child: Child, pipe: &'static str) -> io::Error {
 }
 
 /// What the shell runs first: wait at the gate (its stdin) for a line, then run the command
-/// (given as `$0`) in the same shell with stdin on `/dev/null`, so the pid, the group and the
+/// (given as `$1`) in the same shell with stdin on `/dev/null`, so the pid, the group and the
 /// start time stay those recorded. If the gate closes without a line (the worker died before
 /// the attempt was recorded), the command never runs. `eval` rather than a second `exec sh -c`:
 /// that would double the CPU cost of starting a job (measured: 1,549 against 772 µs of child CPU
-/// per `true` job; `eval` 796 µs).
-const GATE: &str = "read -r go || exit 125; exec </dev/null; eval \"$0\"";
+/// per `true` job; `eval` 796 µs). The evaluated text starts with `shift`, so the command sees
+/// what `sh -c COMMAND` would give it: no positional parameters, and `$0` the shell's name
+/// ([`ARG0`]), which also prefixes the shell's own error messages.
+const GATE: &str = "read -r go || exit 125; exec </dev/null; eval \"shift; $1\"";
+
+/// `$0` of a job's shell, as `sh -c` sets it from the path it was started by.
+const ARG0: &str = SHELL;
 
 /// Starts `sh -c command` in a new process group (whose id is the shell's pid), stdout and
 /// stderr piped, held at a gate: the command runs only once a line is written to the child's
@@ -93,6 +98,7 @@ pub(super) fn spawn_shell(
     let mut cmd = Command::new(SHELL);
     cmd.arg("-c")
         .arg(GATE)
+        .arg(ARG0)
         .arg(command)
         .process_group(0)
         .stdin(Stdio::piped())
