@@ -15,6 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection};
 
 use crate::model::{format_ts, Config, Job};
+use crate::store::{JobStore, ListOrder, StoreError};
+
+/// Jobs read from the store per page while exporting (each page is read at one instant; see
+/// [`export_store`]).
+const EXPORT_PAGE: usize = 1_000;
 
 /// The schema of the Node.js queuectl, with queuectl's own columns (`cwd`, `env`) after the
 /// documented ones: tools that read the documented columns by name or position keep working.
@@ -89,6 +94,13 @@ pub enum ExportError {
         source: io::Error,
     },
 
+    #[error("cannot export to {}: reading the queue failed", path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+
     #[error("cannot export to {}: sqlite failed while {doing} in {}", path.display(), file.display())]
     Sqlite {
         path: PathBuf,
@@ -100,6 +112,79 @@ pub enum ExportError {
     },
 }
 
+impl ExportError {
+    /// Whether the destination was refused (the user's to fix) rather than the export failing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ExportError::Exists { .. }
+                | ExportError::IsDirectory { .. }
+                | ExportError::NotRegular { .. }
+                | ExportError::NoFileName { .. }
+                | ExportError::NoSuchDirectory { .. }
+                | ExportError::NotADirectory { .. }
+        )
+    }
+}
+
+/// Writes every job of `store` and its config to a new SQLite file at `path`, as
+/// [`export_sqlite`] does, reading the jobs page by page ([`JobStore::list_page`] in id order,
+/// [`EXPORT_PAGE`] at a time) on a second thread while this one writes: memory stays bounded
+/// whatever the number of jobs, and the owner of the store may go on changing it meanwhile.
+///
+/// What the file holds: every page is read at one instant, so each job appears exactly once
+/// (if it exists throughout), as it was when its page was read; a job that changed during the
+/// export appears in its state before or after the change. The file as a whole is not one
+/// instant of the queue.
+pub fn export_store(
+    store: &dyn JobStore,
+    path: &Path,
+    force: bool,
+) -> Result<ExportSummary, ExportError> {
+    let store_error = |source| ExportError::Store {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Refuse a bad destination before reading anything.
+    split_destination(path)?;
+    check_destination(path, force)?;
+    let config = store.config().map_err(store_error)?;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Job>, StoreError>>(4);
+        scope.spawn(move || {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = match store.list_page(
+                    &[],
+                    ListOrder::Id,
+                    after.as_deref(),
+                    EXPORT_PAGE,
+                    crate::model::now_ms(),
+                ) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                // The writer gave up (an error of its own): stop reading.
+                if tx.send(Ok(page.jobs)).is_err() {
+                    return;
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return,
+                }
+            }
+        });
+        let jobs = rx.into_iter().flat_map(|page| match page {
+            Ok(jobs) => jobs.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(store_error(e))],
+        });
+        write_file(path, force, jobs, &config)
+    })
+}
+
 /// Writes `jobs` and `config` to a new SQLite file at `path`.
 ///
 /// An existing `path` is refused unless `force`, in which case it is replaced atomically. The
@@ -107,6 +192,16 @@ pub enum ExportError {
 /// renamed into place; the directory is synced afterwards. On error the temporary file is
 /// removed and `path` is left as it was.
 pub fn export_sqlite<I: IntoIterator<Item = Job>>(
+    path: &Path,
+    force: bool,
+    jobs: I,
+    config: &Config,
+) -> Result<ExportSummary, ExportError> {
+    write_file(path, force, jobs.into_iter().map(Ok), config)
+}
+
+/// [`export_sqlite`] of jobs that may fail to be read (the export then fails).
+fn write_file<I: IntoIterator<Item = Result<Job, ExportError>>>(
     path: &Path,
     force: bool,
     jobs: I,
@@ -189,7 +284,7 @@ fn check_destination(path: &Path, force: bool) -> Result<(), ExportError> {
 }
 
 /// Creates the tables and loads every row into the (empty) file at `file`.
-fn write_database<I: IntoIterator<Item = Job>>(
+fn write_database<I: IntoIterator<Item = Result<Job, ExportError>>>(
     path: &Path,
     file: &Path,
     jobs: I,
@@ -239,6 +334,7 @@ fn write_database<I: IntoIterator<Item = Job>>(
             .prepare(INSERT_JOB_SQL)
             .map_err(sql_err("preparing the job insert"))?;
         for job in jobs {
+            let job = job?;
             insert
                 .execute(params![
                     job.id,

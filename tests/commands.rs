@@ -620,9 +620,9 @@ fn dead_job_shows_in_the_dlq_and_retry_moves_it_to_pending() {
     let after_stdout = logs.lines().skip_while(|l| *l != "--- stdout ---").nth(1);
     assert_eq!(after_stdout, Some("out"), "{logs}");
 
-    // `list` without --state shows both, in lifecycle order.
+    // `list` without --state shows both, by id whatever their state.
     let all: Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
-    assert_eq!(ids(&all), ["later", "d"]);
+    assert_eq!(ids(&all), ["d", "later"]);
 
     assert_eq!(
         env.ok(&["dlq", "retry", "d"]),

@@ -463,3 +463,46 @@ fn an_unwritable_path_is_a_clear_error_and_leaves_nothing() {
     // The queue is unchanged.
     assert_eq!(env.count("pending"), 1);
 }
+
+#[test]
+fn export_of_many_jobs_while_workers_are_busy() {
+    const JOBS: usize = 5_000;
+    let env = Env::new();
+    let dir = out_dir(&env);
+    let guard = env.start(2);
+    let file = env.file("jobs.jsonl");
+    let lines: String = (0..JOBS)
+        .map(|i| format!("{{\"id\":\"m{i:05}\",\"command\":\"true\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    env.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    // The workers take jobs from pending to completed while the supervisor writes the file.
+    let path = dir.join("many.db");
+    let out = env.ok(&["export", "--sqlite", path.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["jobs"], JOBS);
+    assert_eq!(v["path"], path.display().to_string());
+    let conn = open(&path);
+    let info = table_info(&conn, "jobs");
+    assert_eq!(
+        info[..JOBS_COLUMNS.len()],
+        expected(&JOBS_COLUMNS)[..],
+        "the documented jobs columns"
+    );
+    let (rows, distinct, bad_states): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT id), \
+             sum(state NOT IN ('pending','processing','completed','failed','dead')) FROM jobs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, distinct, bad_states), (JOBS as i64, JOBS as i64, 0));
+    assert!(env.status()["supervisor_pid"].is_u64());
+    assert!(common::log(&env).contains(&format!("exported {JOBS} jobs in")));
+    assert_eq!(entries(&dir), ["many.db"], "no temporary files left");
+    wait_until("every job completed", || {
+        env.count("completed") == JOBS as u64
+    });
+    drop(guard);
+}

@@ -184,10 +184,15 @@ pub struct ListArgs {
     /// pending, processing, completed, failed or dead, or several: failed,dead [default: all]
     #[arg(long)]
     pub state: Option<String>,
-    /// At most this many jobs [default: 50 when printing a table to a terminal, else all].
-    /// Order: state by state (pending, processing, completed, failed, dead), then by id
+    /// At most this many jobs [default: 50 when printing a table to a terminal, else all]
     #[arg(long, value_name = "N", conflicts_with = "all")]
     pub limit: Option<usize>,
+    /// Order: id (ids queuectl makes sort by the time they were added, so oldest first; ids
+    /// you chose sort by their bytes) or next-run (only the jobs waiting to run, pending and
+    /// failed, in the order the queue would start them: those due now by highest priority,
+    /// then earliest; then those waiting for a later time, earliest first)
+    #[arg(long, value_name = "ORDER", default_value = "id")]
+    pub sort: String,
     /// Every job, also on a terminal
     #[arg(long)]
     pub all: bool,

@@ -150,6 +150,52 @@ pub fn call_answered(
     }
 }
 
+/// A command that asks the store several things in a row (the pages of `list`): it keeps
+/// what it reached the store through, so that working directly it opens the store once.
+pub enum Session {
+    /// Nobody else owned the store: this command does, until the session ends. (It holds the
+    /// lock meanwhile; a supervisor starting then waits for it.)
+    Direct(Box<Owner>),
+    /// A shared queue (PostgreSQL): the connection is kept.
+    Shared { store: Box<PgStore>, spool: Spool },
+    /// A supervisor owns the store: each call is a request through the spool.
+    Spool(DataDir),
+}
+
+impl Session {
+    /// Reaches the store as [`call`] would, for several calls.
+    pub fn open(dir: &DataDir) -> Result<Session, ClientError> {
+        if let Some(url) = dir.database_url() {
+            let key = format!("command:{}:{}", dir.host_key(), std::process::id());
+            let store = PgStore::open(url, &key).map_err(OwnerError::from)?;
+            return Ok(Session::Shared {
+                store: Box::new(store),
+                spool: Spool::open(dir.root())?,
+            });
+        }
+        match Owner::try_acquire(dir)? {
+            Some(owner) => Ok(Session::Direct(Box::new(owner))),
+            None => Ok(Session::Spool(dir.clone())),
+        }
+    }
+
+    /// Runs a read-only `req` and returns the reply.
+    pub fn call(&mut self, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+        match self {
+            Session::Direct(owner) => Ok(owner.run(req)?),
+            Session::Shared { store, spool } => Ok(request::apply(
+                &**store,
+                spool,
+                req,
+                OwnerInfo::default(),
+                now_ms(),
+                None,
+            )),
+            Session::Spool(dir) => call(dir, req, timeout),
+        }
+    }
+}
+
 /// With a shared queue (PostgreSQL) every command talks to the database itself: no lock, no
 /// spool request (the database orders concurrent writers).
 fn shared(dir: &DataDir, url: &str, req: &Request) -> Result<Reply, ClientError> {

@@ -24,6 +24,7 @@ use crate::model::{
 use crate::owner::OwnerError;
 use crate::spool::request::{self, ErrorKind, Reply, Request, StatusInfo};
 use crate::spool::Spool;
+use crate::store::ListOrder;
 use crate::supervisor::{self, SupervisorError};
 use crate::worker::{self, WorkerError};
 
@@ -178,6 +179,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 limit: None,
                 offset: 0,
                 all: false,
+                sort: "id".into(),
             },
             json,
             out,
@@ -915,48 +917,67 @@ fn parse_states(text: &str) -> Result<Vec<JobState>> {
 /// Rows `list` prints on a terminal when not told how many.
 const LIST_SCREENFUL: usize = 50;
 
+/// `--sort`, in the store's words.
+fn parse_sort(text: &str) -> Result<ListOrder> {
+    match text {
+        "id" => Ok(ListOrder::Id),
+        "next-run" => Ok(ListOrder::NextRun),
+        other => Err(CommandError::Invalid(format!(
+            "--sort: `{other}` is not an order; use id or next-run"
+        ))),
+    }
+}
+
+/// `list`: pages of at most [`request::PAGE_MAX`] jobs, each asked for on its own (a request
+/// through the spool when a supervisor runs, else read directly with the store open once) and
+/// printed before the next is read, so neither memory nor any reply grows with the queue.
 fn list(dir: &DataDir, args: ListArgs, json: bool, out: &mut impl Write) -> Result<()> {
     let states = match &args.state {
         None => Vec::new(),
         Some(s) => parse_states(s)?,
     };
+    let order = parse_sort(&args.sort)?;
     // A screenful on a terminal, unless asked for more; programs get everything.
-    let screenful = !json && !args.all && args.limit.is_none() && io::stdout().is_terminal();
+    let terminal = io::stdout().is_terminal();
+    let screenful = !json && !args.all && args.limit.is_none() && terminal;
     let limit = match args.limit {
         Some(n) => n,
         None if screenful => LIST_SCREENFUL,
         None => usize::MAX,
     };
-    let fetch = |state, offset, limit| -> Result<Vec<Job>> {
-        match call(
-            dir,
-            &Request::List {
-                state,
-                offset,
-                limit,
-            },
-        )? {
-            Reply::Jobs(jobs) => Ok(jobs),
-            other => unexpected(other),
+    let mut session = client::Session::open(dir)?;
+    let mut skip = args.offset;
+    let mut left = limit;
+    let mut after: Option<Vec<u8>> = None;
+    let mut printer = ListPrinter::new(json, terminal);
+    let mut more = false;
+    while left > 0 {
+        // One more than wanted tells whether there are more (for the footnote).
+        let want = skip.saturating_add(left).saturating_add(1);
+        let req = Request::ListPage {
+            states: states.clone(),
+            order,
+            after: after.take(),
+            limit: want.min(request::PAGE_MAX),
+        };
+        let (jobs, next) = match error_reply(session.call(&req, reply_timeout())?)? {
+            Reply::Page { jobs, next } => (jobs, next),
+            other => return unexpected(other),
+        };
+        let from = skip.min(jobs.len());
+        skip -= from;
+        let page = &jobs[from..];
+        let shown = page.len().min(left);
+        more = page.len() > shown || (shown == left && next.is_some());
+        printer.page(out, &page[..shown])?;
+        left -= shown;
+        match next {
+            Some(n) if left > 0 => after = Some(n),
+            _ => break,
         }
-    };
-    let jobs = if states.len() <= 1 {
-        fetch(states.first().copied(), args.offset, limit)?
-    } else {
-        // State by state, as an unfiltered list orders them; the page is cut from the whole.
-        let wanted = args.offset.saturating_add(limit);
-        let mut all = Vec::new();
-        for st in &states {
-            all.extend(fetch(Some(*st), 0, wanted)?);
-        }
-        all.into_iter().skip(args.offset).take(limit).collect()
-    };
-    if json {
-        let views: Vec<JobView> = jobs.iter().map(JobView::from).collect();
-        writeln!(out, "{}", to_json(&views))?;
-        return Ok(());
     }
-    if jobs.is_empty() {
+    drop(session);
+    if printer.finish(out)? == 0 && !json {
         let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         match names.as_slice() {
             [] => writeln!(out, "No jobs.")?,
@@ -964,19 +985,100 @@ fn list(dir: &DataDir, args: ListArgs, json: bool, out: &mut impl Write) -> Resu
         }
         return Ok(());
     }
-    // COMMAND and LAST ERROR wrap; UPDATED, NEXT RUN, PRIORITY, LAST ERROR go first.
-    writeln!(
-        out,
-        "{}",
-        render(&mut jobs_table(&jobs), &[5, 8], &[6, 7, 4, 8])
-    )?;
-    if screenful && jobs.len() == limit {
+    if screenful && more {
         writeln!(
             out,
             "(the first {limit}; --all for every job, --limit N --offset M for a page)"
         )?;
     }
     Ok(())
+}
+
+/// Prints `list` page by page: a JSON array written as it comes, or a table whose header is
+/// printed once (its columns kept at least as wide as on earlier pages) when the output is not
+/// a terminal, and above each page on a terminal (where the table fits its width).
+struct ListPrinter {
+    json: bool,
+    terminal: bool,
+    printed: usize,
+    /// The widest each column has been so far.
+    widths: Vec<usize>,
+}
+
+impl ListPrinter {
+    fn new(json: bool, terminal: bool) -> ListPrinter {
+        // A width from $COLUMNS may wrap the header: then it is printed above every page.
+        let terminal = terminal || std::env::var_os("COLUMNS").is_some();
+        ListPrinter {
+            json,
+            terminal,
+            printed: 0,
+            widths: Vec::new(),
+        }
+    }
+
+    fn page(&mut self, out: &mut impl Write, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if self.json {
+            for job in jobs {
+                let text = to_json(&JobView::from(job));
+                out.write_all(if self.printed == 0 { b"[\n" } else { b",\n" })?;
+                let mut lines = text.lines().peekable();
+                while let Some(line) = lines.next() {
+                    write!(out, "  {line}")?;
+                    if lines.peek().is_some() {
+                        out.write_all(b"\n")?;
+                    }
+                }
+                self.printed += 1;
+            }
+            return Ok(());
+        }
+        let mut table = jobs_table(jobs);
+        let continued = self.printed > 0 && !self.terminal;
+        if continued {
+            // The header (left out below) makes each column as wide as it has been.
+            let header: Vec<String> = JOB_COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let w = self.widths.get(i).copied().unwrap_or(0);
+                    format!("{name:<w$}")
+                })
+                .collect();
+            table.set_header(header);
+        }
+        // COMMAND and LAST ERROR wrap; UPDATED, NEXT RUN, PRIORITY, LAST ERROR go first.
+        let text = render(&mut table, &[5, 8], &[6, 7, 4, 8]);
+        for (i, w) in table.column_max_content_widths().iter().enumerate() {
+            if i >= self.widths.len() {
+                self.widths.push(0);
+            }
+            self.widths[i] = self.widths[i].max(usize::from(*w));
+        }
+        let text = if continued {
+            text.split_once('\n').map_or("", |(_, rows)| rows)
+        } else {
+            &text
+        };
+        writeln!(out, "{text}")?;
+        self.printed += jobs.len();
+        Ok(())
+    }
+
+    /// Ends the output; returns how many jobs were printed.
+    fn finish(&mut self, out: &mut impl Write) -> Result<usize> {
+        if self.json {
+            if self.printed == 0 {
+                writeln!(out, "[]")?;
+            } else {
+                writeln!(out, "\n]")?;
+            }
+        }
+        Ok(self.printed)
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -1039,19 +1141,22 @@ fn render(t: &mut Table, flexible: &[usize], drop_first: &[usize]) -> String {
     t.trim_fmt()
 }
 
+/// The columns of [`jobs_table`].
+const JOB_COLUMNS: [&str; 9] = [
+    "ID",
+    "STATE",
+    "RUNS",
+    "FAILURES",
+    "PRIORITY",
+    "COMMAND",
+    "UPDATED",
+    "NEXT RUN",
+    "LAST ERROR",
+];
+
 fn jobs_table(jobs: &[Job]) -> Table {
     let mut t = Table::new();
-    t.set_header([
-        "ID",
-        "STATE",
-        "RUNS",
-        "FAILURES",
-        "PRIORITY",
-        "COMMAND",
-        "UPDATED",
-        "NEXT RUN",
-        "LAST ERROR",
-    ]);
+    t.set_header(JOB_COLUMNS);
     for j in jobs {
         t.add_row([
             escape_control(&j.id).into_owned(),
@@ -1475,10 +1580,20 @@ fn export(dir: &DataDir, path: &Path, force: bool, json: bool, out: &mut impl Wr
         }
         .into());
     }
-    let Reply::Dump { jobs, config } = call(dir, &Request::Dump)? else {
-        return Err(CommandError::Unexpected);
+    // The owner writes the file (a supervisor may run elsewhere): give it the full path.
+    let path = std::path::absolute(path)
+        .map_err(|e| CommandError::Invalid(format!("cannot export to {}: {e}", path.display())))?;
+    let req = Request::Export {
+        path: path.clone(),
+        force,
     };
-    let summary = export::export_sqlite(path, force, jobs, &config)?;
+    // An export takes as long as the queue is large: wait for it however long (while the
+    // owner is alive: if it goes away, this command takes the store over and exports itself).
+    let summary = match error_reply(client::call(dir, &req, Duration::MAX)?)? {
+        Reply::Exported { jobs, config_keys } => export::ExportSummary { jobs, config_keys },
+        other => return unexpected(other),
+    };
+    let path = path.as_path();
     if json {
         let v = serde_json::json!({
             "jobs": summary.jobs,

@@ -12,7 +12,10 @@ use std::io::{BufRead, BufReader};
 
 use crate::model::{Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RunOutput};
 use crate::spool::Spool;
-use crate::store::{JobStore, StoreError};
+use crate::store::{JobStore, ListOrder, StoreError};
+
+/// The most jobs one page of `list` holds, whatever was asked: a reply stays small.
+pub const PAGE_MAX: usize = 1_000;
 
 /// Jobs of a bulk enqueue stored per call of [`JobStore::stage`].
 pub const BULK_CHUNK: usize = 10_000;
@@ -40,6 +43,21 @@ pub enum Request {
         state: Option<JobState>,
         offset: usize,
         limit: usize,
+    },
+    /// One page of `list`: the jobs in `states` (every state when empty) in `order`, after
+    /// the cursor `after` of the previous page, at most `limit` (and at most [`PAGE_MAX`]).
+    ListPage {
+        states: Vec<JobState>,
+        order: ListOrder,
+        #[serde(with = "serde_bytes")]
+        after: Option<Vec<u8>>,
+        limit: usize,
+    },
+    /// Write every job and the config to the SQLite file `path` (absolute), replacing a file
+    /// there only with `force`. The owner writes it itself, page by page.
+    Export {
+        path: std::path::PathBuf,
+        force: bool,
     },
     Show {
         id: String,
@@ -148,6 +166,17 @@ pub enum Reply {
     Retried(Job),
     Status(StatusInfo),
     Jobs(Vec<Job>),
+    /// A page of `list`, and where the next one starts (`None`: this was the last).
+    Page {
+        jobs: Vec<Job>,
+        #[serde(with = "serde_bytes")]
+        next: Option<Vec<u8>>,
+    },
+    /// What an export wrote.
+    Exported {
+        jobs: u64,
+        config_keys: u64,
+    },
     Job(Job),
     Logs {
         job: Job,
@@ -247,6 +276,24 @@ pub fn apply(
             offset,
             limit,
         } => store.list(*state, *offset, *limit).map(Reply::Jobs),
+        Request::ListPage {
+            states,
+            order,
+            after,
+            limit,
+        } => store
+            .list_page(
+                states,
+                *order,
+                after.as_deref(),
+                (*limit).min(PAGE_MAX),
+                now,
+            )
+            .map(|page| Reply::Page {
+                jobs: page.jobs,
+                next: page.next,
+            }),
+        Request::Export { path, force } => return export(store, path, *force),
         Request::Show { id } => match store.get(id) {
             Ok(Some(job)) => Ok(Reply::Job(job)),
             Ok(None) => Err(StoreError::NotFound(id.clone())),
@@ -349,6 +396,32 @@ pub const PURGE_STEP: usize = 1_000;
 /// The cut-off time of a retention (`None` when the jobs are kept for ever).
 pub fn retention_cutoff(retention_ms: u64, now: Millis) -> Option<Millis> {
     (retention_ms != crate::model::KEEP).then(|| now.saturating_sub(retention_ms))
+}
+
+/// Writes the SQLite export (see [`crate::export::export_store`]); a refusal about the path is
+/// the user's, anything else ours.
+fn export(store: &dyn JobStore, path: &std::path::Path, force: bool) -> Reply {
+    match crate::export::export_store(store, path, force) {
+        Ok(summary) => Reply::Exported {
+            jobs: summary.jobs,
+            config_keys: summary.config_keys,
+        },
+        Err(e) => {
+            let kind = if e.is_refusal() {
+                ErrorKind::Invalid
+            } else {
+                ErrorKind::Internal
+            };
+            // The causes too: the reply carries text, not the error.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            Reply::Error { kind, message }
+        }
+    }
 }
 
 /// `queuectl clean`: every step of [`JobStore::purge`] over `state`, returning how many went.

@@ -27,7 +27,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use crate::model::{
     Config, ConfigKey, Job, JobState, Millis, NewJob, Outcome, RetryDecision, RunOutput,
 };
-use crate::store::{FailOrDone, JobStore, RunEnd, StoreError};
+use crate::store::{FailOrDone, JobStore, ListOrder, RunEnd, StoreError};
 
 /// How the suite gets at one backend's store.
 pub trait Harness {
@@ -68,6 +68,8 @@ macro_rules! conformance_tests {
             applied_requests_are_not_applied_twice,
             config_defaults_and_set,
             list_is_ordered_and_paginated,
+            list_pages_in_id_order_with_a_cursor,
+            list_pages_in_run_order,
             all_jobs_yields_every_job,
             output_is_kept_per_run,
             counts_follow_every_transition,
@@ -722,6 +724,141 @@ pub fn list_is_ordered_and_paginated(fresh: Fresh<'_>) {
     assert_eq!(all.last().unwrap().id, "Z");
     assert_eq!(all.last().unwrap().state, JobState::Processing);
     assert_eq!(ids(s.list(None, 10, 2).unwrap()), ["j9", "Z"]);
+}
+
+/// Every page of `list_page` in `order` from the first, `size` at a time (checking that `next`
+/// is set exactly when a page is full).
+fn all_pages(
+    s: &dyn JobStore,
+    states: &[JobState],
+    order: ListOrder,
+    size: usize,
+    now: Millis,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = s
+            .list_page(states, order, after.as_deref(), size, now)
+            .expect("list_page");
+        assert_eq!(
+            page.next.is_some(),
+            page.jobs.len() == size,
+            "next iff full"
+        );
+        assert!(page.jobs.len() <= size);
+        pages.push(ids(page.jobs));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return pages,
+        }
+    }
+}
+
+/// `list_page` in id order: every listed job once across pages, by id whatever its state;
+/// a cursor stays valid while jobs change, and a job that moves between pages is listed once.
+pub fn list_pages_in_id_order_with_a_cursor(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let jobs: Vec<NewJob> = (0..25)
+        .rev()
+        .map(|i| new_job(&format!("j{i:02}")))
+        .collect();
+    s.enqueue(&jobs, &CFG, 0, None).unwrap();
+    // Some in other states: j24 (enqueued first) runs and completes, the next one runs.
+    let first = s.reserve("w", 1).unwrap().unwrap();
+    complete(&*s, &first.id, 2);
+    let running = s.reserve("w", 3).unwrap().unwrap();
+    let want: Vec<String> = (0..25).map(|i| format!("j{i:02}")).collect();
+    let pages = all_pages(&*s, &[], ListOrder::Id, 7, 3);
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [7, 7, 7, 4],
+        "{pages:?}"
+    );
+    assert_eq!(pages.concat(), want, "by id across states");
+    // Exactly full: the last page is empty.
+    let pages = all_pages(&*s, &[], ListOrder::Id, 25, 3);
+    assert_eq!(pages.len(), 2);
+    assert!(pages[1].is_empty());
+    // A filter on states.
+    let done = all_pages(
+        &*s,
+        &[JobState::Completed, JobState::Processing],
+        ListOrder::Id,
+        1,
+        3,
+    );
+    let mut both = vec![first.id.clone(), running.id.clone()];
+    both.sort();
+    assert_eq!(done.concat(), both);
+    assert!(all_pages(&*s, &[JobState::Dead], ListOrder::Id, 5, 3)
+        .concat()
+        .is_empty());
+    // Nothing asked for: nothing, and no next page.
+    let page = s.list_page(&[], ListOrder::Id, None, 0, 3).unwrap();
+    assert!(page.jobs.is_empty() && page.next.is_none());
+    // Jobs change between pages: each is listed once, in its state when its page was read.
+    let page = s.list_page(&[], ListOrder::Id, None, 10, 3).unwrap();
+    assert_eq!(page.jobs.last().unwrap().id, "j09");
+    let cursor = page.next.unwrap();
+    // j05 (already listed) and j15 (not yet) both move on.
+    assert_eq!(s.cancel("j05", 4).unwrap().state, JobState::Dead);
+    assert_eq!(s.cancel("j15", 4).unwrap().state, JobState::Dead);
+    let rest = s
+        .list_page(&[], ListOrder::Id, Some(&cursor), 100, 4)
+        .unwrap();
+    assert_eq!(ids(rest.jobs.clone()), want[10..].to_vec());
+    let j15 = rest.jobs.iter().find(|j| j.id == "j15").unwrap();
+    assert_eq!(j15.state, JobState::Dead);
+}
+
+/// `list_page` in run order: the due jobs as `reserve` would take them, then those waiting for
+/// a later time, earliest first; only pending and failed jobs.
+pub fn list_pages_in_run_order(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let now = 1_000_000;
+    let mut jobs = Vec::new();
+    for (id, priority, run_at) in [
+        ("a", 0, None),
+        ("b", 5, None),
+        ("c", 0, Some(now - 10)),
+        ("d", 5, Some(now + 300)),
+        ("e", -1, Some(now + 100)),
+        ("f", 0, None),
+        ("g", 9, None),
+    ] {
+        let mut j = new_job(id);
+        j.priority = priority;
+        j.run_at = run_at;
+        jobs.push(j);
+    }
+    s.enqueue(&jobs, &CFG, now, None).unwrap();
+    // g runs and fails: back with a retry time (now + 2 s: base 2, first failure).
+    assert_eq!(s.reserve("w", now).unwrap().unwrap().id, "g");
+    let g = fail(&*s, "g", 2, now);
+    assert_eq!(g.job.state, JobState::Failed);
+    // b runs: not listed (it has no next run while it runs).
+    assert_eq!(s.reserve("w", now).unwrap().unwrap().id, "b");
+    let order = ["c", "a", "f", "e", "d", "g"];
+    for size in [1, 2, 4, 6, 50] {
+        let pages = all_pages(&*s, &[], ListOrder::NextRun, size, now);
+        assert_eq!(pages.concat(), order, "pages of {size}: {pages:?}");
+    }
+    assert_eq!(
+        all_pages(&*s, &[JobState::Failed], ListOrder::NextRun, 2, now).concat(),
+        ["g"]
+    );
+    assert!(
+        all_pages(&*s, &[JobState::Completed], ListOrder::NextRun, 2, now)
+            .concat()
+            .is_empty()
+    );
+    // What was listed first is what `reserve` takes.
+    assert_eq!(s.reserve("w", now).unwrap().unwrap().id, "c");
+    // A cursor of the other order (or any other bytes) is refused, as the caller's error.
+    let bad = s.list_page(&[], ListOrder::NextRun, Some(&[7, 7]), 2, now);
+    assert!(matches!(bad, Err(StoreError::BadCursor)), "{bad:?}");
+    assert!(StoreError::BadCursor.is_user_error());
 }
 
 /// `all_jobs` yields every job once, state by state in lifecycle order.

@@ -56,6 +56,8 @@ pub enum StoreError {
     /// A shared store's database cannot be reached now (it is being connected to again).
     #[error("the database cannot be reached: {0}")]
     Unavailable(String),
+    #[error("the page to continue from is not one this queue gave out")]
+    BadCursor,
 }
 
 /// The `last_error` of a job stopped by `queuectl cancel`.
@@ -73,6 +75,7 @@ impl StoreError {
                 | StoreError::Finished { .. }
                 | StoreError::NotFinished { .. }
                 | StoreError::Running(_)
+                | StoreError::BadCursor
         )
     }
 }
@@ -121,6 +124,29 @@ pub struct PurgeStep {
     pub removed: u64,
     /// The id to continue after; `None`: the end was reached.
     pub next: Option<String>,
+}
+
+/// The order of [`JobStore::list_page`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ListOrder {
+    /// By id (bytes), whatever the state. Ids queuectl makes are ULIDs, which sort by the time
+    /// they were made: for them this is the order the jobs were added.
+    #[default]
+    Id,
+    /// The jobs waiting to run (pending and failed) in the order the queue would take them:
+    /// those due at `now` by highest `priority`, then earliest `available_at`, then `seq`; then
+    /// those waiting for a later time, earliest first (then `seq`). Jobs in other states have
+    /// no next run and are not listed.
+    NextRun,
+}
+
+/// One page of [`JobStore::list_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub jobs: Vec<Job>,
+    /// Where the next page starts (opaque: give it back as `after`); `None` when this page
+    /// is the last one.
+    pub next: Option<Vec<u8>>,
 }
 
 /// How an attempt ended, for [`JobStore::finish`].
@@ -284,6 +310,21 @@ pub trait JobStore: Send + Sync {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
+
+    /// One page of the jobs in `states` (every state when empty), in `order`, starting after
+    /// the cursor `after` (a [`ListPage::next`] this store returned; `None`: from the first),
+    /// at most `limit` of them. `next` is set when the page is full (a following page may be
+    /// empty). Each page is read at one instant, so paging through a store that changes
+    /// meanwhile yields each job at most once (exactly once if it stays in a listed state), as
+    /// it was when its page was read. `BadCursor` when `after` is not a cursor of this order.
+    fn list_page(
+        &self,
+        states: &[JobState],
+        order: ListOrder,
+        after: Option<&[u8]>,
+        limit: usize,
+        now: Millis,
+    ) -> Result<ListPage, StoreError>;
 
     /// Every job once, in the order of `list(None, ..)`.
     fn all_jobs(&self) -> Box<dyn Iterator<Item = Result<Job, StoreError>> + '_>;

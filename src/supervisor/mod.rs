@@ -236,6 +236,9 @@ struct Supervisor {
     /// Declared before `owner`, so dropped first: its handle on the store is gone before the
     /// owner's lock is released.
     dirty: Flusher,
+    /// Exports being written (each on its own thread, holding the store): also dropped before
+    /// `owner`, which waits for them.
+    exports: Exports,
     owner: Owner,
     exe: PathBuf,
     root: PathBuf,
@@ -387,6 +390,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         next_gen: 0,
         tx,
         dirty,
+        exports: Exports::default(),
         leases: None,
     };
     for i in 0..count as usize {
@@ -412,6 +416,81 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
     // Requests that arrived while we were starting.
     sup.drain_spool();
     sup.event_loop(&rx, count, ready, pid)
+}
+
+/// `queuectl export` requests being answered, each by a thread of its own that reads the store
+/// page by page while the event loop goes on (see [`crate::export::export_store`]).
+#[derive(Default)]
+struct Exports {
+    /// Ids of the requests whose thread has not yet answered (a drain leaves them alone).
+    running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Exports {
+    /// Starts answering `req` on a thread; `false` if it already is being answered.
+    fn start(
+        &mut self,
+        req: &PendingRequest,
+        r: &Request,
+        store: &Arc<dyn JobStore>,
+        spool: &crate::spool::Spool,
+    ) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if !running.insert(req.id.clone()) {
+            return false;
+        }
+        drop(running);
+        self.threads.retain(|t| !t.is_finished());
+        let (req, r, store, spool) = (req.clone(), r.clone(), store.clone(), spool.clone());
+        let running = self.running.clone();
+        self.threads.push(thread::spawn(move || {
+            let started = Instant::now();
+            let reply = request::apply(
+                &*store,
+                &spool,
+                &r,
+                OwnerInfo::default(),
+                now_ms(),
+                Some(&req.id),
+            );
+            match &reply {
+                Reply::Exported { jobs, .. } => tracing::info!(
+                    "exported {jobs} jobs in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ),
+                Reply::Error { message, .. } => tracing::warn!("export failed: {message}"),
+                _ => {}
+            }
+            match request::encode(&reply) {
+                Ok(body) => {
+                    if let Err(e) = spool.reply(&req.id, &body) {
+                        tracing::warn!("could not answer request {}: {e}", req.id);
+                    }
+                }
+                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
+            }
+            if let Err(e) = spool.finish(&req) {
+                if !e.is_not_found() {
+                    tracing::warn!("could not remove request {}: {e}", req.id);
+                }
+            }
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req.id);
+        }));
+        true
+    }
+}
+
+impl Drop for Exports {
+    fn drop(&mut self) {
+        // An export under way is finished (and answered) before the store is let go.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The flusher thread, which holds a handle on the store. Dropping this waits for the thread to
@@ -916,10 +995,17 @@ impl Supervisor {
             actions,
             waits,
             workers,
+            exports,
             ..
         } = self;
         let store = &owner.store;
+        let spool = &owner.spool;
         let mut hook = |req: &PendingRequest, r: &Request| match r {
+            // Written by a thread of its own, which answers: the loop goes on meanwhile.
+            Request::Export { .. } => {
+                exports.start(req, r, store, spool);
+                Handled::Defer
+            }
             // A job a worker runs is stopped here; the others as any owner would.
             Request::Cancel { ids } => {
                 let now = now_ms();

@@ -36,7 +36,8 @@ use crate::model::{
     Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RetryDecision, RunOutput,
 };
 use crate::store::{
-    FailOrDone, FailResult, HostInfo, JobStore, PurgeStep, RunEnd, StoreError, VerifyReport,
+    FailOrDone, FailResult, HostInfo, JobStore, ListOrder, ListPage, PurgeStep, RunEnd, StoreError,
+    VerifyReport,
 };
 
 /// Times handed to the database are clamped to this (about the year 192,000), so that adding a
@@ -325,6 +326,38 @@ const SQL_PAGE_FIRST: &str = concat!(
     "SELECT ",
     job_cols!(),
     " FROM jobs WHERE state <> 'staged' ORDER BY jobs.state, jobs.id LIMIT $1"
+);
+
+/// A page in id order: `$1` the states (text), `$2` the last id of the previous page ('' for
+/// the first), `$3` the page size.
+const SQL_PAGE_BY_ID: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE state = ANY($1::text[]::queuectl_state[]) AND id > $2 ORDER BY id LIMIT $3"
+);
+
+/// A page of the jobs due at `$2` (`$1` the states), in reservation order, after the job
+/// (`$3` priority, `$4` available_at ms, `$5` seq) when `$3` is not NULL; `$6` the page size.
+const SQL_PAGE_DUE: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE state IN ('pending', 'failed')      AND state = ANY($1::text[]::queuectl_state[]) AND available_at <= ",
+    now!("$2"),
+    " AND ($3::bigint IS NULL OR priority < $3 OR (priority = $3 AND (available_at, seq) > (",
+    ts!("$4"),
+    ", $5))) ORDER BY priority DESC, available_at, seq LIMIT $6"
+);
+
+/// A page of the jobs waiting for a time after `$2` (`$1` the states), earliest first, after
+/// the job (`$3` available_at ms, `$4` seq) when `$3` is not NULL; `$5` the page size.
+const SQL_PAGE_WAITING: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE state IN ('pending', 'failed')      AND state = ANY($1::text[]::queuectl_state[]) AND available_at > ",
+    now!("$2"),
+    " AND ($3::bigint IS NULL OR (available_at, seq) > (",
+    ts!("$3"),
+    ", $4)) ORDER BY available_at, seq LIMIT $5"
 );
 
 const SQL_COUNTS: &str =
@@ -1290,6 +1323,89 @@ impl JobStore for PgStore {
         rows.iter().map(job_from_row).collect()
     }
 
+    fn list_page(
+        &self,
+        states: &[JobState],
+        order: ListOrder,
+        after: Option<&[u8]>,
+        limit: usize,
+        now: Millis,
+    ) -> Result<ListPage, StoreError> {
+        let states: Vec<&str> = if states.is_empty() {
+            JobState::ALL.iter().map(|s| s.as_str()).collect()
+        } else {
+            states.iter().map(|s| s.as_str()).collect()
+        };
+        if limit == 0 {
+            return Ok(ListPage::default());
+        }
+        let size = i64::try_from(limit).unwrap_or(i64::MAX);
+        match order {
+            ListOrder::Id => {
+                let after = match after {
+                    None => String::new(),
+                    Some(a) => String::from_utf8(a.to_vec()).map_err(|_| StoreError::BadCursor)?,
+                };
+                let rows = self.with(|c| c.query(SQL_PAGE_BY_ID, &[&states, &after, &size]))?;
+                let jobs: Vec<Job> = rows.iter().map(job_from_row).collect::<Result<_, _>>()?;
+                let next = match jobs.last() {
+                    Some(last) if jobs.len() == limit => Some(last.id.as_bytes().to_vec()),
+                    _ => None,
+                };
+                Ok(ListPage { jobs, next })
+            }
+            ListOrder::NextRun => {
+                // The cursor: phase (0: due, 1: waiting), priority, available_at, seq.
+                let cursor = match after {
+                    None => None,
+                    Some(a) => Some(RunCursor::decode(a).ok_or(StoreError::BadCursor)?),
+                };
+                let now = self.now(now);
+                let mut jobs: Vec<Job> = Vec::new();
+                let mut phase = cursor.as_ref().map_or(0, |c| c.phase);
+                if phase == 0 {
+                    let (p, at, seq) = match &cursor {
+                        Some(c) => (Some(c.priority), c.available_at, c.seq),
+                        None => (None, 0, 0),
+                    };
+                    let rows = self
+                        .with(|c| c.query(SQL_PAGE_DUE, &[&states, &now, &p, &at, &seq, &size]))?;
+                    for row in &rows {
+                        jobs.push(job_from_row(row)?);
+                    }
+                }
+                if jobs.len() < limit {
+                    let (at, seq) = match &cursor {
+                        Some(c) if c.phase == 1 => (Some(c.available_at), c.seq),
+                        _ => (None, 0),
+                    };
+                    let rest = i64::try_from(limit - jobs.len()).unwrap_or(i64::MAX);
+                    let rows = self
+                        .with(|c| c.query(SQL_PAGE_WAITING, &[&states, &now, &at, &seq, &rest]))?;
+                    if !rows.is_empty() {
+                        phase = 1;
+                    }
+                    for row in &rows {
+                        jobs.push(job_from_row(row)?);
+                    }
+                }
+                let next = match jobs.last() {
+                    Some(last) if jobs.len() == limit => Some(
+                        RunCursor {
+                            phase,
+                            priority: last.priority,
+                            available_at: clamp_ms(last.available_at.unwrap_or(0)),
+                            seq: i64::try_from(last.seq).unwrap_or(i64::MAX),
+                        }
+                        .encode(),
+                    ),
+                    _ => None,
+                };
+                Ok(ListPage { jobs, next })
+            }
+        }
+    }
+
     fn all_jobs(&self) -> Box<dyn Iterator<Item = Result<Job, StoreError>> + '_> {
         Box::new(AllJobs {
             store: self,
@@ -1435,6 +1551,39 @@ impl JobStore for PgStore {
 }
 
 /// Reads every job, page by page, in state then id order.
+/// Where a page in run order ends: the last job's phase (0: due, 1: waiting) and sort key.
+struct RunCursor {
+    phase: u8,
+    priority: i64,
+    available_at: i64,
+    seq: i64,
+}
+
+impl RunCursor {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(25);
+        v.push(self.phase);
+        v.extend_from_slice(&self.priority.to_be_bytes());
+        v.extend_from_slice(&self.available_at.to_be_bytes());
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<RunCursor> {
+        let (&phase, rest) = b.split_first()?;
+        if phase > 1 || rest.len() != 24 {
+            return None;
+        }
+        let int = |i: usize| rest[i..i + 8].try_into().ok().map(i64::from_be_bytes);
+        Some(RunCursor {
+            phase,
+            priority: int(0)?,
+            available_at: int(8)?,
+            seq: int(16)?,
+        })
+    }
+}
+
 struct AllJobs<'a> {
     store: &'a PgStore,
     page: std::vec::IntoIter<Job>,
