@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{alive, kill, wait_until_for, Env};
@@ -362,4 +363,79 @@ fn wait_pause_and_scale_with_a_shared_queue() {
     a.ok(&["worker", "resume"]);
     let out = b.ok(&["wait", "w", "--timeout", "60s"]);
     assert!(out.contains("w: completed"), "{out}");
+}
+
+/// The database ends the supervisor's sessions again and again while jobs run: it connects
+/// again (saying so in worker.log), and every job runs and is recorded exactly once.
+#[test]
+fn lost_connections_lose_no_job_and_finish_none_twice() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::new(&db);
+    let ran = a.env.file("ran");
+    let jobs = a.env.file("jobs.jsonl");
+    let n = 300;
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "{{\"id\":\"c{i:03}\",\"command\":\"echo c{i:03} >> {}; sleep 0.05\"}}\n",
+            ran.display()
+        ));
+    }
+    std::fs::write(&jobs, text).unwrap();
+    a.ok(&["enqueue", "--file", jobs.to_str().unwrap()]);
+    a.start(4);
+    let stop = AtomicBool::new(false);
+    let ended = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut ended = 0;
+            while !stop.load(Ordering::Relaxed) {
+                ended += db.terminate_sessions().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            ended
+        });
+        // Whatever happens below, the killer stops (the scope waits for it).
+        let _stop = SetOnDrop(&stop);
+        // The test's own commands may be cut off too: a failed look is no answer.
+        let completed = || {
+            let out = a.cmd().args(["--json", "status"]).output().ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["completed"].as_u64()
+        };
+        wait_until_for("every job to complete", LONG, &mut || {
+            completed() == Some(n)
+        });
+        stop.store(true, Ordering::Relaxed);
+        killer.join().expect("killer thread")
+    });
+    assert!(ended > 0, "no session was ended");
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    let unique: HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!(unique.len(), n as usize, "every job ran");
+    assert_eq!(lines.len(), n as usize, "no job ran twice");
+    let s = a.status();
+    assert_eq!(s["completed"], n, "{s}");
+    for st in ["pending", "processing", "failed", "dead"] {
+        assert_eq!(s[st], 0, "{s}");
+    }
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&a.ok(&["--json", "list", "--all"])).expect("list json");
+    assert_eq!(list.len(), n as usize);
+    for j in &list {
+        assert_eq!(j["attempts"], 0, "no run counted as failed: {j}");
+    }
+    let log = std::fs::read_to_string(a.env.path().join("worker.log")).unwrap();
+    assert!(log.contains("lost the connection"), "{log}");
+    assert!(log.contains("again"), "{log}");
+}
+
+/// Sets its flag when dropped (also while a test unwinds).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

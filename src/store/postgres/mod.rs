@@ -57,9 +57,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// A client error, shown with the server's own message when there is one (the client's
+/// `Display` says only "db error").
+#[derive(Debug)]
+struct PgError(postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{}", db.message()),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        StoreError::Backend(Box::new(e))
+        StoreError::Backend(Box::new(PgError(e)))
     }
 }
 
@@ -530,6 +550,10 @@ impl PgStore {
         config.keepalives(true);
         if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
             config.keepalives_idle(Duration::from_secs(5));
+        }
+        if config.get_options().is_none() {
+            // The server's notices (a table that already exists...) are no news to a user.
+            config.options("-c client_min_messages=warning");
         }
         if config.get_application_name().is_none() {
             config.application_name("queuectl");
@@ -1690,7 +1714,7 @@ fn connection_lost(e: &StoreError) -> bool {
     let StoreError::Backend(b) = e else {
         return false;
     };
-    let Some(e) = b.downcast_ref::<postgres::Error>() else {
+    let Some(PgError(e)) = b.downcast_ref::<PgError>() else {
         return false;
     };
     if e.is_closed() {
@@ -1710,7 +1734,8 @@ fn connection_lost(e: &StoreError) -> bool {
 }
 
 fn is_unique_violation(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<postgres::Error>()
+    e.downcast_ref::<PgError>()
+        .map(|PgError(e)| e)
         .and_then(|e| e.code())
         .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION)
 }

@@ -33,6 +33,20 @@ impl ScratchDatabase {
     }
 }
 
+impl ScratchDatabase {
+    /// Ends every session on this database (`pg_terminate_backend`), as a server restart or a
+    /// lost network would; returns how many.
+    pub fn terminate_sessions(&self) -> Result<u64, StoreError> {
+        let mut client = Client::connect(&self.admin, NoTls)?;
+        let row = client.query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&self.name],
+        )?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+}
+
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         if let Ok(mut c) = Client::connect(&self.admin, NoTls) {

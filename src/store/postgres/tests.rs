@@ -303,3 +303,50 @@ fn huge_backoff_saturates() {
     assert_eq!(f.job.state, JobState::Failed);
     assert!(f.job.available_at.unwrap() > MAX_MS as u64);
 }
+
+/// A finish sent for an attempt that is over (its answer lost, the job retried and taken
+/// again by the same host) never ends the later attempt.
+#[test]
+fn a_finish_ends_only_its_own_attempt() {
+    let Some(db) = TestDb::create() else { return };
+    let first = db.store("host-a");
+    let again = db.store("host-a");
+    first.enqueue(&[new_job("j")], &CFG, 100, None).unwrap();
+    assert_eq!(first.reserve("w1", 200).unwrap().unwrap().runs, 1);
+    let failed = RunEnd::Failed {
+        error: "exit code 1",
+        backoff_base: 2,
+    };
+    again.finish("j", &failed, 300).unwrap();
+    assert_eq!(again.reserve("w1", 10_000).unwrap().unwrap().runs, 2);
+    let late = first.finish("j", &RunEnd::Succeeded, 10_100);
+    assert!(matches!(late, Err(StoreError::NotFound(_))), "{late:?}");
+    let j = first.get("j").unwrap().unwrap();
+    assert_eq!((j.state, j.runs, j.attempts), (JobState::Processing, 2, 1));
+    again.finish("j", &RunEnd::Succeeded, 10_200).unwrap();
+    assert_eq!(first.get("j").unwrap().unwrap().state, JobState::Completed);
+}
+
+/// A cancel of a running job marks it and announces it; a supervisor that lost its lease
+/// meanwhile has the job reaped as cancelled, not retried.
+#[test]
+fn a_cancel_of_a_running_job_is_kept_until_its_supervisor_ends_it() {
+    let Some(db) = TestDb::create() else { return };
+    let host = PgStore::open(db.url(), "host-a").unwrap().with_lease(100);
+    let other = db.store("command");
+    host.enqueue(&[new_job("r")], &CFG, 0, None).unwrap();
+    host.reserve("w1", 0).unwrap().unwrap();
+    let job = other.request_cancel("r").unwrap().expect("running");
+    assert_eq!(job.state, JobState::Processing);
+    let held = host.heartbeat(1, 1, 100).unwrap();
+    assert_eq!(held.get("r"), Some(&true));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let reaped = other.reap_expired(2).unwrap();
+    assert_eq!(reaped.len(), 1);
+    let r = other.get("r").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.attempts, r.last_error.as_deref()),
+        (JobState::Dead, 0, Some(crate::store::CANCELLED))
+    );
+    assert!(other.request_cancel("r").unwrap().is_none());
+}
