@@ -666,13 +666,14 @@ mod tests {
             poll_interval_ms: 250,
             retention_completed: crate::model::KEEP,
             retention_dead: crate::model::KEEP,
+            lease_ms: 5_000,
         };
         let summary = export_sqlite(&db, false, jobs.clone(), &config).unwrap();
         assert_eq!(
             summary,
             ExportSummary {
                 jobs: jobs.len() as u64,
-                config_keys: 5
+                config_keys: 6
             }
         );
 
@@ -740,6 +741,7 @@ mod tests {
                 text("poll_interval_ms", "250"),
                 text("retention_completed", "0"),
                 text("retention_dead", "0"),
+                text("lease_ms", "5000"),
             ]
         );
         assert_eq!(dir_entries(dir.path()), BTreeSet::from(["q.db".into()]));

@@ -28,7 +28,7 @@ pub enum ModelError {
     #[error("unknown state `{0}` (expected one of pending, processing, completed, failed, dead)")]
     UnknownState(String),
     #[error(
-        "unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms, retention_completed, retention_dead)"
+        "unknown config key `{0}` (expected one of max_retries, backoff_base, poll_interval_ms, retention_completed, retention_dead, lease_ms)"
     )]
     UnknownConfigKey(String),
     #[error("invalid value `{value}` for {key}: {reason}")]
@@ -430,18 +430,22 @@ pub enum ConfigKey {
     RetentionCompleted,
     /// How long dead jobs are kept (ms; [`KEEP`]: for ever).
     RetentionDead,
+    /// How long a job's reservation holds on a shared queue unless its supervisor renews it
+    /// (ms); read when a supervisor starts.
+    LeaseMs,
 }
 
 /// A retention of 0: keep for ever (`keep` on the command line).
 pub const KEEP: u64 = 0;
 
 impl ConfigKey {
-    pub const ALL: [ConfigKey; 5] = [
+    pub const ALL: [ConfigKey; 6] = [
         ConfigKey::MaxRetries,
         ConfigKey::BackoffBase,
         ConfigKey::PollIntervalMs,
         ConfigKey::RetentionCompleted,
         ConfigKey::RetentionDead,
+        ConfigKey::LeaseMs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -451,6 +455,7 @@ impl ConfigKey {
             ConfigKey::PollIntervalMs => "poll_interval_ms",
             ConfigKey::RetentionCompleted => "retention_completed",
             ConfigKey::RetentionDead => "retention_dead",
+            ConfigKey::LeaseMs => "lease_ms",
         }
     }
 
@@ -472,6 +477,7 @@ impl ConfigKey {
             ConfigKey::PollIntervalMs => 500,
             ConfigKey::RetentionCompleted => 7 * 24 * 3600 * 1000,
             ConfigKey::RetentionDead => KEEP,
+            ConfigKey::LeaseMs => 30_000,
         }
     }
 
@@ -506,10 +512,12 @@ impl ConfigKey {
         }
         let n: u64 = match (self, value.trim().parse()) {
             (_, Ok(n)) => n,
-            // The one duration setting also takes a unit: `300ms`, `2s`.
-            (ConfigKey::PollIntervalMs, Err(_)) => humantime::parse_duration(value.trim())
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .map_err(|_| invalid("expected milliseconds or a duration like 300ms or 2s"))?,
+            // The duration settings also take a unit: `300ms`, `2s`.
+            (ConfigKey::PollIntervalMs | ConfigKey::LeaseMs, Err(_)) => {
+                humantime::parse_duration(value.trim())
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .map_err(|_| invalid("expected milliseconds or a duration like 300ms or 2s"))?
+            }
             (_, Err(_)) => return Err(invalid("expected a whole number >= 0")),
         };
         match self {
@@ -518,6 +526,11 @@ impl ConfigKey {
             ConfigKey::BackoffBase if n > 1_000_000 => Err(invalid("must be at most 1000000")),
             ConfigKey::PollIntervalMs if n < 1 => Err(invalid("must be at least 1")),
             ConfigKey::PollIntervalMs if n > 3_600_000 => {
+                Err(invalid("must be at most 3600000 (one hour)"))
+            }
+            // Renewed every third of it: shorter would renew all the time.
+            ConfigKey::LeaseMs if n < 1_000 => Err(invalid("must be at least 1000 (one second)")),
+            ConfigKey::LeaseMs if n > 3_600_000 => {
                 Err(invalid("must be at most 3600000 (one hour)"))
             }
             _ => Ok(n),
@@ -547,6 +560,13 @@ pub struct Config {
     /// Dead jobs older than this are removed; [`KEEP`]: never.
     #[serde(default)]
     pub retention_dead: u64,
+    /// How long a reservation on a shared queue holds unless renewed (ms).
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    ConfigKey::LeaseMs.default_value()
 }
 
 fn default_retention_completed() -> u64 {
@@ -561,6 +581,7 @@ impl Default for Config {
             poll_interval_ms: ConfigKey::PollIntervalMs.default_value(),
             retention_completed: default_retention_completed(),
             retention_dead: ConfigKey::RetentionDead.default_value(),
+            lease_ms: default_lease_ms(),
         }
     }
 }
@@ -573,6 +594,7 @@ impl Config {
             ConfigKey::PollIntervalMs => self.poll_interval_ms,
             ConfigKey::RetentionCompleted => self.retention_completed,
             ConfigKey::RetentionDead => self.retention_dead,
+            ConfigKey::LeaseMs => self.lease_ms,
         }
     }
 
@@ -584,6 +606,7 @@ impl Config {
             ConfigKey::PollIntervalMs => self.poll_interval_ms = value,
             ConfigKey::RetentionCompleted => self.retention_completed = value,
             ConfigKey::RetentionDead => self.retention_dead = value,
+            ConfigKey::LeaseMs => self.lease_ms = value,
         }
     }
 

@@ -95,7 +95,9 @@ impl Owner {
         }
         let (store, shared): (Arc<dyn JobStore>, _) = match dir.database_url() {
             Some(url) => {
-                let pg = Arc::new(PgStore::open(url, &dir.host_key())?.with_lease(lease_ms()));
+                let pg = PgStore::open(url, &dir.host_key())?;
+                let lease = lease_ms(&pg.config()?);
+                let pg = Arc::new(pg.with_lease(lease));
                 (pg.clone(), Some(pg))
             }
             None => (Arc::new(SledStore::open(&dir.store_path())?), None),

@@ -654,6 +654,7 @@ fn config_show_get_set() {
         ("poll_interval_ms", "500"),
         ("retention_completed", "7days"),
         ("retention_dead", "keep"),
+        ("lease_ms", "30000"),
     ] {
         let row = table
             .lines()
@@ -665,7 +666,8 @@ fn config_show_get_set() {
     assert_eq!(
         cfg,
         json!({"max_retries": 3, "backoff_base": 2, "poll_interval_ms": 500,
-               "retention_completed": 604_800_000u64, "retention_dead": 0})
+               "retention_completed": 604_800_000u64, "retention_dead": 0,
+               "lease_ms": 30_000})
     );
     assert_eq!(env.ok(&["config", "get", "max_retries"]), "3\n");
     assert_eq!(env.ok(&["config", "get", "backoff_base"]), "2\n");
@@ -683,6 +685,12 @@ fn config_show_get_set() {
         env.ok(&["config", "set", "poll_interval_ms", "250"]),
         "poll_interval_ms = 250\n"
     );
+    assert_eq!(
+        env.ok(&["config", "set", "lease_ms", "45s"]),
+        "lease_ms = 45000\n"
+    );
+    assert_eq!(env.ok(&["config", "get", "lease_ms"]), "45000\n");
+    env.ok(&["config", "set", "lease_ms", "30000"]);
     assert_eq!(env.ok(&["config", "get", "max_retries"]), "0\n");
     assert_eq!(env.ok(&["config", "get", "backoff_base"]), "7\n");
     assert_eq!(env.ok(&["config", "get", "poll_interval_ms"]), "250\n");
@@ -690,7 +698,8 @@ fn config_show_get_set() {
     assert_eq!(
         cfg,
         json!({"max_retries": 0, "backoff_base": 7, "poll_interval_ms": 250,
-               "retention_completed": 604_800_000u64, "retention_dead": 0})
+               "retention_completed": 604_800_000u64, "retention_dead": 0,
+               "lease_ms": 30_000})
     );
     // The setting persists: a job enqueued now takes it.
     env.enqueue(r#"{"id":"j","command":"true"}"#);
@@ -885,6 +894,16 @@ fn bad_files_commands_and_settings_are_refused() {
         &env,
         &["config", "set", "poll_interval_ms", "0"],
         "invalid value `0` for poll_interval_ms",
+    );
+    refused(
+        &env,
+        &["config", "set", "lease_ms", "999"],
+        "invalid value `999` for lease_ms: must be at least 1000",
+    );
+    refused(
+        &env,
+        &["config", "set", "lease_ms", "2h"],
+        "invalid value `2h` for lease_ms: must be at most 3600000",
     );
     refused(
         &env,

@@ -180,7 +180,7 @@ fn check_export(env: &Env, path: &Path) -> BTreeMap<String, serde_json::Map<Stri
         .map(|(k, v)| (k.clone(), Some(v.to_string())))
         .collect();
     assert_eq!(config, shown);
-    assert_eq!(config.len(), 5);
+    assert_eq!(config.len(), 6);
     rows
 }
 
@@ -193,7 +193,7 @@ fn export(env: &Env, path: &Path, extra: &[&str]) {
     assert_eq!(
         out,
         format!(
-            "Exported {jobs} jobs and 5 config keys to {}\n",
+            "Exported {jobs} jobs and 6 config keys to {}\n",
             path.display()
         )
     );

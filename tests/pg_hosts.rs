@@ -43,7 +43,8 @@ const PROMPT: Duration = Duration::from_secs(15);
 struct Host {
     env: Env,
     url: String,
-    lease_ms: &'static str,
+    /// This host's own lease (`QUEUECTL_LEASE_MS`), if not the shared setting.
+    lease_ms: Option<&'static str>,
 }
 
 impl Host {
@@ -51,22 +52,25 @@ impl Host {
         Host {
             env: Env::new(),
             url: db.url.clone(),
-            lease_ms: LEASE_MS,
+            lease_ms: Some(LEASE_MS),
         }
     }
 
     /// A host whose supervisor wakes only when told (a long lease, an hour's poll interval).
     fn quiet(db: &ScratchDatabase) -> Host {
         let mut h = Host::new(db);
-        h.lease_ms = LONG_LEASE_MS;
+        h.lease_ms = Some(LONG_LEASE_MS);
         h.ok(&["config", "set", "poll_interval_ms", "3600000"]);
         h
     }
 
     fn cmd(&self) -> assert_cmd::Command {
         let mut c = self.env.cmd();
-        c.env("QUEUECTL_DATABASE_URL", &self.url)
-            .env("QUEUECTL_LEASE_MS", self.lease_ms);
+        c.env("QUEUECTL_DATABASE_URL", &self.url);
+        match self.lease_ms {
+            Some(ms) => c.env("QUEUECTL_LEASE_MS", ms),
+            None => c.env_remove("QUEUECTL_LEASE_MS"),
+        };
         c
     }
 
@@ -174,8 +178,15 @@ fn a_thousand_jobs_on_two_hosts_each_run_exactly_once() {
 fn a_killed_host_loses_nothing() {
     let Some(admin) = server() else { return };
     let db = ScratchDatabase::create(&admin).expect("database");
-    let a = Host::new(&db);
-    let b = Host::new(&db);
+    // The lease is the shared setting here (no host overrides it).
+    let mut a = Host::new(&db);
+    let mut b = Host::new(&db);
+    a.lease_ms = None;
+    b.lease_ms = None;
+    assert_eq!(
+        a.ok(&["config", "set", "lease_ms", "3s"]),
+        "lease_ms = 3000\n"
+    );
     let ran = a.env.file("ran");
     for i in 0..4 {
         a.ok(&[
@@ -198,9 +209,12 @@ fn a_killed_host_loses_nothing() {
         session(sup).is_empty()
     });
     b.start(2);
-    wait_until_for("every job to complete on host b", LONG, &mut || {
-        a.count("completed") == 4
-    });
+    // Sooner than the default lease of 30 s: the setting is the lease.
+    wait_until_for(
+        "every job to complete on host b",
+        Duration::from_secs(25),
+        &mut || a.count("completed") == 4,
+    );
     let lines = std::fs::read_to_string(&ran).unwrap();
     let mut lines: Vec<&str> = lines.lines().collect();
     lines.sort_unstable();

@@ -149,6 +149,7 @@ const CFG: Config = Config {
     poll_interval_ms: 500,
     retention_completed: crate::model::KEEP,
     retention_dead: crate::model::KEEP,
+    lease_ms: 30_000,
 };
 
 // ---- behaviours -----------------------------------------------------------------------------
@@ -1295,6 +1296,7 @@ fn run_ops(mut h: Box<dyn Harness>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         poll_interval_ms: 10,
         retention_completed: crate::model::KEEP,
         retention_dead: crate::model::KEEP,
+        lease_ms: 30_000,
     };
     let mut now: Millis = 1_000;
     let mut next_id = 0u32;

@@ -87,16 +87,14 @@ pub struct FailResult {
     pub decision: RetryDecision,
 }
 
-/// How long a shared store's reservation holds unless its supervisor renews it.
-pub const DEFAULT_LEASE_MS: u64 = 30_000;
-
-/// The lease length: `QUEUECTL_LEASE_MS` if set (tests shorten it), else [`DEFAULT_LEASE_MS`].
-pub fn lease_ms() -> u64 {
+/// The lease length on a shared store: the `lease_ms` setting, unless the environment's
+/// `QUEUECTL_LEASE_MS` overrides it (for one host; the tests shorten leases with it).
+pub fn lease_ms(config: &Config) -> u64 {
     std::env::var("QUEUECTL_LEASE_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|ms| *ms >= 100)
-        .unwrap_or(DEFAULT_LEASE_MS)
+        .unwrap_or(config.lease_ms)
 }
 
 /// A supervisor sharing the queue from another data directory or host (shared stores only).

@@ -254,6 +254,8 @@ struct Supervisor {
     retention: Retention,
     /// With a shared queue: the leases of the jobs this supervisor runs.
     leases: Option<Leases>,
+    /// Added to each worker's environment.
+    worker_env: Vec<(&'static str, String)>,
 }
 
 /// Keeping the leases of a shared queue (PostgreSQL): renewed every third of their length with
@@ -322,16 +324,6 @@ const RETENTION_SWEEP_PAUSE: Duration = Duration::from_secs(60);
 
 /// Runs the supervisor in this process until it is stopped.
 fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), SupervisorError> {
-    if dir.database_url().is_some() {
-        // Set before any other thread exists: the workers inherit their fence from here.
-        let lease = dir.root().join(LEASE_FILE);
-        let _ = std::fs::remove_file(&lease);
-        std::env::set_var(crate::worker::fence::FILE_ENV, &lease);
-        std::env::set_var(
-            crate::worker::fence::MS_ENV,
-            (lease_ms() * 2 / 3).to_string(),
-        );
-    }
     crate::logging::init(&dir.log_path(), console);
     // A command working directly may hold the store for a moment: wait for it, not for a
     // supervisor.
@@ -368,7 +360,23 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
     let dirty = start_flusher(owner.store.clone());
     let config = owner.store.config().map_err(OwnerError::from)?;
     let exe = std::env::current_exe().map_err(io_err("find the queuectl executable"))?;
+    // With a shared queue each worker fences itself: told where the lease file is and how
+    // stale it may get.
+    let mut worker_env = Vec::new();
+    if owner.shared.is_some() {
+        let lease = dir.root().join(LEASE_FILE);
+        let _ = std::fs::remove_file(&lease);
+        worker_env.push((
+            crate::worker::fence::FILE_ENV,
+            lease.to_string_lossy().into_owned(),
+        ));
+        worker_env.push((
+            crate::worker::fence::MS_ENV,
+            (lease_ms(&config) * 2 / 3).to_string(),
+        ));
+    }
     let mut sup = Supervisor {
+        worker_env,
         root: dir.root().to_path_buf(),
         owner,
         exe,
@@ -405,7 +413,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         let listener = pg.listen(move |notice| db_tx.send(Input::Db(notice)).is_ok());
         sup.leases = Some(Leases {
             pg,
-            lease_ms: lease_ms(),
+            lease_ms: lease_ms(&sup.config),
             next_beat: now,
             renewed: now,
             fenced: false,
@@ -600,7 +608,8 @@ impl Supervisor {
             self.root.clone().into_os_string(),
             "worker-child".into(),
         ];
-        let w = spawn::spawn_worker(&self.exe, &args).map_err(io_err("start a worker"))?;
+        let w = spawn::spawn_worker(&self.exe, &args, &self.worker_env)
+            .map_err(io_err("start a worker"))?;
         self.next_gen += 1;
         let gen = self.next_gen;
         let pid = w.child.id();

@@ -23,12 +23,17 @@ pub struct WorkerChild {
     pub stdout: ChildStdout,
 }
 
-/// Starts a worker: `exe args...` with stdin and stdout piped and stderr inherited, in a process
+/// Starts a worker: `exe args...` (with `envs` added to its environment) with stdin and stdout piped and stderr inherited, in a process
 /// group of its own so that a Ctrl-C meant for a foreground supervisor (which stops gracefully)
 /// does not kill the workers under their running jobs.
-pub fn spawn_worker(exe: &Path, args: &[OsString]) -> io::Result<WorkerChild> {
+pub fn spawn_worker(
+    exe: &Path,
+    args: &[OsString],
+    envs: &[(&str, String)],
+) -> io::Result<WorkerChild> {
     let mut child = Command::new(exe)
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -118,7 +123,7 @@ mod tests {
 
     #[test]
     fn worker_child_is_piped() {
-        let mut w = spawn_worker(Path::new("/bin/cat"), &[]).unwrap();
+        let mut w = spawn_worker(Path::new("/bin/cat"), &[], &[]).unwrap();
         w.stdin.write_all(b"ping\n").unwrap();
         drop(w.stdin);
         let mut echoed = String::new();
@@ -148,7 +153,7 @@ mod tests {
     #[test]
     fn missing_executables_are_errors() {
         let nowhere = Path::new("/nonexistent/queuectl");
-        assert!(spawn_worker(nowhere, &[]).is_err());
+        assert!(spawn_worker(nowhere, &[], &[]).is_err());
         assert!(spawn_detached(nowhere, &[]).is_err());
     }
 }

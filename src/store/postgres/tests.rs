@@ -99,6 +99,7 @@ const CFG: Config = Config {
     poll_interval_ms: 500,
     retention_completed: crate::model::KEEP,
     retention_dead: crate::model::KEEP,
+    lease_ms: 30_000,
 };
 
 #[test]
