@@ -426,6 +426,23 @@ const DIR_MODE: u32 = 0o700;
 
 /// The file holding space in reserve for a full disk, and its size.
 const BALLAST: &str = "reserved-space";
+
+/// Below this much free space nothing more is written to the data directory's disk but what
+/// answers requests: the supervisor stops writing to the store (a store engine that runs out
+/// of space in the middle of a write may not recover in that process; sled can wait forever
+/// for the failed write) and workers stop copying output to `live/`.
+pub const LOW_ROOM: u64 = 1024 * 1024;
+
+/// Free bytes on the file system of `path` (for root, counting the blocks kept for root).
+pub fn free_space(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let blocks = if euid() == 0 {
+        s.blocks_free()
+    } else {
+        s.blocks_available()
+    };
+    Some(blocks.saturating_mul(s.fragment_size()))
+}
 const BALLAST_BYTES: i64 = 256 * 1024;
 
 /// How long [`DataDir::holder`] waits for a dead supervisor's lock to be released.

@@ -37,6 +37,8 @@ pub enum OwnerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("cannot reopen the store while it is in use")]
+    StoreInUse,
 }
 
 /// The process that holds the lock, with the store open.
@@ -64,6 +66,8 @@ pub enum Handled {
 pub struct Drained {
     pub requests: usize,
     pub writes: usize,
+    /// The disk is full: the writes were answered with that error.
+    pub no_space: bool,
 }
 
 impl Owner {
@@ -182,15 +186,18 @@ impl Owner {
             return Ok(Drained::default());
         }
         let mut done = Drained::default();
+        // Each request with its reply and whether it writes.
         let mut answers = Vec::with_capacity(pending.len());
         for req in pending {
+            let mut writes = false;
             let reply = match self.spool.read(&req) {
                 Err(e) if e.is_not_found() => continue, // answered meanwhile
                 Err(e) => Err(e.to_string()),
                 Ok(body) => match request::decode::<Request>(&body) {
                     Err(e) => Err(format!("corrupt request: {e}")),
                     Ok(r) => {
-                        done.writes += usize::from(r.is_write());
+                        writes = r.is_write();
+                        done.writes += usize::from(writes);
                         match hook(&req, &r) {
                             Handled::Defer => continue,
                             Handled::Reply(reply) => Ok(*reply),
@@ -221,12 +228,23 @@ impl Owner {
                 }
             });
             done.requests += 1;
-            answers.push((req, reply));
+            answers.push((req, reply, writes));
         }
         if done.writes > 0 {
-            self.store.flush()?;
+            // On a full disk the reads are still answered; the writes are refused.
+            match self.store.flush() {
+                Ok(()) => {}
+                Err(StoreError::NoSpace) => done.no_space = true,
+                Err(e) => return Err(e.into()),
+            }
         }
-        for (req, reply) in answers {
+        for (req, mut reply, writes) in answers {
+            if done.no_space && writes {
+                reply = Reply::Error {
+                    kind: ErrorKind::Internal,
+                    message: format!("the change was not stored: {}", StoreError::NoSpace),
+                };
+            }
             match request::encode(&reply) {
                 Ok(body) => {
                     if let Err(e) = self.spool.reply(&req.id, &body) {
@@ -249,6 +267,24 @@ impl Owner {
             );
         }
         Ok(done)
+    }
+
+    /// Closes the store and opens it again: once a write failed on a full disk, the embedded
+    /// store fails every later write until it is reopened. What was not flushed before is
+    /// lost or not (the caller checks). The caller holds no other handle on the store; until
+    /// the store opens again (an error here), every operation fails with
+    /// [`StoreError::NoSpace`]. A shared store (PostgreSQL) is left as it is.
+    pub fn reopen_store(&mut self) -> Result<(), OwnerError> {
+        if self.shared.is_some() {
+            return Ok(());
+        }
+        if Arc::strong_count(&self.store) > 1 {
+            return Err(OwnerError::StoreInUse);
+        }
+        // Closed first: sled's own lock allows one open handle.
+        self.store = Arc::new(crate::store::closed::Closed);
+        self.store = Arc::new(SledStore::open(&self.dir.store_path())?);
+        Ok(())
     }
 
     /// Runs one request of this process's own, after the spool (flushing a write before

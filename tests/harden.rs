@@ -1047,9 +1047,64 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Case 2: with the data directory's file system full while jobs run, the supervisor answers
-/// `status`, obeys `worker stop`, and once space returns nothing acknowledged is lost and the
-/// store opens and verifies.
+/// `queuectl --data-dir DATA ARGS` (outside an `Env`): its output, whatever the status.
+fn q_at(data: &Path, args: &[&str]) -> std::process::Output {
+    assert_cmd::Command::cargo_bin("queuectl")
+        .unwrap()
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        // Generous for a loaded machine; a hang still fails the test.
+        .env("QUEUECTL_REPLY_TIMEOUT", "60")
+        .timeout(common::DEADLINE * 2)
+        .output()
+        .unwrap()
+}
+
+fn ok_at(data: &Path, args: &[&str]) -> String {
+    let out = q_at(data, args);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status_at(data: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok_at(data, &["status", "--json"])).unwrap()
+}
+
+/// Jobs `{prefix}00..` that write their id to `{runs}.waiting`, wait for `gate`, write their
+/// id to `runs`, then succeed with 60,000
+/// bytes of output (even numbers) or fail with "oops" (odd numbers, which are then dead).
+fn gated_jobs(dir: &Path, prefix: &str, n: usize, gate: &Path, runs: &Path) -> std::path::PathBuf {
+    let jobs: String = (0..n)
+        .map(|i| {
+            let id = format!("{prefix}{i:02}");
+            let body = if i % 2 == 0 {
+                "head -c 60000 /dev/zero | tr '\\0' x"
+            } else {
+                "echo oops >&2; exit 3"
+            };
+            let command = format!(
+                "echo {id} >> {runs}.waiting; while [ ! -e {gate} ]; do sleep 0.02; done; \
+                 echo {id} >> {runs}; {body}",
+                gate = gate.display(),
+                runs = runs.display()
+            );
+            format!(
+                "{}\n",
+                serde_json::json!({"id": id, "command": command, "max_retries": 1})
+            )
+        })
+        .collect();
+    let file = dir.join(format!("{prefix}.jsonl"));
+    fs::write(&file, jobs).unwrap();
+    file
+}
+
+/// Case 2: the data directory's file system fills while jobs run and finish. The supervisor
+/// keeps their results in memory, stops starting jobs, says so in `status`, and once space
+/// returns stores every result (each job ran exactly once, nothing lost), makes its reserved
+/// space again and goes on; `export` fails clearly, leaving no file; `worker stop --force`
+/// works on a full disk; the store opens and verifies.
 #[test]
 fn a_full_disk_is_an_error_not_a_hang() {
     let Some(disk) = SmallDisk::mount("8m") else {
@@ -1057,73 +1112,147 @@ fn a_full_disk_is_an_error_not_a_hang() {
         return;
     };
     let data = disk.path().join("q");
-    let q = |args: &[&str]| {
-        assert_cmd::Command::cargo_bin("queuectl")
-            .unwrap()
-            .arg("--data-dir")
-            .arg(&data)
-            .args(args)
-            .env("QUEUECTL_REPLY_TIMEOUT", "20")
-            .timeout(common::DEADLINE)
-            .output()
-            .unwrap()
-    };
-    let ok = |args: &[&str]| {
-        let out = q(args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let count = |state: &str| -> u64 {
-        let v: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
-        v[state].as_u64().unwrap()
-    };
-    let jobs: String = (0..100)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"id": format!("j{i:03}"), "command": "head -c 3000 /dev/zero | tr '\\\\0' x", "max_retries": 20})
-            )
-        })
+    // Off the small disk: the gates and the jobs' log of runs. Dropped after the reaper, it
+    // kills what is left of the jobs.
+    let files = Env::new();
+    let _reaper = common::Reaper(data.clone());
+    let _log = ShowLogOnFailure(data.join("worker.log"));
+    let (gate, runs) = (files.file("gate"), files.file("runs"));
+    let n = 16;
+    let jobs = gated_jobs(files.path(), "j", n, &gate, &runs);
+    ok_at(&data, &["enqueue", "--file", jobs.to_str().unwrap()]);
+    ok_at(&data, &["worker", "start", "--count", "4"]);
+    let waiting = |runs: &Path| pids_in_lines(&runs.with_extension("waiting")).len();
+    common::wait_until("4 jobs to run", || waiting(&runs) == 4);
+    disk.fill();
+    // The running jobs finish into the full disk (and the next ones start and finish).
+    fs::write(&gate, "").unwrap();
+    let log = data.join("worker.log");
+    let said_full = || fs::read_to_string(&log).is_ok_and(|l| l.contains("the disk is full"));
+    common::wait_until("the supervisor to find the disk full", said_full);
+    common::wait_until("status to say the store is out of space", || {
+        let s = status_at(&data);
+        s["out_of_space"] == true && s["busy_workers"] == 0
+    });
+    let s = status_at(&data);
+    assert!(s["unstored_runs"].as_u64().unwrap() >= 1, "{s}");
+    let text = ok_at(&data, &["status"]);
+    assert!(text.contains("out of space"), "{text}");
+    // Nothing starts while the disk is full.
+    let ran = pids_in_lines(&runs).len();
+    assert!(ran < n, "every job ran on a full disk");
+    // An export to a full disk fails clearly and leaves nothing behind.
+    let other = SmallDisk::mount("1m").expect("a second tmpfs");
+    other.fill();
+    let dest = other.path().join("out.db");
+    let out = q_at(&data, &["export", "--sqlite", dest.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "export on a full disk: {out:?}");
+    assert!(
+        stderr.contains("full") || stderr.contains("space"),
+        "unclear: {stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let left: Vec<_> = fs::read_dir(other.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("out.db"))
         .collect();
-    let file = disk.path().join("jobs.jsonl");
-    fs::write(&file, jobs).unwrap();
-    ok(&["enqueue", "--file", file.to_str().unwrap()]);
-    fs::remove_file(&file).unwrap();
-    let started = ok(&["worker", "start", "--count", "2"]);
-    let pid: i32 = started
-        .split("pid ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.parse().ok())
-        .expect("a pid");
-    struct Stop(i32);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            if common::alive(self.0) {
-                sigkill(self.0);
-            }
+    assert!(left.is_empty(), "export left {left:?}");
+    // Space returns: every result is stored and the rest of the jobs run.
+    disk.free();
+    common::wait_until("every job to end", || {
+        let s = status_at(&data);
+        s["completed"].as_u64().unwrap() + s["dead"].as_u64().unwrap() == n as u64
+    });
+    let s = status_at(&data);
+    assert_eq!(s["out_of_space"], false, "{s}");
+    assert!(
+        data.join("reserved-space").exists(),
+        "reserved space made again"
+    );
+    let mut ran = pids_in_lines(&runs);
+    ran.sort();
+    let expected: Vec<String> = (0..n).map(|i| format!("j{i:02}")).collect();
+    assert_eq!(ran, expected, "each job ran exactly once");
+    for (i, id) in expected.iter().enumerate() {
+        let job: serde_json::Value =
+            serde_json::from_str(&ok_at(&data, &["show", id, "--json"])).unwrap();
+        if i % 2 == 0 {
+            assert_eq!(job["state"], "completed", "{job}");
+            let logs = ok_at(&data, &["logs", id]);
+            assert!(
+                logs.contains(&"x".repeat(60000)),
+                "{id}: output lost: {logs}"
+            );
+        } else {
+            assert_eq!(job["state"], "dead", "{job}");
+            let err = job["last_error"].as_str().unwrap_or_default();
+            assert!(err.contains("exit code 3") && err.contains("oops"), "{job}");
         }
     }
-    let _stop = Stop(pid);
-    common::wait_until("some jobs to complete", || count("completed") >= 5);
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("the disk is full: no new job starts").count(),
+        1,
+        "said once:\n{text}"
+    );
+    assert!(text.contains("the disk has room again"), "{text}");
+    // A forced stop on a full disk: the supervisor goes; nothing acknowledged is lost.
+    let (gate2, runs2) = (files.file("gate2"), files.file("runs2"));
+    let jobs = gated_jobs(files.path(), "k", 8, &gate2, &runs2);
+    ok_at(&data, &["enqueue", "--file", jobs.to_str().unwrap()]);
+    common::wait_until("4 more jobs to run", || waiting(&runs2) == 4);
+    let pid = data_dir_supervisor(&data);
     disk.fill();
-    // Jobs go on finishing into a full disk; the supervisor must still answer and stop. (The
-    // store may give a page back meanwhile: take it too.)
-    common::wait_until("the supervisor to hit the full disk", || {
-        disk.fill();
-        fs::read_to_string(data.join("worker.log")).is_ok_and(|l| l.contains("space"))
-    });
-    disk.fill();
-    let out = q(&["status", "--json"]);
-    assert!(out.status.success(), "status on a full disk: {out:?}");
-    let out = q(&["worker", "stop", "--force", "--timeout", "30"]);
-    assert!(out.status.success(), "stop on a full disk: {out:?}");
-    assert!(!common::alive(pid));
+    fs::write(&gate2, "").unwrap();
+    let full_again = || {
+        fs::read_to_string(&log).is_ok_and(|l| l.matches("the disk is full: no new").count() == 2)
+    };
+    common::wait_until("the store to be out of space again", full_again);
+    assert_eq!(status_at(&data)["out_of_space"], true);
+    ok_at(&data, &["worker", "stop", "--force", "--timeout", "60"]);
+    common::wait_until("the supervisor to exit", || !common::alive(pid));
     disk.free();
-    ok(&["worker", "start", "--count", "2"]);
-    common::wait_until("every job to complete", || count("completed") == 100);
-    ok(&["worker", "stop", "--timeout", "30"]);
+    ok_at(&data, &["worker", "start", "--count", "2"]);
+    common::wait_until("every job to end", || {
+        let s = status_at(&data);
+        s["completed"].as_u64().unwrap() + s["dead"].as_u64().unwrap() == (n + 8) as u64
+    });
+    ok_at(&data, &["worker", "stop", "--timeout", "60"]);
     let store = queuectl::store::sled::SledStore::open(&data.join("db")).unwrap();
     let report = queuectl::store::JobStore::verify(&store).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// Prints a `worker.log` when the test fails (the data directory goes with the test).
+struct ShowLogOnFailure(std::path::PathBuf);
+
+impl Drop for ShowLogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "worker.log:\n{}",
+                fs::read_to_string(&self.0).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The lines of a file (the jobs' log of runs).
+fn pids_in_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pid of the supervisor named by `status`.
+fn data_dir_supervisor(data: &Path) -> i32 {
+    let pid = status_at(data)["supervisor_pid"]
+        .as_i64()
+        .expect("a supervisor");
+    i32::try_from(pid).unwrap()
 }

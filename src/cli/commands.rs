@@ -878,6 +878,14 @@ fn status(dir: &DataDir, json: bool, out: &mut impl Write) -> Result<()> {
         )?,
         None => writeln!(out, "Workers: 0 (no supervisor running)")?,
     }
+    if s.owner.out_of_space {
+        writeln!(
+            out,
+            "Store: out of space (the disk is full); no new job starts, {} finished run{} kept in memory until there is room",
+            s.owner.unstored,
+            if s.owner.unstored == 1 { "" } else { "s" }
+        )?;
+    }
     writeln!(out, "Data directory: {}", data_dir.display())?;
     Ok(())
 }
@@ -895,6 +903,8 @@ fn status_json(s: &StatusInfo) -> serde_json::Value {
         "supervisor_pid": s.owner.supervisor_pid,
         "paused": s.owner.paused,
         "stopping": s.owner.stopping,
+        "out_of_space": s.owner.out_of_space,
+        "unstored_runs": s.owner.unstored,
     })
 }
 

@@ -147,6 +147,12 @@ pub struct OwnerInfo {
     /// The supervisor is stopping (running jobs finish, nothing new starts).
     #[serde(default)]
     pub stopping: bool,
+    /// The store cannot be written (the disk is full): nothing new starts.
+    #[serde(default)]
+    pub out_of_space: bool,
+    /// Ends of runs the supervisor keeps in memory until the store can take them.
+    #[serde(default)]
+    pub unstored: u32,
 }
 
 /// How a request failed, which decides the exit status.

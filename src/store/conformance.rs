@@ -63,6 +63,7 @@ macro_rules! conformance_tests {
             finish_and_reserve_is_one_step,
             dlq_retry_of_a_job_that_is_not_dead,
             release_returns_without_counting_an_attempt,
+            reserve_id_takes_only_a_waiting_job,
             pgid_is_recorded_while_processing,
             recovery_counts_interrupted_attempts,
             applied_requests_are_not_applied_twice,
@@ -583,6 +584,43 @@ pub fn release_returns_without_counting_an_attempt(fresh: Fresh<'_>) {
         "a",
         "keeps its place"
     );
+    assert_consistent(&*s);
+}
+
+/// `reserve_id` takes a pending or failed job, due or not, as `reserve` would, and nothing
+/// else; the job is then out of the order.
+pub fn reserve_id_takes_only_a_waiting_job(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let mut later = new_job("later");
+    later.run_at = Some(1_000_000);
+    s.enqueue(&[new_job("a"), new_job("b"), later], &CFG, 0, None)
+        .unwrap();
+    let j = s.reserve_id("b", "w", 5).unwrap().expect("b taken");
+    assert_eq!(
+        (j.state, j.runs, j.locked_at),
+        (JobState::Processing, 1, Some(5))
+    );
+    assert_eq!(j.locked_by.as_deref(), Some("w"));
+    assert!(s.reserve_id("b", "w", 6).unwrap().is_none(), "processing");
+    assert!(s.reserve_id("zz", "w", 6).unwrap().is_none(), "unknown");
+    let j = s
+        .reserve_id("later", "w", 7)
+        .unwrap()
+        .expect("scheduled taken");
+    assert_eq!(j.state, JobState::Processing);
+    assert_eq!(s.next_wakeup().unwrap(), None, "out of the schedule");
+    // A failed job waiting for its retry.
+    fail(&*s, "b", 2, 10);
+    assert_eq!(s.get("b").unwrap().unwrap().state, JobState::Failed);
+    assert_eq!(s.reserve_id("b", "w", 11).unwrap().unwrap().runs, 2);
+    complete(&*s, "b", 12);
+    assert!(s.reserve_id("b", "w", 13).unwrap().is_none(), "completed");
+    assert_eq!(s.reserve("w", 2_000_000).unwrap().unwrap().id, "a");
+    assert!(
+        s.reserve("w", 2_000_000).unwrap().is_none(),
+        "nothing else waits"
+    );
+    assert_eq!(s.counts().unwrap().processing, 2);
     assert_consistent(&*s);
 }
 

@@ -8,6 +8,7 @@
 //!
 //! Time is always passed in (`now`), never read by a store, so tests can drive the clock.
 
+pub mod closed;
 #[cfg(test)]
 pub mod conformance;
 pub mod postgres;
@@ -58,6 +59,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the page to continue from is not one this queue gave out")]
     BadCursor,
+    /// A write failed because the disk is full (an embedded store keeps failing until it is
+    /// opened again).
+    #[error("the disk is full (no space left on device)")]
+    NoSpace,
 }
 
 /// The `last_error` of a job stopped by `queuectl cancel`.
@@ -78,6 +83,12 @@ impl StoreError {
                 | StoreError::BadCursor
         )
     }
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || matches!(e.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT)
 }
 
 /// What the retry rule decided for a job.
@@ -233,6 +244,11 @@ pub trait JobStore: Send + Sync {
     /// `processing` with `locked_by = worker`, `locked_at = updated_at = now`, `runs + 1`,
     /// `pgid = None`. `None` when no job may run yet.
     fn reserve(&self, worker: &str, now: Millis) -> Result<Option<Job>, StoreError>;
+
+    /// Takes waiting job `id` (pending or failed, due or scheduled for later) exactly as
+    /// [`reserve`](JobStore::reserve) takes a job; `None` when it is not waiting. A supervisor
+    /// whose store lost a reservation (a full disk) takes the job again for the run under way.
+    fn reserve_id(&self, id: &str, worker: &str, now: Millis) -> Result<Option<Job>, StoreError>;
 
     /// [`finish`](JobStore::finish) of job `id` and [`reserve`](JobStore::reserve) for
     /// `worker` in one atomic step (the ended job itself is not reserved again even if due).

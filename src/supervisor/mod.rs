@@ -21,15 +21,16 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::datadir::{DataDir, DataDirError, Holder};
+use crate::datadir::{free_space, DataDir, DataDirError, Holder, LOW_ROOM};
 use crate::logging::log_failure;
-use crate::model::{now_ms, Config, Job, RunResult};
+use crate::model::{now_ms, Config, Job, JobState, RunOutput, RunResult};
 use crate::owner::{Handled, Owner, OwnerError};
 use crate::spool::request::{self, OwnerInfo, Reply, Request};
 use crate::spool::PendingRequest;
@@ -47,6 +48,11 @@ const GROUP_COMMIT: Duration = Duration::from_millis(10);
 const EXIT_AFTER_UNLOCK: Duration = Duration::from_secs(5);
 /// How long `worker start` waits for the supervisor and its workers to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// With the disk full: the first pause before trying the store again, and the longest.
+const FULL_RETRY_FIRST: Duration = Duration::from_millis(100);
+const FULL_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Free space the disk needs before the supervisor writes again.
+const RESUME_ROOM: u64 = 2 * 1024 * 1024;
 
 /// Errors of starting, running and stopping the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +229,8 @@ enum Input {
     Signal,
     /// With a shared queue: news from the database.
     Db(Notice),
+    /// The flusher could not flush: the disk is full.
+    DiskFull,
 }
 
 /// One worker's current process and the pipe to it (its state is the core's).
@@ -256,6 +264,64 @@ struct Supervisor {
     leases: Option<Leases>,
     /// Added to each worker's environment.
     worker_env: Vec<(&'static str, String)>,
+    /// Numbers the ends of runs; the flusher says up to which one they are durable.
+    marks: Arc<FlushMarks>,
+    seq: u64,
+    /// Ends of runs stored but perhaps not yet flushed (a full disk may lose them).
+    journal: VecDeque<Unstored>,
+    /// Set while the disk is full.
+    full: Option<Full>,
+    /// Ends of runs not stored because the disk is full, oldest first.
+    held: Vec<Unstored>,
+}
+
+/// How far the ends of runs are written and flushed (see [`Unstored::seq`]).
+#[derive(Default)]
+struct FlushMarks {
+    /// The last end written to the store.
+    written: AtomicU64,
+    /// The last end a flush made durable.
+    durable: AtomicU64,
+}
+
+/// The end of a run, as it is to be stored.
+struct Unstored {
+    /// Increasing, one per end.
+    seq: u64,
+    /// The job as it ran.
+    job: Job,
+    cancelled: bool,
+    success: bool,
+    error: String,
+    duration_ms: u64,
+    output: Option<RunOutput>,
+}
+
+impl Unstored {
+    fn end(&self, backoff_base: u64) -> RunEnd<'_> {
+        if self.cancelled {
+            RunEnd::Cancelled
+        } else if self.success {
+            RunEnd::Succeeded
+        } else {
+            RunEnd::Failed {
+                error: &self.error,
+                backoff_base,
+            }
+        }
+    }
+}
+
+/// The disk is full: nothing is reserved, the ends of runs wait in memory, the store is tried
+/// again after `pause` (doubling up to [`FULL_RETRY_MAX`]).
+struct Full {
+    since: Instant,
+    next_try: Instant,
+    pause: Duration,
+    /// A write failed: the store must be opened again.
+    failed: bool,
+    /// The store could not be opened again, and the log said so.
+    stuck_said: bool,
 }
 
 /// Keeping the leases of a shared queue (PostgreSQL): renewed every third of their length with
@@ -357,7 +423,8 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
     }) {
         tracing::warn!("cannot handle SIGINT/SIGTERM: {e}");
     }
-    let dirty = start_flusher(owner.store.clone());
+    let marks = Arc::new(FlushMarks::default());
+    let dirty = start_flusher(owner.store.clone(), marks.clone(), tx.clone());
     let config = owner.store.config().map_err(OwnerError::from)?;
     let exe = std::env::current_exe().map_err(io_err("find the queuectl executable"))?;
     // With a shared queue each worker fences itself: told where the lease file is and how
@@ -400,6 +467,11 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         dirty,
         exports: Exports::default(),
         leases: None,
+        marks,
+        seq: 0,
+        journal: VecDeque::new(),
+        full: None,
+        held: Vec::new(),
     };
     for i in 0..count as usize {
         sup.spawn(i)?;
@@ -513,20 +585,81 @@ impl Drop for Flusher {
     fn drop(&mut self) {
         self.tx = None; // ends the thread's loop
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The store engine may wait forever inside a flush that a full disk failed
+            // ([`Flusher::stop`] wakes it): that thread is left to the process's end.
+            let deadline = Instant::now() + FLUSHER_STOP;
+            while !t.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("the store's flusher did not return; leaving it");
+            }
+        }
+    }
+}
+
+/// How long stopping the flusher may take.
+const FLUSHER_STOP: Duration = Duration::from_secs(2);
+
+impl Flusher {
+    /// Ends the thread, so that it holds no handle on the store. On a full disk the store
+    /// engine (sled) can wait forever inside a flush for a write that failed; another flush,
+    /// which sees the failure, wakes it: such pokes come from a thread of their own, so that
+    /// this one never blocks. `false` if the thread (or a poke) is still there after
+    /// [`FLUSHER_STOP`].
+    fn stop(&mut self, store: &Arc<dyn JobStore>) -> bool {
+        self.tx = None;
+        let deadline = Instant::now() + FLUSHER_STOP;
+        let mut poke: Option<thread::JoinHandle<()>> = None;
+        let mut poked = Instant::now();
+        loop {
+            let flusher_done = self.thread.as_ref().is_none_or(|t| t.is_finished());
+            let poke_done = poke.as_ref().is_none_or(|t| t.is_finished());
+            if flusher_done && poke_done {
+                for t in [self.thread.take(), poke.take()].into_iter().flatten() {
+                    let _ = t.join();
+                }
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if !flusher_done && poke_done && poked.elapsed() >= Duration::from_millis(20) {
+                let store = Arc::clone(store);
+                poke = thread::Builder::new()
+                    .name("store-poke".into())
+                    .spawn(move || {
+                        let _ = store.flush();
+                    })
+                    .ok();
+                poked = Instant::now();
+            }
+            thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
 /// Flushes the store at most `GROUP_COMMIT` after it was last marked dirty; idle otherwise.
-fn start_flusher(store: Arc<dyn JobStore>) -> Flusher {
+/// A full disk is told to the event loop, which says so once.
+fn start_flusher(
+    store: Arc<dyn JobStore>,
+    marks: Arc<FlushMarks>,
+    events: Sender<Input>,
+) -> Flusher {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let thread = thread::spawn(move || {
         while rx.recv().is_ok() {
             thread::sleep(GROUP_COMMIT);
             let _ = rx.try_recv();
-            if let Err(e) = store.flush() {
-                tracing::error!("flushing the store failed: {e}");
+            let upto = marks.written.load(Ordering::Acquire);
+            match store.flush() {
+                Ok(()) => marks.durable.store(upto, Ordering::Release),
+                Err(StoreError::NoSpace) => {
+                    let _ = events.send(Input::DiskFull);
+                }
+                Err(e) => tracing::error!("flushing the store failed: {e}"),
             }
         }
     });
@@ -544,6 +677,8 @@ impl Supervisor {
             supervisor_pid: Some(std::process::id()),
             paused: self.core.paused(),
             stopping: self.core.phase() != Phase::Running,
+            out_of_space: self.full.is_some(),
+            unstored: u32::try_from(self.held.len()).unwrap_or(u32::MAX),
         }
     }
 
@@ -551,7 +686,7 @@ impl Supervisor {
     /// now and then, after the loop turn's dispatching; a sweep over all finished jobs goes
     /// step by step, and the next sweep starts a minute after one ends.
     fn retention_step(&mut self) {
-        if Instant::now() < self.retention.next_at {
+        if self.full.is_some() || Instant::now() < self.retention.next_at {
             return;
         }
         let now = now_ms();
@@ -681,6 +816,9 @@ impl Supervisor {
                     wait = wait.min(RECORD_RETRY);
                 }
             }
+            if let Some(full) = &self.full {
+                wait = wait.min(full.next_try.saturating_duration_since(Instant::now()));
+            }
             match rx.recv_timeout(wait) {
                 Ok(input) => {
                     // Take everything already waiting before dispatching; however many wake-ups
@@ -712,6 +850,7 @@ impl Supervisor {
                     "workers did not start in time".into(),
                 ));
             }
+            self.try_resume();
             if self.core.phase() == Phase::Running {
                 self.dispatch();
                 self.retention_step();
@@ -727,8 +866,20 @@ impl Supervisor {
     /// the store is really free.
     fn finish(&mut self, pid: u32) -> Result<(), SupervisorError> {
         let info = OwnerInfo::default();
+        if let Some(full) = &mut self.full {
+            full.next_try = Instant::now();
+            self.try_resume();
+        }
         if let Err(e) = self.owner.drain(info) {
             tracing::error!("could not answer the last requests: {e}");
+        }
+        if !self.held.is_empty() || self.full.is_some() {
+            self.dirty.stop(&self.owner.store);
+            tracing::error!(
+                "Supervisor {pid} stopped with the disk full: the ends of {} runs could not be stored; those jobs count as interrupted runs at the next start",
+                self.held.len()
+            );
+            return Ok(());
         }
         self.owner.store.flush().map_err(OwnerError::from)?;
         if let Err(e) = self.owner.store.forget_applied() {
@@ -875,6 +1026,10 @@ impl Supervisor {
                 }
                 return false;
             }
+            Input::DiskFull => {
+                self.enter_full(true);
+                return false;
+            }
         };
         self.apply(ev);
         false
@@ -952,14 +1107,17 @@ impl Supervisor {
             }
             Action::Release { job } => self.release(job),
             Action::RecordPgid { worker, pgid } => {
-                if let Some(run) = self.core.running(worker) {
-                    if let Err(e) = self.owner.store.set_pgid(&run.job.id, pgid) {
-                        tracing::warn!(
+                // On a full disk the attempt record (see `worker::attempt`) is what a new
+                // owner kills by.
+                if let (Some(run), None) = (self.core.running(worker), &self.full) {
+                    match self.owner.store.set_pgid(&run.job.id, pgid) {
+                        Ok(()) => self.mark_dirty(),
+                        Err(StoreError::NoSpace) => self.enter_full(true),
+                        Err(e) => tracing::warn!(
                             "cannot record the process group of job {}: {e}",
                             run.job.id
-                        );
+                        ),
                     }
-                    self.mark_dirty();
                 }
             }
             Action::Spawn { worker } => {
@@ -997,6 +1155,8 @@ impl Supervisor {
     }
 
     fn drain_spool(&mut self) {
+        // On a full disk the store is read, never written (writes are refused with that).
+        let full = self.short_of_room();
         let info = self.info();
         let Supervisor {
             owner,
@@ -1023,6 +1183,7 @@ impl Supervisor {
                     .map(|id| {
                         let result = match core.cancel(id, Instant::now(), actions) {
                             Some(job) => Ok(job),
+                            None if full => Err(StoreError::NoSpace),
                             None => request::cancel_one(&**store, id, now),
                         };
                         (id.clone(), result.map_err(|e| e.to_string()))
@@ -1075,6 +1236,10 @@ impl Supervisor {
                 );
                 Handled::Reply(Box::new(Reply::Done))
             }
+            r if full && r.is_write() => Handled::Reply(Box::new(Reply::Error {
+                kind: request::ErrorKind::Internal,
+                message: format!("the change was not stored: {}", StoreError::NoSpace),
+            })),
             _ => Handled::Apply,
         };
         let drained = owner.drain_with(info, &mut hook);
@@ -1082,6 +1247,7 @@ impl Supervisor {
             self.perform(action);
         }
         match drained {
+            Ok(d) if d.no_space => self.enter_full(true),
             Ok(d) if d.writes > 0 => {
                 match self.owner.store.config() {
                     Ok(c) => self.config = c,
@@ -1097,7 +1263,7 @@ impl Supervisor {
 
     /// Answers each waiting `queuectl wait` whose jobs are all finished.
     fn answer_waits(&mut self) {
-        if self.waits.is_empty() {
+        if self.waits.is_empty() || self.full.is_some() {
             return;
         }
         let store = &self.owner.store;
@@ -1131,7 +1297,8 @@ impl Supervisor {
 
     /// Stores the end of a run and logs it. With `next_for`, the next due job is
     /// reserved for that worker in the same transaction and returned. A `cancelled` run
-    /// ends the job as cancelled.
+    /// ends the job as cancelled. On a full disk the end is kept in memory instead (see
+    /// [`Supervisor::try_resume`]).
     fn record(
         &mut self,
         job: Job,
@@ -1140,7 +1307,6 @@ impl Supervisor {
         cancelled: bool,
     ) -> Option<Job> {
         let now = now_ms();
-        let store = &self.owner.store;
         let success = result.outcome.is_success() && !cancelled;
         let error = if success {
             String::new()
@@ -1150,13 +1316,10 @@ impl Supervisor {
         let duration_ms = result.duration_ms;
         // A worker creates a live file only once the stream printed something.
         let (printed_out, printed_err) = (!result.stdout.is_empty(), !result.stderr.is_empty());
-        if result.has_output_to_keep() {
-            let output = result.into_output(job.runs, now);
-            if let Err(e) = store.put_output(&job.id, &output) {
-                tracing::warn!("cannot store the output of job {}: {e}", job.id);
-            }
-        }
-        // The stored output replaces the live copy.
+        let output = result
+            .has_output_to_keep()
+            .then(|| result.into_output(job.runs, now));
+        // The stored output replaces the live copy (kept in memory on a full disk).
         if printed_out || printed_err {
             let (out, err) = self.owner.dir.live_paths(&job.id, job.runs);
             if printed_out {
@@ -1166,63 +1329,163 @@ impl Supervisor {
                 let _ = std::fs::remove_file(err);
             }
         }
-        let end = if cancelled {
-            RunEnd::Cancelled
-        } else if success {
-            RunEnd::Succeeded
-        } else {
-            RunEnd::Failed {
-                error: &error,
-                backoff_base: self.config.backoff_base,
-            }
+        self.seq += 1;
+        let run = Unstored {
+            seq: self.seq,
+            job,
+            cancelled,
+            success,
+            error,
+            duration_ms,
+            output,
         };
-        let recorded = match next_for {
-            // Scheduled jobs that fell due are taken by the reserve itself.
-            Some(i) => store.finish_and_reserve(&job.id, &end, &self.workers[i].name, now),
-            None => store.finish(&job.id, &end, now).map(|done| (done, None)),
-        };
-        self.mark_dirty();
-        match recorded {
-            Ok((FailOrDone::Done(_), next)) => {
-                tracing::info!(
-                    "Job {} completed successfully in {:.2}s",
-                    job.id,
-                    duration_ms as f64 / 1000.0
-                );
-                next
-            }
-            Ok((FailOrDone::Failed(r), next)) if cancelled => {
-                tracing::warn!("Job {} cancelled ({error}) - moved to DLQ", r.job.id);
-                next
-            }
-            Ok((FailOrDone::Failed(r), next)) => {
-                log_failure(&r.job, r.decision, &format!("failed ({error})"));
-                next
+        if self.short_of_room() {
+            tracing::info!(
+                "Job {} ended; its result is kept in memory until the disk has room",
+                run.job.id
+            );
+            self.held.push(run);
+            return None;
+        }
+        let worker = next_for.map(|i| self.workers[i].name.as_str());
+        let recorded = store_run(
+            &*self.owner.store,
+            &run,
+            worker,
+            self.config.backoff_base,
+            now,
+        );
+        let next = match recorded {
+            Err(StoreError::NoSpace) => {
+                self.held.push(run);
+                self.enter_full(true);
+                return None;
             }
             Err(e) if !e.is_user_error() && self.leases.is_some() => {
                 tracing::warn!(
                     "cannot record the end of job {} yet: {e}; trying again",
-                    job.id
+                    run.job.id
                 );
-                let end = match end {
-                    RunEnd::Succeeded => OwnedEnd::Succeeded,
-                    RunEnd::Failed {
-                        error,
-                        backoff_base,
-                    } => OwnedEnd::Failed {
-                        error: error.to_string(),
-                        backoff_base,
-                    },
-                    RunEnd::Cancelled => OwnedEnd::Cancelled,
+                let end = if run.cancelled {
+                    OwnedEnd::Cancelled
+                } else if run.success {
+                    OwnedEnd::Succeeded
+                } else {
+                    OwnedEnd::Failed {
+                        error: run.error,
+                        backoff_base: self.config.backoff_base,
+                    }
                 };
                 if let Some(l) = &mut self.leases {
-                    l.unrecorded.push(Unrecorded { job, end });
+                    l.unrecorded.push(Unrecorded { job: run.job, end });
                 }
-                None
+                return None;
             }
             Err(e) => {
-                tracing::error!("cannot record the end of job {}: {e}", job.id);
-                None
+                tracing::error!("cannot record the end of job {}: {e}", run.job.id);
+                return None;
+            }
+            Ok((done, next)) => {
+                log_end(&run, &done);
+                next
+            }
+        };
+        self.marks.written.store(run.seq, Ordering::Release);
+        self.mark_dirty();
+        let durable = self.marks.durable.load(Ordering::Acquire);
+        while self.journal.front().is_some_and(|r| r.seq <= durable) {
+            self.journal.pop_front();
+        }
+        self.journal.push_back(run);
+        next
+    }
+
+    /// Whether the disk is too full to write to the store (entering the full state when it
+    /// just became so). A shared store is on another machine's disk.
+    fn short_of_room(&mut self) -> bool {
+        if self.full.is_some() {
+            return true;
+        }
+        if self.owner.shared.is_some() {
+            return false;
+        }
+        match free_space(&self.root) {
+            Some(room) if room < LOW_ROOM => {
+                self.enter_full(false);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The disk is full (`failed`: a write to the store failed): stop starting jobs, keep the
+    /// ends of runs in memory (after a failed write, with those stored since the last flush,
+    /// which opening the store again may lose), and say so once.
+    fn enter_full(&mut self, failed: bool) {
+        if failed && !self.full.as_ref().is_some_and(|f| f.failed) {
+            let durable = self.marks.durable.load(Ordering::Acquire);
+            self.held
+                .extend(self.journal.drain(..).filter(|r| r.seq > durable));
+            self.held.sort_by_key(|r| r.seq);
+            if let Some(full) = &mut self.full {
+                full.failed = true;
+            }
+        }
+        if self.full.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.full = Some(Full {
+            since: now,
+            next_try: now + FULL_RETRY_FIRST,
+            pause: FULL_RETRY_FIRST,
+            failed,
+            stuck_said: false,
+        });
+        // The reserved space stays for the first command that cannot write its request.
+        tracing::error!(
+            "the disk is full: no new job starts, and the results of running jobs are kept in memory until the store can take them (trying again until there is room)"
+        );
+    }
+
+    /// With the disk full, when the pause is over: once there is room, opens the store again,
+    /// stores the results kept in memory, checks the running jobs' reservations survived,
+    /// makes the reserved space again and lets jobs start. Failures wait for a longer pause.
+    fn try_resume(&mut self) {
+        let Some(full) = &self.full else {
+            return;
+        };
+        let now = Instant::now();
+        if now < full.next_try {
+            return;
+        }
+        let since = full.since;
+        match self.resume() {
+            Ok(stored) => {
+                self.full = None;
+                self.owner.dir.ensure_ballast();
+                match self.owner.store.config() {
+                    Ok(c) => self.config = c,
+                    Err(e) => tracing::error!("cannot read the config: {e}"),
+                }
+                tracing::info!(
+                    "the disk has room again after {:.1}s: stored {stored} results kept in memory; jobs start again",
+                    since.elapsed().as_secs_f64()
+                );
+                self.answer_waits();
+            }
+            Err(why) => {
+                tracing::debug!("the store cannot be written yet: {why}");
+                if let Some(full) = &mut self.full {
+                    if why.starts_with(STUCK) && !full.stuck_said {
+                        full.stuck_said = true;
+                        tracing::error!(
+                            "the disk has room again, but the store does not recover in this process: `worker stop` and `worker start` (the jobs whose results are kept in memory then run again)"
+                        );
+                    }
+                    full.pause = (full.pause * 2).min(FULL_RETRY_MAX);
+                    full.next_try = Instant::now() + full.pause;
+                }
             }
         }
     }
@@ -1284,9 +1547,108 @@ impl Supervisor {
         }
     }
 
-    fn release(&self, job: Job) {
-        match self.owner.store.release(&job.id, now_ms()) {
+    /// The work of [`Supervisor::try_resume`]: how many results were stored, or why not.
+    fn resume(&mut self) -> Result<usize, String> {
+        let room = free_space(&self.root).unwrap_or(0);
+        if room < RESUME_ROOM {
+            return Err(format!("{room} bytes free"));
+        }
+        if self.full.as_ref().is_some_and(|f| f.failed) && self.owner.shared.is_none() {
+            // The embedded store keeps failing once a write failed: open it again (the
+            // flusher's handle first let go).
+            if !self.dirty.stop(&self.owner.store) {
+                return Err(format!(
+                    "{STUCK}: the store's flusher is still inside a flush"
+                ));
+            }
+            let reopened = self.owner.reopen_store();
+            self.dirty = start_flusher(
+                self.owner.store.clone(),
+                self.marks.clone(),
+                self.tx.clone(),
+            );
+            reopened.map_err(|e| match e {
+                // An export still reading it: next time.
+                OwnerError::StoreInUse => e.to_string(),
+                e => format!("{STUCK}: {e}"),
+            })?;
+        }
+        let store = Arc::clone(&self.owner.store);
+        let now = now_ms();
+        // The reopened store has what was flushed: a reservation or an end stored after the
+        // last flush may be gone. A run under way whose reservation is gone takes its job
+        // again (it must not run a second time beside it).
+        for w in 0..self.workers.len() {
+            let Some(run) = self.core.running(w) else {
+                continue;
+            };
+            let worker = &self.workers[w].name;
+            if !ensure_reserved(&*store, &run.job, worker, now).map_err(|e| e.to_string())? {
+                tracing::warn!(
+                    "job {} is no longer this run's in the store: stopping the run",
+                    run.job.id
+                );
+                if let Some(pgid) = run.pgid {
+                    kill_quietly(pgid, &run.job.id);
+                }
+            }
+        }
+        let held = std::mem::take(&mut self.held);
+        let mut stored = Vec::new();
+        let mut failed = None;
+        let mut rest = held.into_iter();
+        for run in rest.by_ref() {
+            let worker = run.job.locked_by.clone().unwrap_or_default();
+            // Stored before the disk filled (or the job moved on): nothing to do.
+            match ensure_reserved(&*store, &run.job, &worker, now) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    failed = Some((run, e));
+                    break;
+                }
+            }
+            match store_run(&*store, &run, None, self.config.backoff_base, now) {
+                Ok((done, _)) => {
+                    log_end(&run, &done);
+                    stored.push(run);
+                }
+                Err(e) => {
+                    failed = Some((run, e));
+                    break;
+                }
+            }
+        }
+        let result = match failed {
+            Some((run, e)) => {
+                stored.push(run);
+                Err(e)
+            }
+            None => store.flush(),
+        };
+        if let Err(e) = result {
+            // Not durable: everything stays in memory for the next try.
+            stored.extend(rest);
+            self.held = stored;
+            return Err(e.to_string());
+        }
+        Ok(stored.len())
+    }
+
+    fn release(&mut self, job: Job) {
+        let res = match self.full {
+            Some(_) => Err(StoreError::NoSpace),
+            None => self.owner.store.release(&job.id, now_ms()),
+        };
+        match res {
             Ok(_) => tracing::info!("Job {} returned to pending (forced stop)", job.id),
+            Err(StoreError::NoSpace) => {
+                tracing::warn!(
+                    "job {} cannot return to pending while the disk is full: it counts as an interrupted run at the next start",
+                    job.id
+                );
+                self.enter_full(true);
+            }
             Err(e) => tracing::error!("cannot return job {} to pending: {e}", job.id),
         }
         self.mark_dirty();
@@ -1294,6 +1656,9 @@ impl Supervisor {
 
     /// Gives every idle worker the next due job.
     fn dispatch(&mut self) {
+        if self.short_of_room() {
+            return;
+        }
         let now = now_ms();
         let mut from = 0;
         while let Some(i) = self.core.idle_worker(from) {
@@ -1306,6 +1671,10 @@ impl Supervisor {
                     tracing::debug!("cannot reserve a job: {e}");
                     return;
                 }
+                Err(StoreError::NoSpace) => {
+                    self.enter_full(true);
+                    return;
+                }
                 Err(e) => {
                     tracing::error!("cannot reserve a job: {e}");
                     return;
@@ -1313,6 +1682,76 @@ impl Supervisor {
             };
             self.mark_dirty();
             self.apply(Event::Reserved { worker: i, job });
+        }
+    }
+}
+
+/// How [`Supervisor::resume`] says the store could not be opened again.
+const STUCK: &str = "stuck";
+
+/// Stores the end of `run` (its output, then the job's new state, reserving the next job for
+/// `worker` in the same step when given).
+fn store_run(
+    store: &dyn JobStore,
+    run: &Unstored,
+    worker: Option<&str>,
+    backoff_base: u64,
+    now: u64,
+) -> Result<(FailOrDone, Option<Job>), StoreError> {
+    if let Some(output) = &run.output {
+        match store.put_output(&run.job.id, output) {
+            Ok(()) => {}
+            Err(StoreError::NoSpace) => return Err(StoreError::NoSpace),
+            Err(e) => tracing::warn!("cannot store the output of job {}: {e}", run.job.id),
+        }
+    }
+    let end = run.end(backoff_base);
+    match worker {
+        // Scheduled jobs that fell due are taken by the reserve itself.
+        Some(w) => store.finish_and_reserve(&run.job.id, &end, w, now),
+        None => store
+            .finish(&run.job.id, &end, now)
+            .map(|done| (done, None)),
+    }
+}
+
+/// Whether the store has `job`'s run (`job.runs`) under way, taking the job again when the
+/// store lost that reservation (it waits, one run short).
+fn ensure_reserved(
+    store: &dyn JobStore,
+    job: &Job,
+    worker: &str,
+    now: u64,
+) -> Result<bool, StoreError> {
+    Ok(match store.get(&job.id)? {
+        Some(j) if j.state == JobState::Processing => j.runs == job.runs,
+        Some(j)
+            if matches!(j.state, JobState::Pending | JobState::Failed)
+                && j.runs.saturating_add(1) == job.runs =>
+        {
+            tracing::info!(
+                "job {} was started just before the disk filled: its start is stored again",
+                job.id
+            );
+            store.reserve_id(&job.id, worker, now)?.is_some()
+        }
+        _ => false,
+    })
+}
+
+/// Logs the stored end of a run.
+fn log_end(run: &Unstored, done: &FailOrDone) {
+    match done {
+        FailOrDone::Done(_) => tracing::info!(
+            "Job {} completed successfully in {:.2}s",
+            run.job.id,
+            run.duration_ms as f64 / 1000.0
+        ),
+        FailOrDone::Failed(r) if run.cancelled => {
+            tracing::warn!("Job {} cancelled ({}) - moved to DLQ", r.job.id, run.error)
+        }
+        FailOrDone::Failed(r) => {
+            log_failure(&r.job, r.decision, &format!("failed ({})", run.error))
         }
     }
 }

@@ -42,6 +42,9 @@ pub fn install(dir: &Path) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)?;
+    // Written whole now, so that recording an attempt overwrites what is there and never
+    // needs new space on a full disk.
+    file.write_all_at(&[b' '; RECORD_BYTES], 0)?;
     let _ = RECORD.set(Mutex::new(Record { file, path }));
     Ok(())
 }

@@ -215,6 +215,9 @@ pub(super) struct Capture {
     live: Option<Live>,
 }
 
+/// How often (in bytes written) a live copy checks that the disk has room.
+const ROOM_CHECK_BYTES: u64 = 64 * 1024;
+
 /// A live output file, created when the first output arrives (a silent job costs nothing).
 pub(super) struct Live {
     path: std::path::PathBuf,
@@ -277,6 +280,18 @@ impl Capture {
                     return;
                 }
             }
+        }
+        // On a nearly full disk the space is for the store and for answering requests: the
+        // stored tail keeps the output. (Checked at each 64 KiB.)
+        let check = live.written == 0
+            || live.written % ROOM_CHECK_BYTES + part.len() as u64 >= ROOM_CHECK_BYTES;
+        if check
+            && crate::datadir::free_space(&live.path)
+                .is_some_and(|room| room < crate::datadir::LOW_ROOM)
+        {
+            tracing::info!("the disk is nearly full: no more live copy of a job's output");
+            self.live = None;
+            return;
         }
         let Some(file) = live.file.as_mut() else {
             return;

@@ -125,29 +125,48 @@ impl Env {
 
     /// Pids of live processes whose command line names this test's directory.
     pub fn processes(&self) -> Vec<i32> {
-        let needle = self.path().to_string_lossy().into_owned();
-        let mut pids = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return pids;
+        processes_naming(self.path())
+    }
+}
+
+/// Pids of live processes (not zombies, not this one) whose command line names `path`.
+pub fn processes_naming(path: &Path) -> Vec<i32> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
         };
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if pid == std::process::id() as i32 {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('Z'));
-            if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
-                pids.push(pid);
-            }
+        if pid == std::process::id() as i32 {
+            continue;
         }
-        pids
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if alive(pid) && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills (SIGKILL) every process whose command line names its path when dropped: for a data
+/// directory outside an [`Env`], so that a failing test leaves nothing running.
+pub struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let pids = processes_naming(&self.0);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                kill(pid, 9);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -192,6 +192,13 @@ const SQL_RESERVE: &str = concat!(
     job_cols!()
 );
 
+const SQL_RESERVE_ID: &str = concat!(
+    "UPDATE jobs SET ",
+    take_set!("$1", "$2", "$3", "$4"),
+    " WHERE id = $5 AND state IN ('pending', 'failed') RETURNING ",
+    job_cols!()
+);
+
 const SQL_FINISH: &str = concat!(
     finish_update!("$1", "$2", "$3", "$4", "$5", "$6", "$7"),
     " RETURNING ",
@@ -1151,6 +1158,14 @@ impl JobStore for PgStore {
             self.hold(job);
         }
         Ok(job)
+    }
+
+    fn reserve_id(&self, id: &str, worker: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        let now = self.now(now);
+        let lease = self.lease();
+        let rows =
+            self.with(|c| c.query(SQL_RESERVE_ID, &[&worker, &now, &self.owner, &lease, &id]))?;
+        rows.first().map(job_from_row).transpose()
     }
 
     fn finish_and_reserve(

@@ -45,7 +45,12 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Backend(Box::new(e))
+        match e {
+            // Once a write failed, sled returns the same error to every later write until it
+            // is opened again.
+            sled::Error::Io(io) if super::is_no_space(&io) => StoreError::NoSpace,
+            e => StoreError::Backend(Box::new(e)),
+        }
     }
 }
 
@@ -1092,6 +1097,39 @@ impl JobStore for SledStore {
                 return Ok(Some(job));
             }
         }
+    }
+
+    /// Takes waiting job `id` out of its state and index, as `reserve` would take it.
+    fn reserve_id(&self, id: &str, worker: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        // The owner is the only writer: what is read here cannot change before the transaction.
+        let Some(job) = self.get(id)? else {
+            return Ok(None);
+        };
+        let from = job.state;
+        if !matches!(from, JobState::Pending | JobState::Failed) {
+            return Ok(None);
+        }
+        Ok(self.tx(|t| {
+            let Some(mut job) = t.take(from, id)? else {
+                return Ok(None);
+            };
+            // The job is in exactly one of the two indexes, under its `available_at`.
+            if let Some(at) = job.available_at {
+                t.due()
+                    .remove(&keys::due_key(job.priority, at, job.seq)[..])?;
+                t.scheduled()
+                    .remove(&keys::scheduled_key(at, job.seq)[..])?;
+            }
+            job.state = JobState::Processing;
+            job.locked_by = Some(worker.to_string());
+            job.locked_at = Some(now);
+            job.updated_at = now;
+            job.runs = job.runs.saturating_add(1);
+            job.pgid = None;
+            t.put(&job)?;
+            t.moved(from, JobState::Processing)?;
+            Ok(Some(job))
+        })?)
     }
 
     /// Ends the attempt of processing job `id` (completed, or the retry rule) and, in the same
