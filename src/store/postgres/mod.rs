@@ -301,7 +301,20 @@ const SQL_PUBLISH: &str = "UPDATE jobs SET state = 'pending', batch = NULL, owne
 
 const SQL_DISCARD: &str = "DELETE FROM jobs WHERE state = 'staged' AND batch = $1";
 
-const SQL_DISCARD_MINE: &str = "DELETE FROM jobs WHERE state = 'staged' AND owner = $1";
+/// The advisory lock class of batches being staged (the other key is `hashtext(batch)`): a
+/// session staging a batch holds its lock until it publishes or discards it, so that a batch
+/// whose lock is free was left by a command that is gone.
+const STAGING_LOCK: i32 = 0x7175_6575; // "queu"
+
+const SQL_LOCK_BATCH: &str = "SELECT pg_advisory_lock($1, hashtext($2))::text";
+
+const SQL_UNLOCK_BATCH: &str = "SELECT pg_advisory_unlock($1, hashtext($2))";
+
+/// Drops the batches this owner staged, and those whose staging session is gone (a command
+/// killed or cut off while it stored a bulk enqueue, on any host).
+const SQL_DISCARD_ABANDONED: &str = "DELETE FROM jobs WHERE state = 'staged' AND (owner = $1 \
+     OR batch IN (SELECT b FROM (SELECT DISTINCT batch AS b FROM jobs WHERE state = 'staged') s \
+     WHERE pg_try_advisory_xact_lock($2, hashtext(s.b))))";
 
 const SQL_IS_APPLIED: &str = "SELECT 1 FROM queuectl_applied WHERE request = $1";
 
@@ -470,6 +483,8 @@ enum Clock {
 struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// Which connection of the store this is (counted from 0): a lost session's locks are gone.
+    session: u64,
 }
 
 impl Conn {
@@ -523,6 +538,10 @@ pub struct PgStore {
     /// Jobs whose last finish was sent but lost its answer with the connection: it may have
     /// been applied.
     uncertain: Mutex<HashSet<String>>,
+    /// Connections made so far.
+    sessions: AtomicU64,
+    /// The batches this store is staging, each with the session holding its lock.
+    staging: Mutex<HashMap<String, u64>>,
     config: postgres::Config,
     /// Where the database is, without credentials, for messages.
     target: String,
@@ -573,6 +592,8 @@ impl PgStore {
             }),
             runs: Mutex::new(HashMap::new()),
             uncertain: Mutex::new(HashSet::new()),
+            sessions: AtomicU64::new(0),
+            staging: Mutex::new(HashMap::new()),
             config,
             target,
             owner: owner.to_string(),
@@ -725,7 +746,37 @@ impl PgStore {
         Ok(Conn {
             client,
             prepared: HashMap::new(),
+            session: self.sessions.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Whether this store stages `batch` already, on `session`: once the session that locked
+    /// it is lost, another host may have dropped what it staged, which is an error.
+    fn check_staging(&self, session: u64, batch: &str) -> Result<bool, StoreError> {
+        match self.staging().get(batch) {
+            None => Ok(false),
+            Some(s) if *s == session => Ok(true),
+            Some(_) => Err(StoreError::Unavailable(
+                "the connection was lost while the jobs were being stored (none of them is \
+                 enqueued)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn staging(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.staging.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets go of the lock of `batch` (published or discarded).
+    fn unlock_batch(&self, conn: &mut Conn, batch: &str) {
+        if let Some(session) = self.staging().remove(batch) {
+            if session == conn.session {
+                if let Err(e) = conn.query(SQL_UNLOCK_BATCH, &[&STAGING_LOCK, &batch]) {
+                    tracing::debug!("could not unlock batch {batch}: {e}");
+                }
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Link> {
@@ -1000,6 +1051,8 @@ impl PgStore {
             let apply = c.statement(SQL_APPLY_REQUEST)?;
             let applied = c.statement(SQL_IS_APPLIED)?;
             let notify = c.statement(SQL_NOTIFY)?;
+            let lock = c.statement(SQL_LOCK_BATCH)?;
+            let session = c.session;
             let mut tx = c.client.transaction()?;
             if let Some(req) = request {
                 if tx.execute(&apply, &[&req])? == 0 {
@@ -1009,6 +1062,12 @@ impl PgStore {
             if let Some(b) = batch {
                 if !tx.query(&applied, &[&b])?.is_empty() {
                     return Err(StoreError::BatchPublished(b.to_string()));
+                }
+                if !self.check_staging(session, b)? {
+                    // Held by this session from before its first row is visible to others
+                    // (a session lock outlives the transaction, whatever its outcome).
+                    tx.query(&lock, &[&STAGING_LOCK, &b])?;
+                    self.staging().insert(b.to_string(), session);
                 }
             }
             if let Some(e) = first_existing(&mut tx, &existing, &ids, batch)? {
@@ -1117,6 +1176,7 @@ impl JobStore for PgStore {
 
     fn publish(&self, batch: &str, _now: Millis) -> Result<u64, StoreError> {
         self.with(|c| {
+            self.check_staging(c.session, batch)?;
             let publish = c.statement(SQL_PUBLISH)?;
             let apply = c.statement(SQL_APPLY_REQUEST)?;
             let notify = c.statement(SQL_NOTIFY)?;
@@ -1127,6 +1187,7 @@ impl JobStore for PgStore {
                 tx.execute(&notify, &[&CHANNEL_JOBS, &""])?;
             }
             tx.commit()?;
+            self.unlock_batch(c, batch);
             Ok(n)
         })
     }
@@ -1135,12 +1196,23 @@ impl JobStore for PgStore {
         if self.is_applied(batch)? {
             return Err(StoreError::BatchPublished(batch.to_string()));
         }
-        self.with(|c| c.execute(SQL_DISCARD, &[&batch]))
+        self.with(|c| {
+            let n = c.execute(SQL_DISCARD, &[&batch])?;
+            self.unlock_batch(c, batch);
+            Ok(n)
+        })
     }
 
-    /// Drops the batches this owner staged and never published (other hosts' are theirs).
+    /// Drops the batches this owner staged and never published, and any batch whose staging
+    /// session is gone (its command was killed or cut off, on whichever host); a batch still
+    /// being staged is kept.
     fn discard_unpublished(&self) -> Result<u64, StoreError> {
-        self.with(|c| c.execute(SQL_DISCARD_MINE, &[&self.owner]))
+        self.with(|c| {
+            c.execute(
+                SQL_DISCARD_ABANDONED,
+                &[&self.owner.as_str(), &STAGING_LOCK],
+            )
+        })
     }
 
     fn is_applied(&self, request: &str) -> Result<bool, StoreError> {

@@ -351,3 +351,57 @@ fn a_cancel_of_a_running_job_is_kept_until_its_supervisor_ends_it() {
     );
     assert!(other.request_cancel("r").unwrap().is_none());
 }
+
+/// Ends every other session on the test's database.
+fn terminate_others(db: &TestDb) {
+    let mut c = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+    c.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .unwrap();
+}
+
+/// `discard_unpublished` until it drops something (a closed session lets go of its locks a
+/// moment after the client is gone), within a deadline.
+fn discard_eventually(s: &PgStore) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n = s.discard_unpublished().unwrap();
+        if n > 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A batch is kept while the command staging it lives; once its session is gone (the command
+/// was killed, or cut off) any owner drops it, and the cut-off command's publish fails rather
+/// than publish part of it.
+#[test]
+fn batches_of_gone_commands_are_dropped_by_any_owner() {
+    let Some(db) = TestDb::create() else { return };
+    let cmd = db.store("command:a:1");
+    cmd.stage("B1", &[new_job("x1"), new_job("x2")], &CFG, 0)
+        .unwrap();
+    let sup = db.store("host-b");
+    assert_eq!(sup.discard_unpublished().unwrap(), 0, "still being staged");
+    drop(sup);
+    terminate_others(&db);
+    let sup = db.store("host-b");
+    // The first statement finds its session ended; the next one, on a new session, is refused.
+    assert!(cmd.publish("B1", 0).is_err());
+    let late = cmd.publish("B1", 0);
+    assert!(matches!(late, Err(StoreError::Unavailable(_))), "{late:?}");
+    assert_eq!(sup.counts().unwrap().total(), 0, "nothing published");
+    assert_eq!(discard_eventually(&sup), 2);
+
+    // A command that dies (its connection closed) while staging.
+    let cmd = db.store("command:a:2");
+    cmd.stage("B2", &[new_job("y1")], &CFG, 0).unwrap();
+    assert_eq!(sup.discard_unpublished().unwrap(), 0);
+    drop(cmd);
+    assert_eq!(discard_eventually(&sup), 1);
+    // Its ids are free again.
+    sup.enqueue(&[new_job("y1")], &CFG, 0, None).unwrap();
+}
