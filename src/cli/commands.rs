@@ -130,6 +130,8 @@ pub fn run(cli: Cli) -> Result<()> {
             foreground,
             notify_ready,
         }) => {
+            // Refuse an unsafe store here, with our exit status, not from the detached daemon.
+            dir.secure_store()?;
             let msg = supervisor::start(&dir, count, foreground, notify_ready)?;
             if let Some(msg) = msg {
                 message(out, json, &msg)?;
