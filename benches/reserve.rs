@@ -6,10 +6,14 @@
 //! Cargo's target tmp directory, or under `QUEUECTL_BENCH_DIR` if set; keep them off tmpfs, or
 //! every fsync is free and the durable variants mean nothing.
 //!
-//! One group per queue size (`queue_10000`, `queue_100000`: that many due jobs pre-loaded, all
-//! priority 0 with increasing `available_at` in the past, except every 1000th at priority 5).
-//! Each function measures one cycle: take the next due job (moving it to `processing`), then
-//! mark it `completed`.
+//! One group per queue size (`queue_10000`, `queue_100000`, `queue_1000000`: that many due jobs
+//! pre-loaded, all priority 0 with increasing `available_at` in the past, except every 1000th at
+//! priority 5). Each function measures one cycle: take the next due job (moving it to
+//! `processing`), then mark it `completed`; a batched function reports the time per job. The
+//! cost per cycle must stay flat from 10,000 to 1,000,000 queued. At 1,000,000 only the sled
+//! rows and `(b)-normal` run (`(a)` sorts every pending job per reserve, a few cycles a second;
+//! loading a million jobs into every variant would take most of the run):
+//! `cargo bench --bench reserve -- queue_1000000/` alone takes a few minutes.
 //!
 //! - `sled/unflushed`: `Store::reserve` + `Store::complete`, no flush (sled writes its log in the
 //!   background; a crash may lose the last moments).
@@ -18,6 +22,9 @@
 //! - `sled/fused-unflushed`, `sled/fused-flushed`: the supervisor's own cycle: the running job
 //!   ends and the next is reserved in one transaction (`Store::finish_and_reserve`), the same
 //!   work per job (one completed, one reserved) in one commit instead of two.
+//! - `sled/batched4-unflushed`, `sled/batched4-flushed`: one turn of a supervisor loop with 4
+//!   workers batched: the 4 running jobs end and 4 are reserved in one transaction
+//!   (`SledStore::finish_and_reserve_batch`); the time is per job (a quarter of a turn).
 //! - `sqlite_nodejs/(a)`: the Node.js queuectl's storage: index `(state, available_at)`, WAL,
 //!   `synchronous=NORMAL`. `BEGIN IMMEDIATE; SELECT id ... WHERE state='pending' AND
 //!   available_at <= now ORDER BY priority DESC, available_at LIMIT 1; UPDATE ... 'processing';
@@ -46,6 +53,11 @@
 //! Every SQLite database uses WAL and the exact exported schema (`queuectl::export::SCHEMA_SQL`)
 //! plus its index; rows are loaded in one transaction before timing.
 //!
+//! The clock: wall time by default. With `QUEUECTL_BENCH_CLOCK=cpu`, the CPU time of the whole
+//! process (every thread, sled's own included) over the timed cycles instead: on a machine busy
+//! with other work, wall time counts the time other processes held the CPU, CPU time does not
+//! (it leaves out waiting for the disk, so compare the unflushed rows with it).
+//!
 //! Keeping the queue full: each function gets its own store, built and pre-loaded once per
 //! size, outside the timing. Timing uses `iter_custom`: the cycles run in chunks, and between
 //! chunks (not timed) the jobs consumed are enqueued again in one batch whenever 1% of the queue
@@ -67,7 +79,11 @@ use queuectl::store::{JobStore, RunEnd};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 /// Queue sizes: one benchmark group each.
-const SIZES: [u64; 2] = [10_000, 100_000];
+const SIZES: [u64; 3] = [10_000, 100_000, 1_000_000];
+/// From this size on, only the rows that matter for flatness run (see the module doc).
+const LARGE: u64 = 1_000_000;
+/// Workers per turn of the batched variant.
+const BATCH_WORKERS: usize = 4;
 /// The clock of the benchmark: every job is due before it.
 const NOW: Millis = 1_800_000_000_000;
 /// Job `seq` is due at `FIRST_DUE + seq` ms: increasing, and in the past for 10^9 jobs.
@@ -96,12 +112,55 @@ fn bench_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// What the timed parts are measured with (see the module doc).
+#[derive(Clone, Copy)]
+enum Clock {
+    Wall,
+    ProcessCpu,
+}
+
+impl Clock {
+    fn from_env() -> Clock {
+        match std::env::var("QUEUECTL_BENCH_CLOCK").as_deref() {
+            Ok("cpu") => Clock::ProcessCpu,
+            _ => Clock::Wall,
+        }
+    }
+
+    /// A reading of this clock, as time since an arbitrary start.
+    fn now(self) -> Duration {
+        match self {
+            Clock::Wall => {
+                static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+                START.get_or_init(Instant::now).elapsed()
+            }
+            Clock::ProcessCpu => {
+                let mut ts = nix::libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: `ts` is a valid timespec for the call to fill; the clock id is a
+                // constant every Linux has.
+                let rc = unsafe {
+                    nix::libc::clock_gettime(nix::libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts)
+                };
+                assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+                Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+            }
+        }
+    }
+}
+
 /// A queue under test.
 trait Queue {
     /// Enqueues jobs `seqs` (due, pending). Never timed.
     fn add(&mut self, seqs: Range<u64>);
     /// One reserve + complete cycle. Panics if no job is due.
     fn cycle(&mut self);
+    /// Jobs one cycle reserves and completes.
+    fn jobs_per_cycle(&self) -> u64 {
+        1
+    }
 }
 
 /// Keeps a [`Queue`] at its nominal size while criterion runs cycles on it.
@@ -111,6 +170,7 @@ struct Fed<Q> {
     /// Refill once this many jobs have been consumed.
     batch: u64,
     consumed: u64,
+    clock: Clock,
 }
 
 impl<Q: Queue> Fed<Q> {
@@ -127,29 +187,35 @@ impl<Q: Queue> Fed<Q> {
             next_seq: size,
             batch: (size / 100).max(1),
             consumed: 0,
+            clock: Clock::from_env(),
         }
     }
 
-    /// For `iter_custom`: runs `iters` cycles, timing only the cycles.
+    /// For `iter_custom`: runs cycles for `iters` jobs, timing only the cycles (the time of
+    /// `iters` jobs: a cycle of k jobs counts as k iterations).
     fn run(&mut self, iters: u64) -> Duration {
+        let per = self.queue.jobs_per_cycle();
         let mut timed = Duration::ZERO;
-        let mut left = iters;
+        let mut jobs = 0;
+        let mut left = iters.div_ceil(per);
         while left > 0 {
-            if self.consumed == self.batch {
-                self.queue.add(self.next_seq..self.next_seq + self.batch);
-                self.next_seq += self.batch;
+            if self.consumed >= self.batch {
+                self.queue.add(self.next_seq..self.next_seq + self.consumed);
+                self.next_seq += self.consumed;
                 self.consumed = 0;
             }
-            let chunk = left.min(self.batch - self.consumed);
-            let start = Instant::now();
+            let chunk = left.min((self.batch - self.consumed).div_ceil(per));
+            let start = self.clock.now();
             for _ in 0..chunk {
                 self.queue.cycle();
             }
-            timed += start.elapsed();
-            self.consumed += chunk;
+            timed += self.clock.now().saturating_sub(start);
+            self.consumed += chunk * per;
+            jobs += chunk * per;
             left -= chunk;
         }
-        timed
+        // The time of exactly `iters` jobs.
+        timed.mul_f64(iters as f64 / jobs.max(1) as f64)
     }
 }
 
@@ -163,6 +229,10 @@ struct SledQueue {
     fused: bool,
     /// The job reserved by the previous cycle (fused variant only).
     running: Option<String>,
+    /// Batched: this many workers end and reserve in one transaction per cycle.
+    batch: usize,
+    /// The jobs the workers run (batched variant only).
+    batch_running: Vec<String>,
     config: Config,
     _dir: tempfile::TempDir,
 }
@@ -176,8 +246,18 @@ impl SledQueue {
             flush,
             fused,
             running: None,
+            batch: 0,
+            batch_running: Vec::new(),
             config: Config::default(),
             _dir: dir,
+        }
+    }
+
+    /// The batched variant: `workers` jobs end and as many are reserved per transaction.
+    fn batched(flush: bool, workers: usize) -> Self {
+        SledQueue {
+            batch: workers,
+            ..SledQueue::new(flush, false)
         }
     }
 }
@@ -201,8 +281,33 @@ impl Queue for SledQueue {
         self.store.flush().unwrap();
     }
 
+    fn jobs_per_cycle(&self) -> u64 {
+        self.batch.max(1) as u64
+    }
+
     fn cycle(&mut self) {
-        if self.fused {
+        if self.batch > 0 {
+            // One loop turn: every worker's job ends, and each worker gets the next.
+            let workers = vec![WORKER; self.batch];
+            if self.batch_running.is_empty() {
+                let (_, jobs) = self
+                    .store
+                    .finish_and_reserve_batch(&[], &workers, NOW)
+                    .unwrap();
+                self.batch_running = jobs.into_iter().map(|j| j.id).collect();
+            }
+            let ends: Vec<(&str, RunEnd<'_>)> = self
+                .batch_running
+                .iter()
+                .map(|id| (id.as_str(), RunEnd::Succeeded))
+                .collect();
+            let (_, jobs) = self
+                .store
+                .finish_and_reserve_batch(&ends, &workers, NOW)
+                .unwrap();
+            assert_eq!(jobs.len(), self.batch, "the queue ran dry");
+            self.batch_running = jobs.into_iter().map(|j| j.id).collect();
+        } else if self.fused {
             // One job ends and the next is reserved: the same work as reserve + complete.
             let next = match self.running.take() {
                 Some(id) => {
@@ -420,6 +525,19 @@ fn reserve(c: &mut Criterion) {
         bench_queue(&mut group, "sled/fused-flushed", size, || {
             SledQueue::new(true, true)
         });
+        bench_queue(&mut group, "sled/batched4-unflushed", size, || {
+            SledQueue::batched(false, BATCH_WORKERS)
+        });
+        bench_queue(&mut group, "sled/batched4-flushed", size, || {
+            SledQueue::batched(true, BATCH_WORKERS)
+        });
+        if size >= LARGE {
+            bench_queue(&mut group, "sqlite_indexed/(b)-normal", size, || {
+                SqliteQueue::new(PRIORITY_INDEX, "NORMAL")
+            });
+            group.finish();
+            continue;
+        }
 
         match std::env::var(SERVER_ENV).ok().filter(|u| !u.is_empty()) {
             Some(server) => {
