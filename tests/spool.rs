@@ -1009,3 +1009,45 @@ fn bulk_enqueue_through_a_supervisor_is_all_or_nothing() {
     sup.stop();
     env.verify_store();
 }
+
+/// A bulk enqueue through a supervisor is stored beside its event loop: a job enqueued after
+/// it runs and completes while the bulk is still being stored.
+#[test]
+fn a_bulk_enqueue_through_a_supervisor_does_not_hold_it_up() {
+    let env = Env::new();
+    let sup = env.start(1);
+    let lines = 60_000;
+    let text: String = (0..lines)
+        .map(|_| "{\"command\":\"true\",\"delay\":3600}\n")
+        .collect();
+    let file = env.file("many.jsonl");
+    fs::write(&file, text).unwrap();
+    std::thread::scope(|scope| {
+        // However slow the machine: this test is about what runs meanwhile, not how long.
+        let bulk = scope.spawn(|| {
+            env.cmd()
+                .args(["enqueue", "--file", file.to_str().unwrap()])
+                .env("QUEUECTL_REPLY_TIMEOUT", "600")
+                .timeout(Duration::from_secs(600))
+                .output()
+                .expect("run queuectl")
+        });
+        wait_until("the bulk enqueue to reach the supervisor", || {
+            fs::read_dir(spool(&env, "new")).is_ok_and(|mut d| d.next().is_some())
+        });
+        let id = env.enqueue(r#"{"command":"true"}"#);
+        wait_until("the later job to complete", || {
+            env.show(&id)["state"] == "completed"
+        });
+        assert!(
+            !bulk.is_finished(),
+            "the bulk enqueue was over before the later job ran"
+        );
+        let out = bulk.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    });
+    assert_eq!(env.status()["pending"], lines as u64);
+    assert_eq!(env.status()["completed"], 1);
+    sup.stop();
+    env.verify_store();
+}

@@ -468,9 +468,26 @@ pub fn write_bulk_job(out: &mut impl std::io::Write, job: &NewJob) -> Result<(),
 /// Stages the jobs of bulk file `batch` chunk by chunk, then publishes them as one step; any
 /// refusal discards what was staged. A batch already applied is not applied again.
 fn enqueue_bulk(store: &dyn JobStore, spool: &Spool, batch: &str, now: Millis) -> Reply {
-    let stored = || -> Result<Result<(), String>, StoreError> {
+    enqueue_bulk_unless(store, spool, batch, now, &|| false).unwrap_or(Reply::Error {
+        kind: ErrorKind::Internal,
+        message: "the bulk enqueue was stopped".into(),
+    })
+}
+
+/// [`Request::EnqueueBulk`] for an owner that may have to let go meanwhile (a supervisor
+/// storing it beside its event loop): `stop` is asked before each chunk, and once it says so,
+/// what was staged is discarded and `None` returned, leaving the request unanswered for the
+/// next owner. Once published, the batch is finished whatever `stop` says.
+pub fn enqueue_bulk_unless(
+    store: &dyn JobStore,
+    spool: &Spool,
+    batch: &str,
+    now: Millis,
+    stop: &dyn Fn() -> bool,
+) -> Option<Reply> {
+    let stored = || -> Result<Result<bool, String>, StoreError> {
         if store.is_applied(batch)? {
-            return Ok(Ok(()));
+            return Ok(Ok(true));
         }
         let file = match spool.open_bulk(batch) {
             Ok(file) => file,
@@ -493,6 +510,9 @@ fn enqueue_bulk(store: &dyn JobStore, spool: &Spool, batch: &str, now: Millis) -
                 }
             }
             if chunk.len() == BULK_CHUNK || (end && !chunk.is_empty()) {
+                if stop() {
+                    return Ok(Ok(false));
+                }
                 store.stage(batch, &chunk, &config, now)?;
                 chunk.clear();
             }
@@ -501,20 +521,24 @@ fn enqueue_bulk(store: &dyn JobStore, spool: &Spool, batch: &str, now: Millis) -
             }
         }
         store.publish(batch, now)?;
-        Ok(Ok(()))
+        Ok(Ok(true))
     };
     match stored() {
-        Ok(Ok(())) => Reply::Done,
+        Ok(Ok(true)) => Some(Reply::Done),
+        Ok(Ok(false)) => {
+            discard_quietly(store, batch);
+            None
+        }
         Ok(Err(message)) => {
             discard_quietly(store, batch);
-            Reply::Error {
+            Some(Reply::Error {
                 kind: ErrorKind::Internal,
                 message,
-            }
+            })
         }
         Err(e) => {
             discard_quietly(store, batch);
-            Reply::from_store_error(e)
+            Some(Reply::from_store_error(e))
         }
     }
 }

@@ -180,7 +180,11 @@ pub enum FailOrDone {
 }
 
 /// The queue's durable state, as every backend offers it. The owner of the store is its only
-/// writer (one thread of one process), so implementations may check before they write.
+/// writer (one process), so implementations may check before they write; it writes from one
+/// thread, except that a bulk enqueue ([`stage`](JobStore::stage),
+/// [`publish`](JobStore::publish), [`discard`](JobStore::discard)) may go on in a second
+/// thread meanwhile: implementations keep ids unique between those and
+/// [`enqueue`](JobStore::enqueue).
 ///
 /// Every method that changes jobs is atomic: after a crash at any point, either all of its
 /// effect is there (once flushed) or none of it. `now` is the caller's clock; a backend never

@@ -13,6 +13,9 @@
 //!   it to `processing`;
 //! - the process group of a run is killed before its job may run again;
 //! - the lock is released only after the last worker is gone and the store is flushed.
+//!
+//! A bulk enqueue is stored by a thread of its own ([`BulkRun`]), one at a time, so that the
+//! event loop keeps giving out jobs meanwhile; the store orders its writes against the loop's.
 
 pub mod core;
 
@@ -21,7 +24,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -273,6 +276,8 @@ struct Supervisor {
     full: Option<Full>,
     /// Ends of runs not stored because the disk is full, oldest first.
     held: Vec<Unstored>,
+    /// The bulk enqueue being stored (or the last one stored).
+    bulk: Option<BulkRun>,
 }
 
 /// How far the ends of runs are written and flushed (see [`Unstored::seq`]).
@@ -322,6 +327,76 @@ struct Full {
     failed: bool,
     /// The store could not be opened again, and the log said so.
     stuck_said: bool,
+}
+
+/// A bulk enqueue stored beside the event loop: the thread stages the jobs chunk by chunk,
+/// publishes them, flushes, answers the request and wakes the loop.
+struct BulkRun {
+    /// The spool request (also the batch's id).
+    id: String,
+    /// Asks the thread to give up before its next chunk (the supervisor is stopping): the
+    /// request stays in the spool for the next owner.
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl BulkRun {
+    fn start(
+        store: Arc<dyn JobStore>,
+        spool: crate::spool::Spool,
+        req: PendingRequest,
+        batch: String,
+        wake: Sender<Input>,
+    ) -> BulkRun {
+        let stop = Arc::new(AtomicBool::new(false));
+        let id = req.id.clone();
+        let stopped = stop.clone();
+        let thread = thread::spawn(move || {
+            let stop = || stopped.load(Ordering::Relaxed);
+            let Some(reply) =
+                request::enqueue_bulk_unless(&*store, &spool, &batch, now_ms(), &stop)
+            else {
+                tracing::info!("bulk enqueue {batch} left to the next owner of the store");
+                return;
+            };
+            if let Err(e) = store.flush() {
+                tracing::error!("flushing the store failed: {e}");
+                return;
+            }
+            match request::encode(&reply) {
+                Ok(body) => {
+                    if let Err(e) = spool.reply(&req.id, &body) {
+                        tracing::warn!("could not answer request {}: {e}", req.id);
+                    }
+                }
+                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
+            }
+            if let Err(e) = spool.finish(&req) {
+                if !e.is_not_found() {
+                    tracing::warn!("could not remove request {}: {e}", req.id);
+                }
+            }
+            // New jobs to give out, and requests that waited for this one.
+            let _ = wake.send(Input::Spool);
+        });
+        BulkRun {
+            id,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Asks the thread to stop and waits for it.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Keeping the leases of a shared queue (PostgreSQL): renewed every third of their length with
@@ -472,6 +547,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         journal: VecDeque::new(),
         full: None,
         held: Vec::new(),
+        bulk: None,
     };
     for i in 0..count as usize {
         sup.spawn(i)?;
@@ -865,12 +941,21 @@ impl Supervisor {
     /// process until it is let go (when the supervisor is dropped), so `worker stop` waits until
     /// the store is really free.
     fn finish(&mut self, pid: u32) -> Result<(), SupervisorError> {
+        if let Some(bulk) = &mut self.bulk {
+            bulk.stop();
+        }
         let info = OwnerInfo::default();
         if let Some(full) = &mut self.full {
             full.next_try = Instant::now();
             self.try_resume();
         }
-        if let Err(e) = self.owner.drain(info) {
+        // A bulk enqueue not stored yet is left to the next owner (its client, when it is
+        // waiting): storing it now would hold the stop up.
+        let mut later = |_: &PendingRequest, r: &Request| match r {
+            Request::EnqueueBulk { .. } => Handled::Defer,
+            _ => Handled::Apply,
+        };
+        if let Err(e) = self.owner.drain_with(info, &mut later) {
             tracing::error!("could not answer the last requests: {e}");
         }
         if !self.held.is_empty() || self.full.is_some() {
@@ -1165,6 +1250,8 @@ impl Supervisor {
             waits,
             workers,
             exports,
+            bulk,
+            tx,
             ..
         } = self;
         let store = &owner.store;
@@ -1173,6 +1260,24 @@ impl Supervisor {
             // Written by a thread of its own, which answers: the loop goes on meanwhile.
             Request::Export { .. } => {
                 exports.start(req, r, store, spool);
+                Handled::Defer
+            }
+            // Stored by a thread of its own, one at a time; the others wait in the spool (on a
+            // full disk it is refused, as every write).
+            Request::EnqueueBulk { batch } if !full => {
+                let busy = bulk.as_ref().is_some_and(|b| b.running() || b.id == req.id);
+                if !busy && core.phase() == Phase::Running {
+                    if let Some(mut done) = bulk.take() {
+                        done.stop();
+                    }
+                    *bulk = Some(BulkRun::start(
+                        store.clone(),
+                        spool.clone(),
+                        req.clone(),
+                        batch.clone(),
+                        tx.clone(),
+                    ));
+                }
                 Handled::Defer
             }
             // A job a worker runs is stopped here; the others as any owner would.

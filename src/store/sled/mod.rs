@@ -16,7 +16,7 @@ pub mod keys;
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,8 +32,11 @@ use crate::store::{
     VerifyReport,
 };
 
-/// sled's page cache: enough for a busy queue, far below sled's 1 GiB default.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache, as sled counts it (the bytes of keys and values; the memory it takes is
+/// about twice that). A queue works at its two ends (new jobs, the next due ones), so a small
+/// cache serves a million jobs; a larger one only grows the supervisor (see README,
+/// performance).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How long `open` waits for a previous owner's sled threads to let go of the database.
 const SLED_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -174,6 +177,16 @@ pub struct SledStore {
     /// has no snapshots). Uncontended, it costs a few nanoseconds per transaction; a page read
     /// holds writers back for as long as it takes to read one page.
     gate: Arc<RwLock<()>>,
+    /// Held by every write that adds jobs, from its look for taken ids to its commit: a bulk
+    /// enqueue stored by a thread beside the owner's own (see the supervisor) must not let an
+    /// id in twice. Nothing else takes it.
+    adding: Arc<Mutex<()>>,
+}
+
+/// Takes the lock of writes that add jobs (a poisoned lock guards nothing but `()`).
+fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+    lock.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Positions of the trees in every job transaction (see [`SledStore::tx`]).
@@ -407,6 +420,7 @@ impl SledStore {
             config: tree(keys::CONFIG)?,
             meta: tree(keys::META)?,
             gate: Arc::default(),
+            adding: Arc::default(),
             db,
         };
         store.check_schema()?;
@@ -780,10 +794,22 @@ impl SledStore {
         Ok(self.batches.get(batch)?.and_then(|v| v.first().copied()))
     }
 
-    /// Up to `BATCH_MOVE_CHUNK` staged entries of `batch`.
-    fn staged_chunk(&self, batch: &str) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+    /// Up to `BATCH_MOVE_CHUNK` staged entries of `batch` after key `after` (from the first
+    /// when `None`): callers go on from the last key of the previous chunk, so that a whole
+    /// batch is one pass over the tree, not one per chunk.
+    fn staged_chunk(
+        &self,
+        batch: &str,
+        after: Option<&sled::IVec>,
+    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+        let range = match after {
+            Some(a) => self
+                .staged
+                .range::<&[u8], _>((Bound::Excluded(a.as_ref()), Bound::Unbounded)),
+            None => self.staged.iter(),
+        };
         let mut chunk = Vec::new();
-        for item in self.staged.iter() {
+        for item in range {
             let (k, v) = item?;
             if keys::decode_staged_value(&v).is_some_and(|(b, _)| b == batch.as_bytes()) {
                 chunk.push((k, v));
@@ -800,11 +826,14 @@ impl SledStore {
     /// with some jobs moved, and `open` moves the rest.
     fn move_published(&self, batch: &str, now: Millis) -> Result<u64, StoreError> {
         let mut moved = 0u64;
+        let mut after = None;
         loop {
-            let chunk = self.staged_chunk(batch)?;
-            if chunk.is_empty() {
+            let chunk = self.staged_chunk(batch, after.as_ref())?;
+            let Some((last, _)) = chunk.last() else {
                 break;
-            }
+            };
+            after = Some(last.clone());
+            let _adding = hold(&self.adding);
             moved += self.tx(|t| {
                 let mut n = 0i64;
                 for (key, value) in &chunk {
@@ -837,11 +866,13 @@ impl SledStore {
     /// Drops every staged job of `batch`, chunk by chunk, then the batch.
     fn drop_staged(&self, batch: &str) -> Result<u64, StoreError> {
         let mut dropped = 0u64;
+        let mut after = None;
         loop {
-            let chunk = self.staged_chunk(batch)?;
-            if chunk.is_empty() {
+            let chunk = self.staged_chunk(batch, after.as_ref())?;
+            let Some((last, _)) = chunk.last() else {
                 break;
-            }
+            };
+            after = Some(last.clone());
             let mut b = sled::Batch::default();
             for (key, _) in &chunk {
                 b.remove(key);
@@ -880,7 +911,7 @@ impl SledStore {
     /// jobs due by then go to `due`, later ones to `scheduled`; `reserve` promotes the rest.
     fn staged_now(&self, batch: &str) -> Result<Millis, StoreError> {
         let mut latest = 0;
-        for (_, v) in self.staged_chunk(batch)? {
+        for (_, v) in self.staged_chunk(batch, None)? {
             if let Some((_, record)) = keys::decode_staged_value(&v) {
                 let job: Job = decode(keys::STAGED, record)?;
                 latest = latest.max(job.created_at);
@@ -898,7 +929,12 @@ impl SledStore {
 
     /// Whether `id` is taken: a job in any state, or staged.
     fn exists(&self, id: &str) -> Result<bool, StoreError> {
-        for tree in self.states.iter().chain([&self.staged]) {
+        Ok(self.in_a_state(id)? || self.staged.contains_key(id.as_bytes())?)
+    }
+
+    /// Whether a job `id` is in one of the state trees.
+    fn in_a_state(&self, id: &str) -> Result<bool, StoreError> {
+        for tree in &self.states {
             if tree.contains_key(id.as_bytes())? {
                 return Ok(true);
             }
@@ -957,8 +993,9 @@ impl JobStore for SledStore {
                 return Ok(());
             }
         }
-        // Duplicates are looked for before the transaction: the owner of the store is its only
-        // writer, so nothing can add an id in between, and plain reads cost a fraction of
+        let _adding = hold(&self.adding);
+        // Duplicates are looked for before the transaction, holding `adding`, so nothing can
+        // add an id in between (the owner is the only writer), and plain reads cost a fraction of
         // transactional ones (this halves the time of a 100,000-job batch).
         for j in jobs {
             if self.exists(&j.id)? {
@@ -1010,7 +1047,8 @@ impl JobStore for SledStore {
                 return Err(StoreError::DuplicateInBatch(j.id.clone()));
             }
         }
-        // Checked before the write, as in `enqueue`: the owner is the only writer.
+        // Checked before the write, as in `enqueue`.
+        let _adding = hold(&self.adding);
         for j in jobs {
             if let Some(v) = self.staged.get(j.id.as_bytes())? {
                 let ours =
@@ -1021,7 +1059,7 @@ impl JobStore for SledStore {
                     StoreError::Duplicate(j.id.clone())
                 });
             }
-            if self.exists(&j.id)? {
+            if self.in_a_state(&j.id)? {
                 return Err(StoreError::Duplicate(j.id.clone()));
             }
         }

@@ -252,7 +252,7 @@ fn a_publication_cut_short_by_a_crash_is_finished_by_the_next_open() {
         // What `publish` does, up to one chunk moved: then the process dies.
         s.batches.insert("REQ", &[keys::BATCH_PUBLISHED]).unwrap();
         s.applied.insert("REQ", &[]).unwrap();
-        let first = s.staged_chunk("REQ").unwrap();
+        let first = s.staged_chunk("REQ", None).unwrap();
         assert_eq!(first.len(), BATCH_MOVE_CHUNK);
         s.tx(|t| {
             for (k, v) in &first {
@@ -318,4 +318,45 @@ fn a_batch_ends_and_reserves_in_one_step() {
 
 fn ids(jobs: &[Job]) -> Vec<&str> {
     jobs.iter().map(|j| j.id.as_str()).collect()
+}
+
+/// A bulk enqueue stored by a second thread (as a supervisor does) while the owner's thread
+/// enqueues jobs with the same ids: each id ends up in the store once, whoever took it first.
+#[test]
+fn a_bulk_enqueue_beside_enqueues_lets_no_id_in_twice() {
+    let dir = TempDir::new().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let ids: Vec<String> = (0..4_000).map(|i| format!("j{i:05}")).collect();
+    let cfg = Config::default();
+    let staged = std::thread::scope(|scope| {
+        let bulk = scope.spawn(|| {
+            let mut staged = 0;
+            for chunk in ids.chunks(100) {
+                let jobs: Vec<NewJob> = chunk.iter().map(|id| new_job(id)).collect();
+                match s.stage("b1", &jobs, &cfg, 0) {
+                    Ok(()) => staged += jobs.len(),
+                    // Some id of the chunk was taken by the other thread first.
+                    Err(StoreError::Duplicate(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            s.publish("b1", 0).unwrap();
+            staged
+        });
+        let mut enqueued = 0;
+        for id in ids.iter().rev() {
+            match s.enqueue(&[new_job(id)], &cfg, 0, None) {
+                Ok(()) => enqueued += 1,
+                Err(StoreError::Duplicate(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let staged = bulk.join().unwrap();
+        assert!(staged + enqueued <= ids.len(), "{staged} + {enqueued}");
+        staged
+    });
+    let report = s.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(s.counts().unwrap().pending, report.jobs);
+    assert!(report.jobs >= staged as u64);
 }
