@@ -870,16 +870,40 @@ fn kill_9_of_supervisor_and_worker_at_a_start_never_runs_a_job_twice() {
     env.verify_store();
 }
 
+/// Kills (SIGKILL) a job's process group and its daemon when dropped: what a test started
+/// outside its data directory's name, gone also when the test fails.
+struct KillJob {
+    group: Option<i32>,
+    daemon: Option<i32>,
+}
+
+impl Drop for KillJob {
+    fn drop(&mut self) {
+        if let Some(g) = self.group {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(g),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+        if let Some(d) = self.daemon {
+            sigkill(d);
+        }
+    }
+}
+
 /// Case 8: a job's daemon (`setsid`, so outside its process group) does not outlive the
-/// attempt, whichever way the attempt ends.
+/// attempt, whichever way the attempt ends: a timeout, `worker stop --force`, a crash of the
+/// supervisor (its worker kills it), a crash of the supervisor and the worker together (the
+/// next owner finds it by its attempt's token), a cancel.
 #[test]
 fn a_jobs_setsid_daemon_never_outlives_the_attempt() {
-    for how in ["timeout", "stop", "crash", "cancel"] {
+    for how in ["timeout", "stop", "crash", "crash-all", "cancel"] {
         let env = Env::new();
         let kids = env.file("kids");
         let started = env.file("started");
+        // The shell's pid (its group), then the daemon's.
         let cmd = format!(
-            "setsid sleep 300 & echo $! >> {kids}; echo go > {started}; sleep 300",
+            "echo $$ >> {kids}; setsid sleep 300 & echo $! >> {kids}; echo go > {started}; sleep 300",
             kids = kids.display(),
             started = started.display()
         );
@@ -890,8 +914,16 @@ fn a_jobs_setsid_daemon_never_outlives_the_attempt() {
         env.enqueue(&job.to_string());
         let sup = env.start(1);
         common::wait_until("the job to start its daemon", || started.exists());
-        let daemon = pids_in(&kids)[0];
-        assert!(common::alive(daemon));
+        let pids = pids_in(&kids);
+        let _cleanup = KillJob {
+            group: pids.first().copied(),
+            daemon: pids.get(1).copied(),
+        };
+        let daemon = pids[1];
+        // The daemon runs (`setsid` may still be turning into `sleep`).
+        common::wait_until("the daemon to run", || {
+            fs::read_to_string(format!("/proc/{daemon}/cmdline")).is_ok_and(|c| c.contains("300"))
+        });
         match how {
             "timeout" => {
                 common::wait_until("the timeout", || env.count("dead") == 1);
@@ -905,25 +937,32 @@ fn a_jobs_setsid_daemon_never_outlives_the_attempt() {
                 sigkill(sup.pid);
                 std::mem::forget(sup);
             }
+            "crash-all" => {
+                let workers = children_of(sup.pid);
+                assert!(!workers.is_empty(), "no worker");
+                // The worker first: it would kill the daemon on seeing its supervisor gone.
+                for w in &workers {
+                    sigkill(*w);
+                }
+                sigkill(sup.pid);
+                common::wait_until("the supervisor and its worker to die", || {
+                    !common::alive(sup.pid) && workers.iter().all(|w| !common::alive(*w))
+                });
+                std::mem::forget(sup);
+                // Nobody killed the daemon yet: the next owner does.
+                assert!(common::alive(daemon), "the daemon died with its worker");
+                env.ok(&["status"]);
+            }
             _ => {
                 env.ok(&["cancel", "a"]);
                 common::wait_until("the cancel", || env.count("dead") == 1);
                 sup.stop();
             }
         }
-        let gone = (0..500).any(|_| {
-            let gone = !common::alive(daemon);
-            if !gone {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            gone
-        });
-        if !gone {
-            sigkill(daemon);
-        }
-        assert!(
-            gone,
-            "{how}: the job's daemon {daemon} outlived the attempt"
+        common::wait_until_for(
+            &format!("{how}: the job's daemon {daemon} to be gone"),
+            std::time::Duration::from_secs(10),
+            &mut || !common::alive(daemon),
         );
     }
 }

@@ -186,6 +186,11 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
     } = job;
     let mut start_failed = None;
     let mut group = None;
+    // Marks every process of the attempt, also those that leave its process group, so that a
+    // new owner finds them after a crash of this worker (see `attempt::kill_recorded`).
+    let token = ulid::Ulid::generate().to_string();
+    let mut env = env;
+    env.push((attempt::TOKEN_ENV.to_string(), token.clone()));
     let result = command::run_command_recorded(
         &command,
         cwd.as_deref().map(std::path::Path::new),
@@ -200,7 +205,7 @@ fn run_job<W: Write>(output: &mut W, job: RunJob, ended: &Receiver<()>) -> Resul
         ended,
         |pgid, start| {
             group = Some(pgid);
-            attempt::record(&job_id, pgid, start)
+            attempt::record(&job_id, pgid, start, &token)
         },
         |pgid| {
             fence::set_running(Some(pgid));
