@@ -880,10 +880,8 @@ struct KillJob {
 impl Drop for KillJob {
     fn drop(&mut self) {
         if let Some(g) = self.group {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(g),
-                nix::sys::signal::SIGKILL,
-            );
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), nix::sys::signal::SIGKILL);
         }
         if let Some(d) = self.daemon {
             sigkill(d);
@@ -1007,7 +1005,7 @@ fn recovery_never_kills_a_reused_pid() {
     }
     let start = queuectl::worker::kill::start_time(pgid).unwrap();
     let record = env.path().join("attempts/2147483647");
-    fs::write(&record, format!("{pgid} {} a\n", start + 1)).unwrap();
+    fs::write(&record, format!("{pgid} {} 01TOKEN a\n", start + 1)).unwrap();
     env.ok(&["status"]);
     assert_eq!(env.count("processing"), 0, "recovered");
     let alive = bystander.try_wait().unwrap().is_none();
@@ -1015,7 +1013,7 @@ fn recovery_never_kills_a_reused_pid() {
         panic!("recovery killed an unrelated process group");
     }
     // The same record with the leader's own start time is the attempt: it is killed.
-    fs::write(&record, format!("{pgid} {start} a\n")).unwrap();
+    fs::write(&record, format!("{pgid} {start} 01TOKEN a\n")).unwrap();
     env.ok(&["status"]);
     let deadline = std::time::Instant::now() + common::DEADLINE;
     while bystander.try_wait().unwrap().is_none() {

@@ -116,8 +116,12 @@ fn parse(bytes: &[u8]) -> Option<Recorded> {
     let mut parts = text.splitn(4, ' ');
     let pgid = parts.next()?.parse().ok()?;
     let start = parts.next()?.parse().ok()?;
-    let token = parts.next()?.to_owned();
-    let job_id = parts.next()?.to_owned();
+    let third = parts.next()?.to_owned();
+    // A record of an older queuectl has no token: `<pgid> <start time> <job id>`.
+    let (token, job_id) = match parts.next() {
+        Some(id) => (third, id.to_owned()),
+        None => (String::new(), third),
+    };
     Some(Recorded {
         pgid,
         start,
@@ -172,6 +176,7 @@ pub fn kill_recorded(dir: &Path) -> Vec<Recorded> {
             let _ = fs::remove_file(&path);
         }
     }
+    recorded.retain(|r| !r.token.is_empty());
     if !recorded.is_empty() {
         for (rec, n) in kill_marked(&recorded) {
             tracing::warn!(
@@ -289,6 +294,16 @@ mod tests {
             })
         );
         assert_eq!(parse(&[b' '; RECORD_BYTES]), None);
+        // An older queuectl's record, without a token.
+        assert_eq!(
+            parse(b"12 34 job"),
+            Some(Recorded {
+                pgid: 12,
+                start: 34,
+                token: String::new(),
+                job_id: "job".into()
+            })
+        );
         assert_eq!(parse(b"garbage"), None);
         let long = "x".repeat(MAX_ID_LEN);
         assert_eq!(
