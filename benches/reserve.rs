@@ -42,6 +42,9 @@
 //!   waits for the disk is the server's `synchronous_commit` (and `fsync`): start the server
 //!   with `QUEUECTL_PG_DURABLE=1 .ci/postgres.sh start DIR` for PostgreSQL's durable defaults
 //!   (`synchronous_commit=on`, `fsync=on`), the setting the figures are quoted for.
+//! - `postgres/batched-4`, `-16`, `-64`: a turn of a supervisor's loop with that many
+//!   workers in one statement (`PgStore::finish_and_reserve_batch`): every worker's job ends
+//!   and each gets the next, one commit for all of them (one cycle counted per job).
 //!
 //! Equal durability: `sled/flushed` ≈ `(b)-full` (each cycle is on disk when it returns).
 //! Unflushed: `sled/unflushed` is compared with `(b)-normal` and `(b)-off`; it is the least
@@ -339,11 +342,22 @@ struct PgQueue {
     store: PgStore,
     fused: bool,
     running: Option<String>,
+    /// Batched variant: this many workers, their jobs ended and the next reserved in one
+    /// statement (`PgStore::finish_and_reserve_batch`) every that many cycles.
+    batch: Option<Vec<String>>,
+    batch_running: Vec<String>,
+    cycles_due: usize,
     config: Config,
     _db: ScratchDatabase,
 }
 
 impl PgQueue {
+    fn batched(server: &str, workers: usize) -> Self {
+        let mut q = PgQueue::new(server, false);
+        q.batch = Some((1..=workers).map(|i| format!("worker-{i}")).collect());
+        q
+    }
+
     fn new(server: &str, fused: bool) -> Self {
         let db = ScratchDatabase::create(server).expect("a database on the benchmark server");
         // The fixed times of this benchmark, not the database's clock (the same statements).
@@ -354,6 +368,9 @@ impl PgQueue {
             store,
             fused,
             running: None,
+            batch: None,
+            batch_running: Vec::new(),
+            cycles_due: 0,
             config: Config::default(),
             _db: db,
         }
@@ -378,7 +395,26 @@ impl Queue for PgQueue {
     }
 
     fn cycle(&mut self) {
-        if self.fused {
+        if let Some(workers) = &self.batch {
+            // Every `workers.len()` cycles: that many jobs end and as many are reserved.
+            self.cycles_due += 1;
+            if self.cycles_due < workers.len() {
+                return;
+            }
+            self.cycles_due = 0;
+            let ends: Vec<(&str, RunEnd<'_>)> = self
+                .batch_running
+                .iter()
+                .map(|id| (id.as_str(), RunEnd::Succeeded))
+                .collect();
+            let names: Vec<&str> = workers.iter().map(String::as_str).collect();
+            let (_, next) = self
+                .store
+                .finish_and_reserve_batch(&ends, &names, NOW)
+                .unwrap();
+            assert_eq!(next.len(), names.len(), "the queue ran dry");
+            self.batch_running = next.into_iter().map(|j| j.id).collect();
+        } else if self.fused {
             let next = match self.running.take() {
                 Some(id) => {
                     self.store
@@ -545,9 +581,17 @@ fn reserve(c: &mut Criterion) {
                 bench_queue(&mut group, "postgres/fused", size, move || {
                     PgQueue::new(&s, true)
                 });
+                let s = server.clone();
                 bench_queue(&mut group, "postgres/reserve+finish", size, move || {
-                    PgQueue::new(&server, false)
+                    PgQueue::new(&s, false)
                 });
+                for workers in [4, 16, 64] {
+                    let s = server.clone();
+                    let name = format!("postgres/batched-{workers}");
+                    bench_queue(&mut group, &name, size, move || {
+                        PgQueue::batched(&s, workers)
+                    });
+                }
             }
             None => eprintln!("SKIPPED: the postgres rows ({SERVER_ENV} names no server)"),
         }

@@ -405,3 +405,42 @@ fn batches_of_gone_commands_are_dropped_by_any_owner() {
     // Its ids are free again.
     sup.enqueue(&[new_job("y1")], &CFG, 0, None).unwrap();
 }
+
+/// A loop turn in one statement: every end recorded, one job reserved per worker, in order;
+/// a refused end changes nothing.
+#[test]
+fn finish_and_reserve_batch_is_one_step() {
+    let Some(db) = TestDb::create() else { return };
+    let s = db.store("host-a");
+    let jobs: Vec<NewJob> = (0..6).map(|i| new_job(&format!("b{i}"))).collect();
+    s.enqueue(&jobs, &CFG, 0, None).unwrap();
+    let (done, first) = s.finish_and_reserve_batch(&[], &["w1", "w2"], 1).unwrap();
+    assert!(done.is_empty());
+    let got: Vec<(&str, Option<&str>)> = first
+        .iter()
+        .map(|j| (j.id.as_str(), j.locked_by.as_deref()))
+        .collect();
+    assert_eq!(got, [("b0", Some("w1")), ("b1", Some("w2"))]);
+    let failed = RunEnd::Failed {
+        error: "exit code 1",
+        backoff_base: 2,
+    };
+    let refused =
+        s.finish_and_reserve_batch(&[("b0", RunEnd::Succeeded), ("b5", failed)], &["w1"], 2);
+    assert!(matches!(refused, Err(StoreError::NotFound(ref id)) if id == "b5"));
+    assert_eq!(s.get("b0").unwrap().unwrap().state, JobState::Processing);
+    let (done, next) = s
+        .finish_and_reserve_batch(
+            &[("b1", failed), ("b0", RunEnd::Succeeded)],
+            &["w1", "w2", "w3"],
+            3,
+        )
+        .unwrap();
+    assert!(
+        matches!(&done[0], FailOrDone::Failed(r) if r.job.id == "b1" && r.job.state == JobState::Failed)
+    );
+    assert!(matches!(&done[1], FailOrDone::Done(j) if j.id == "b0"));
+    let ids: Vec<&str> = next.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["b2", "b3", "b4"], "b1 is not due before its retry");
+    assert_eq!(next[2].locked_by.as_deref(), Some("w3"));
+}
