@@ -974,7 +974,7 @@ fn bulk_enqueue_through_a_supervisor_is_all_or_nothing() {
     let env = Env::new();
     env.enqueue(r#"{"id":"taken","command":"true","delay":3600}"#);
     let sup = env.start(1);
-    let lines = 25_000; // three chunks of the store's bulk enqueue
+    let lines = 25_000; // many chunks of the store's bulk enqueue
     let mut text = String::new();
     for i in 0..lines {
         text.push_str(&format!(

@@ -17,8 +17,9 @@ use crate::store::{JobStore, ListOrder, StoreError};
 /// The most jobs one page of `list` holds, whatever was asked: a reply stays small.
 pub const PAGE_MAX: usize = 1_000;
 
-/// Jobs of a bulk enqueue stored per call of [`JobStore::stage`].
-pub const BULK_CHUNK: usize = 10_000;
+/// Jobs of a bulk enqueue stored per call of [`JobStore::stage`]: small, because a backend may
+/// hold every other reader and writer back while it writes one (sled does).
+pub const BULK_CHUNK: usize = 1_000;
 
 /// One thing a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
