@@ -379,7 +379,7 @@ fn enqueue_file_with_100000_lines() {
     }
     let path = write_file(&env, "big.jsonl", &text);
     assert_eq!(
-        env.ok(&["enqueue", "--file", &path]),
+        env.ok_within(&["enqueue", "--file", &path], common::HEAVY_DEADLINE),
         "Enqueued 100000 jobs\n"
     );
     let st = env.status();

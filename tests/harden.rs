@@ -1293,3 +1293,42 @@ fn data_dir_supervisor(data: &Path) -> i32 {
         .expect("a supervisor");
     i32::try_from(pid).unwrap()
 }
+
+/// A `queuectl wait` whose command is gone (killed) is not kept: its request leaves the spool.
+#[test]
+fn an_abandoned_wait_leaves_the_spool() {
+    let env = Env::new();
+    let gate = env.file("gate");
+    env.enqueue(
+        &serde_json::json!({"id": "a", "command": format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())})
+            .to_string(),
+    );
+    let sup = env.start(1);
+    common::wait_until("the job to run", || env.count("processing") == 1);
+    let new = env.path().join("spool/new");
+    let waiting = || fs::read_dir(&new).map(|d| d.count()).unwrap_or(0);
+    let mut client = std::process::Command::new(assert_cmd::cargo::cargo_bin("queuectl"))
+        .arg("--data-dir")
+        .arg(env.path())
+        .args(["wait", "a"])
+        .env("QUEUECTL_REPLY_TIMEOUT", "600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    common::wait_until("the wait to be held in the spool", || waiting() == 1);
+    client.kill().unwrap();
+    let _ = client.wait();
+    let _reap = Reap(client);
+    common::wait_until("the abandoned wait to leave the spool", || waiting() == 0);
+    fs::write(&gate, "").unwrap();
+    common::wait_until("the job to end", || env.count("completed") == 1);
+    sup.stop();
+}

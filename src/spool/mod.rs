@@ -362,6 +362,13 @@ fn check_owned(
     Ok(())
 }
 
+impl Spool {
+    /// Whether the client that sent request `id` is gone (nobody waits on its reply).
+    pub fn client_gone(&self, id: &str) -> bool {
+        is_request_id(id) && !client_alive(&self.reply.join(format!("{id}.fifo")))
+    }
+}
+
 /// Whether the client that owns `reply/<id>.fifo` is still there: somebody holds the FIFO open
 /// for reading. Errors other than "no such file" and "no reader" count as alive (keep the files).
 fn client_alive(fifo: &Path) -> bool {

@@ -351,7 +351,13 @@ pub fn apply(
             .list(Some(JobState::Dead), 0, usize::MAX)
             .and_then(|dead| {
                 let ids: Vec<String> = dead.into_iter().map(|j| j.id).collect();
-                each(&ids, |id| store.dlq_retry(id, now, None))
+                // Each job's retry is recorded under the request and the job, so that the
+                // request applied again (after a crash before its reply) retries none twice,
+                // even one that died again meanwhile.
+                each(&ids, |id| {
+                    let key = request_id.map(|r| format!("{r}/{id}"));
+                    store.dlq_retry(id, now, key.as_deref())
+                })
             }),
     };
     result.unwrap_or_else(Reply::from_store_error)
@@ -657,6 +663,48 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `dlq retry --all` applied again (a crash before its reply) retries no job twice, not
+    /// even one that died again in between.
+    #[test]
+    fn retry_all_applied_again_retries_nothing_twice() {
+        use crate::store::{JobStore, RunEnd};
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let jobs = ["a", "b"]
+            .map(|id| {
+                NewJob::from_json(
+                    &format!(r#"{{"id":"{id}","command":"false","max_retries":1}}"#),
+                    0,
+                    String::new,
+                )
+                .unwrap()
+            })
+            .to_vec();
+        let info = OwnerInfo::default();
+        apply(&store, &spool, &Request::Enqueue { jobs }, info, 0, None);
+        let fail = |id: &str| {
+            let end = RunEnd::Failed {
+                error: "exit code 1",
+                backoff_base: 2,
+            };
+            store.reserve_id(id, "w", 1).unwrap().unwrap();
+            store.finish(id, &end, 1).unwrap();
+        };
+        fail("a");
+        fail("b");
+        let retry = |req: &str| apply(&store, &spool, &Request::DlqRetryAll, info, 2, Some(req));
+        retry("R1");
+        assert_eq!(store.counts().unwrap().pending, 2);
+        // `a` runs and dies again; then the same request comes again.
+        fail("a");
+        retry("R1");
+        assert_eq!(store.get("a").unwrap().unwrap().state, JobState::Dead);
+        // A new request retries it.
+        retry("R2");
+        assert_eq!(store.get("a").unwrap().unwrap().state, JobState::Pending);
     }
 
     /// Hex of `bytes`, two lower-case digits a byte.

@@ -49,6 +49,8 @@ use self::core::{Action, Core, Event, Note, Phase};
 const GROUP_COMMIT: Duration = Duration::from_millis(10);
 /// How long `worker stop` waits for the supervisor's process to end once it let go of the lock.
 const EXIT_AFTER_UNLOCK: Duration = Duration::from_secs(5);
+/// How often the `queuectl wait`s left unanswered are checked for commands that are gone.
+const ABANDONED_WAITS_CHECK: Duration = Duration::from_secs(1);
 /// How long `worker start` waits for the supervisor and its workers to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// With the disk full: the first pause before trying the store again, and the longest.
@@ -256,6 +258,8 @@ struct Supervisor {
     config: Config,
     /// `queuectl wait` requests left unanswered until their jobs are finished.
     waits: Vec<(PendingRequest, Vec<String>)>,
+    /// When `waits` was last checked for commands that are gone.
+    waits_checked: Instant,
     core: Core,
     workers: Vec<Worker>,
     /// Actions still to carry out (kept to reuse its buffer).
@@ -524,6 +528,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         exe,
         config,
         waits: Vec::new(),
+        waits_checked: Instant::now(),
         core: Core::new(count as usize),
         workers: (0..count)
             .map(|_| Worker {
@@ -927,6 +932,7 @@ impl Supervisor {
                 ));
             }
             self.try_resume();
+            self.drop_abandoned_waits();
             if self.core.phase() == Phase::Running {
                 self.dispatch();
                 self.retention_step();
@@ -1364,6 +1370,26 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => tracing::error!("cannot apply requests: {e}"),
         }
+    }
+
+    /// Forgets each `queuectl wait` whose command is gone (killed, or gave up waiting), and
+    /// removes its request, at most once a second.
+    fn drop_abandoned_waits(&mut self) {
+        if self.waits.is_empty() || self.waits_checked.elapsed() < ABANDONED_WAITS_CHECK {
+            return;
+        }
+        self.waits_checked = Instant::now();
+        let spool = &self.owner.spool;
+        self.waits.retain(|(req, _)| {
+            if !spool.client_gone(&req.id) {
+                return true;
+            }
+            tracing::debug!("request {} dropped: nobody waits for its answer", req.id);
+            if let Err(e) = spool.finish(req) {
+                tracing::warn!("could not remove request {}: {e}", req.id);
+            }
+            false
+        });
     }
 
     /// Answers each waiting `queuectl wait` whose jobs are all finished.

@@ -13,6 +13,10 @@ use tempfile::TempDir;
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long one heavy command (a bulk enqueue of 100,000 jobs: about 25 s of a debug build on
+/// a busy 2-core machine) may take before the test fails: a hang still fails it.
+pub const HEAVY_DEADLINE: Duration = Duration::from_secs(300);
+
 /// A temporary data directory and the binary pointed at it.
 pub struct Env {
     pub dir: TempDir,
@@ -54,7 +58,17 @@ impl Env {
 
     /// Runs a command that must succeed and returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.ok_within(args, DEADLINE)
+    }
+
+    /// [`Env::ok`] for a command allowed up to `limit`.
+    pub fn ok_within(&self, args: &[&str], limit: Duration) -> String {
+        let out = self
+            .cmd()
+            .args(args)
+            .timeout(limit)
+            .output()
+            .expect("run queuectl");
         assert!(
             out.status.success(),
             "queuectl {args:?} failed ({}): {}",
