@@ -1332,3 +1332,49 @@ fn an_abandoned_wait_leaves_the_spool() {
     common::wait_until("the job to end", || env.count("completed") == 1);
     sup.stop();
 }
+
+/// Point `enqueue-chunk` in a supervisor: it dies while its bulk enqueue thread stores a file;
+/// the command waiting for the reply takes the store over, drops what was staged and stores the
+/// whole file itself.
+#[test]
+fn a_supervisor_killed_mid_bulk_enqueue_leaves_it_to_the_waiting_command() {
+    let env = Env::new();
+    env.enqueue(r#"{"id":"acked","command":"true","delay":3600}"#);
+    let out = env
+        .cmd()
+        .env(CRASH_AT, "enqueue-chunk@3")
+        .args(["worker", "start", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid: i32 = text
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    let sup = common::Supervisor { env: &env, pid };
+    let n = 5_000;
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"id\":\"j{i:05}\",\"command\":\"true\",\"delay\":3600}}\n"))
+        .collect();
+    let file = env.file("jobs.jsonl");
+    fs::write(&file, lines).unwrap();
+    let out = env.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    assert_eq!(out, format!("Enqueued {n} jobs\n"));
+    assert!(!common::alive(pid), "the supervisor passed its crash point");
+    drop(sup);
+    // Chunks were staged when it died; the next owner dropped them before storing the file.
+    let log = common::log(&env);
+    assert!(
+        log.contains("jobs of a bulk enqueue that was interrupted"),
+        "{log}"
+    );
+    assert_eq!(env.count("total"), n + 1);
+    env.verify_store();
+}
