@@ -3,11 +3,6 @@
 
 use clap::Parser;
 
-/// sled allocates and frees a copy of a tree node for most writes: mimalloc does that at about
-/// half the cost of the system allocator (see README, performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = queuectl::cli::Cli::parse();
     if let Err(e) = queuectl::cli::commands::run(cli) {
