@@ -747,12 +747,13 @@ fn enqueue_file(
     let req = Request::EnqueueBulk {
         batch: batch.clone(),
     };
-    let reply = client::call_as(dir, &batch, &req, timeout);
-    if !matches!(reply, Err(ClientError::Queued { .. })) {
+    let answer = client::call_answered(dir, &batch, &req, timeout);
+    if !matches!(answer, Err(ClientError::Queued { .. })) {
         // Queued: the file must stay for the request; otherwise it has served.
         let _ = spool.remove_bulk(&batch);
     }
-    match error_reply(reply?)? {
+    let answer = answer?;
+    match error_reply(answer.reply)? {
         Reply::Done if json => writeln!(out, "{}", ids.json())?,
         Reply::Done => {
             let n = ids.count;
@@ -760,7 +761,9 @@ fn enqueue_file(
         }
         other => return unexpected(other),
     }
-    hint_if_no_supervisor(dir);
+    if !answer.by_supervisor {
+        hint_if_no_supervisor(dir);
+    }
     Ok(())
 }
 
