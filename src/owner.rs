@@ -245,19 +245,7 @@ impl Owner {
                     message: format!("the change was not stored: {}", StoreError::NoSpace),
                 };
             }
-            match request::encode(&reply) {
-                Ok(body) => {
-                    if let Err(e) = self.spool.reply(&req.id, &body) {
-                        tracing::warn!("could not answer request {}: {e}", req.id);
-                    }
-                }
-                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
-            }
-            if let Err(e) = self.spool.finish(&req) {
-                if !e.is_not_found() {
-                    tracing::warn!("could not remove request {}: {e}", req.id);
-                }
-            }
+            request::answer(&self.spool, &req, &reply);
         }
         if done.writes > 0 {
             tracing::debug!(

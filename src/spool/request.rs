@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
 
 use crate::model::{Config, ConfigKey, Counts, Job, JobState, Millis, NewJob, RunOutput};
-use crate::spool::Spool;
+use crate::spool::{PendingRequest, Spool};
 use crate::store::{JobStore, ListOrder, StoreError};
 
 /// The most jobs one page of `list` holds, whatever was asked: a reply stays small.
@@ -242,6 +242,25 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
 
 pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(b).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
+/// Answers `req` with `reply` and removes the request; failures are logged, not returned (the
+/// effect is stored already: a client that gets no answer takes over and is answered by the
+/// request's replay, or reports it queued).
+pub fn answer(spool: &Spool, req: &PendingRequest, reply: &Reply) {
+    match encode(reply) {
+        Ok(body) => {
+            if let Err(e) = spool.reply(&req.id, &body) {
+                tracing::warn!("could not answer request {}: {e}", req.id);
+            }
+        }
+        Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
+    }
+    if let Err(e) = spool.finish(req) {
+        if !e.is_not_found() {
+            tracing::warn!("could not remove request {}: {e}", req.id);
+        }
+    }
 }
 
 /// Runs one request against the store. Writes are not flushed here: the caller flushes before

@@ -367,19 +367,7 @@ impl BulkRun {
                 tracing::error!("flushing the store failed: {e}");
                 return;
             }
-            match request::encode(&reply) {
-                Ok(body) => {
-                    if let Err(e) = spool.reply(&req.id, &body) {
-                        tracing::warn!("could not answer request {}: {e}", req.id);
-                    }
-                }
-                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
-            }
-            if let Err(e) = spool.finish(&req) {
-                if !e.is_not_found() {
-                    tracing::warn!("could not remove request {}: {e}", req.id);
-                }
-            }
+            request::answer(&spool, &req, &reply);
             // New jobs to give out, and requests that waited for this one.
             let _ = wake.send(Input::Spool);
         });
@@ -623,19 +611,7 @@ impl Exports {
                 Reply::Error { message, .. } => tracing::warn!("export failed: {message}"),
                 _ => {}
             }
-            match request::encode(&reply) {
-                Ok(body) => {
-                    if let Err(e) = spool.reply(&req.id, &body) {
-                        tracing::warn!("could not answer request {}: {e}", req.id);
-                    }
-                }
-                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
-            }
-            if let Err(e) = spool.finish(&req) {
-                if !e.is_not_found() {
-                    tracing::warn!("could not remove request {}: {e}", req.id);
-                }
-            }
+            request::answer(&spool, &req, &reply);
             running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1409,19 +1385,7 @@ impl Supervisor {
                 tracing::error!("cannot flush the store: {e}");
                 return true;
             }
-            match request::encode(&Reply::Each(results)) {
-                Ok(body) => {
-                    if let Err(e) = spool.reply(&req.id, &body) {
-                        tracing::warn!("could not answer request {}: {e}", req.id);
-                    }
-                }
-                Err(e) => tracing::error!("could not encode the reply to {}: {e}", req.id),
-            }
-            if let Err(e) = spool.finish(req) {
-                if !e.is_not_found() {
-                    tracing::warn!("could not remove request {}: {e}", req.id);
-                }
-            }
+            request::answer(spool, req, &Reply::Each(results));
             false
         });
     }

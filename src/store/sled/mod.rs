@@ -307,14 +307,33 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Removes a pending or failed job from the availability index: it is in exactly one of
+    /// the two trees, under its `available_at`.
+    fn unindex(&self, job: &Job) -> TxResult<()> {
+        if let Some(at) = job.available_at {
+            self.due()
+                .remove(&keys::due_key(job.priority, at, job.seq)[..])?;
+            self.scheduled()
+                .remove(&keys::scheduled_key(at, job.seq)[..])?;
+        }
+        Ok(())
+    }
+
     /// Moves the job of `next` to `processing`, locked by `worker`.
     fn take_due(&self, next: &DueEntry, worker: &str, now: Millis) -> TxResult<Taken> {
         if self.due().remove(&next.key)?.is_none() {
             return Ok(Taken::Raced);
         }
-        let Some(mut job) = self.take(next.state, &next.id)? else {
+        let Some(job) = self.take(next.state, &next.id)? else {
             return Ok(Taken::Missing);
         };
+        let job = self.start_run(job, next.state, worker, now)?;
+        Ok(Taken::Job(Box::new(job)))
+    }
+
+    /// Puts a job just taken out of the (pending or failed) tree of `from` into `processing`,
+    /// locked by `worker`, with one more run.
+    fn start_run(&self, mut job: Job, from: JobState, worker: &str, now: Millis) -> TxResult<Job> {
         job.state = JobState::Processing;
         job.locked_by = Some(worker.to_string());
         job.locked_at = Some(now);
@@ -322,8 +341,8 @@ impl Tx<'_> {
         job.runs = job.runs.saturating_add(1);
         job.pgid = None;
         self.put(&job)?;
-        self.moved(next.state, JobState::Processing)?;
-        Ok(Taken::Job(Box::new(job)))
+        self.moved(from, JobState::Processing)?;
+        Ok(job)
     }
 
     /// Ends the attempt of processing job `id`.
@@ -1152,25 +1171,11 @@ impl JobStore for SledStore {
             return Ok(None);
         }
         Ok(self.tx(|t| {
-            let Some(mut job) = t.take(from, id)? else {
+            let Some(job) = t.take(from, id)? else {
                 return Ok(None);
             };
-            // The job is in exactly one of the two indexes, under its `available_at`.
-            if let Some(at) = job.available_at {
-                t.due()
-                    .remove(&keys::due_key(job.priority, at, job.seq)[..])?;
-                t.scheduled()
-                    .remove(&keys::scheduled_key(at, job.seq)[..])?;
-            }
-            job.state = JobState::Processing;
-            job.locked_by = Some(worker.to_string());
-            job.locked_at = Some(now);
-            job.updated_at = now;
-            job.runs = job.runs.saturating_add(1);
-            job.pgid = None;
-            t.put(&job)?;
-            t.moved(from, JobState::Processing)?;
-            Ok(Some(job))
+            t.unindex(&job)?;
+            t.start_run(job, from, worker, now).map(Some)
         })?)
     }
 
@@ -1480,13 +1485,7 @@ impl JobStore for SledStore {
             let Some(mut job) = t.take(from, id)? else {
                 return abort(StoreError::NotFound(id.to_string()));
             };
-            // The job is in exactly one of the two indexes, under its `available_at`.
-            if let Some(at) = job.available_at {
-                t.due()
-                    .remove(&keys::due_key(job.priority, at, job.seq)[..])?;
-                t.scheduled()
-                    .remove(&keys::scheduled_key(at, job.seq)[..])?;
-            }
+            t.unindex(&job)?;
             job.state = JobState::Dead;
             job.last_error = Some(crate::store::CANCELLED.to_string());
             job.available_at = None;
