@@ -57,6 +57,14 @@ impl JobStore for Closed {
     ) -> Result<(FailOrDone, Option<Job>), StoreError> {
         closed()
     }
+    fn finish_and_reserve_batch(
+        &self,
+        _: &[(&str, RunEnd<'_>)],
+        _: &[&str],
+        _: Millis,
+    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
+        closed()
+    }
     fn finish(&self, _: &str, _: &RunEnd<'_>, _: Millis) -> Result<FailOrDone, StoreError> {
         closed()
     }

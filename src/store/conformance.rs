@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             fail_follows_the_retry_rule_then_dlq_retry,
             finish_refuses_a_job_that_is_not_processing,
             finish_and_reserve_is_one_step,
+            finish_and_reserve_batch_is_one_step,
             dlq_retry_of_a_job_that_is_not_dead,
             release_returns_without_counting_an_attempt,
             reserve_id_takes_only_a_waiting_job,
@@ -545,6 +546,90 @@ pub fn finish_and_reserve_is_one_step(fresh: Fresh<'_>) {
         .is_err());
     assert_eq!(s.get("e").unwrap().unwrap().state, JobState::Pending);
     assert_eq!(s.counts().unwrap().completed, 3);
+    assert_consistent(&*s);
+}
+
+/// `finish_and_reserve_batch` (a turn of the supervisor's loop): every end recorded, one job
+/// reserved per worker in order, the jobs just ended not taken again; a refused end changes
+/// nothing and reserves nothing.
+pub fn finish_and_reserve_batch_is_one_step(fresh: Fresh<'_>) {
+    let s = fresh().open();
+    let jobs: Vec<NewJob> = (0..6).map(|i| new_job(&format!("b{i}"))).collect();
+    s.enqueue(&jobs, &CFG, 0, None).unwrap();
+    let (done, first) = s.finish_and_reserve_batch(&[], &["w1", "w2"], 1).unwrap();
+    assert!(done.is_empty());
+    let got: Vec<(&str, Option<&str>, JobState)> = first
+        .iter()
+        .map(|j| (j.id.as_str(), j.locked_by.as_deref(), j.state))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("b0", Some("w1"), JobState::Processing),
+            ("b1", Some("w2"), JobState::Processing)
+        ]
+    );
+    let failed = RunEnd::Failed {
+        error: "exit code 1",
+        backoff_base: 2,
+    };
+    // b5 is not processing: its end is refused and changes nothing; b1 fails (retry in 2 s,
+    // not due), b0 succeeds; three workers get b2, b3, b4.
+    let (done, next) = s
+        .finish_and_reserve_batch(
+            &[("b1", failed), ("b5", failed), ("b0", RunEnd::Succeeded)],
+            &["w1", "w2", "w3"],
+            3,
+        )
+        .unwrap();
+    assert!(
+        matches!(&done[0], Ok(FailOrDone::Failed(r)) if r.job.id == "b1" && r.job.state == JobState::Failed && r.job.attempts == 1)
+    );
+    assert!(matches!(&done[1], Err(StoreError::NotFound(id)) if id == "b5"));
+    assert!(
+        matches!(&done[2], Ok(FailOrDone::Done(j)) if j.id == "b0" && j.state == JobState::Completed)
+    );
+    let b5 = s.get("b5").unwrap().unwrap();
+    assert_eq!((b5.state, b5.attempts, b5.runs), (JobState::Pending, 0, 0));
+    let got: Vec<(&str, Option<&str>)> = next
+        .iter()
+        .map(|j| (j.id.as_str(), j.locked_by.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [("b2", Some("w1")), ("b3", Some("w2")), ("b4", Some("w3"))]
+    );
+    // Fewer due than workers: the ends are recorded, the one due job is taken.
+    let ends = [
+        ("b2", RunEnd::Succeeded),
+        ("b3", RunEnd::Succeeded),
+        ("b4", RunEnd::Cancelled),
+    ];
+    let (done, next) = s
+        .finish_and_reserve_batch(&ends, &["w1", "w2", "w3"], 4)
+        .unwrap();
+    assert_eq!(done.len(), 3);
+    assert_eq!(s.get("b4").unwrap().unwrap().state, JobState::Dead);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, "b5");
+    // The failed job comes back once its retry time has come.
+    let (_, next) = s
+        .finish_and_reserve_batch(&[("b5", RunEnd::Succeeded)], &["w1", "w2"], 2_004)
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].id.as_str(), next[0].runs), ("b1", 2));
+    // No worker to give a job to (a stop under way): the ends alone.
+    s.enqueue(&[new_job("b6")], &CFG, 2_005, None).unwrap();
+    let (done, next) = s
+        .finish_and_reserve_batch(&[("b1", RunEnd::Succeeded)], &[], 2_006)
+        .unwrap();
+    assert!(matches!(&done[..], [Ok(FailOrDone::Done(j))] if j.id == "b1"));
+    assert!(next.is_empty());
+    let c = s.counts().unwrap();
+    assert_eq!(
+        (c.completed, c.dead, c.pending, c.get(JobState::Processing)),
+        (5, 1, 1, 0)
+    );
     assert_consistent(&*s);
 }
 

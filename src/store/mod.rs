@@ -265,6 +265,21 @@ pub trait JobStore: Send + Sync {
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError>;
 
+    /// [`finish_and_reserve`](JobStore::finish_and_reserve) for a whole turn of the
+    /// supervisor's loop: ends every attempt of `ends` and reserves a due job for each of
+    /// `workers` (in order; fewer when fewer are due), in one atomic step. A job ended here is
+    /// not reserved again even if due. Returns each end's result in the order of `ends` (an end
+    /// refused as [`finish`](JobStore::finish) would refuse it is `NotFound` in its place and
+    /// changes nothing; the others are recorded) and the jobs reserved, each `locked_by` its
+    /// worker. An error of the whole step changes nothing.
+    #[allow(clippy::type_complexity)]
+    fn finish_and_reserve_batch(
+        &self,
+        ends: &[(&str, RunEnd<'_>)],
+        workers: &[&str],
+        now: Millis,
+    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError>;
+
     /// Ends the attempt of processing job `id`, unlocking it (`locked_by`, `locked_at`, `pgid`
     /// cleared, `updated_at = now`). Succeeded: `completed`, `available_at = None`. Failed:
     /// `attempts + 1`, `last_error = error`, then [`crate::model::retry_decision`]: `failed`

@@ -89,13 +89,13 @@ pub enum Action {
     KillGroup { pgid: i32 },
     /// SIGTERM a job's process group (a cancel; SIGKILL follows after [`CANCEL_GRACE`]).
     TermGroup { pgid: i32 },
-    /// Store the end of the run; with `reserve_next`, reserve the worker's next job in the
-    /// same transaction and report it as [`Event::Reserved`].
+    /// Store the end of the run. The shell stores the ends of one loop turn together with the
+    /// reservation of the next job for each idle worker (see [`Core::idle_worker`]), in one
+    /// step, and reports those as [`Event::Reserved`].
     Record {
         worker: usize,
         job: Job,
         result: RunResult,
-        reserve_next: bool,
         /// The job was cancelled: it goes to `dead` as "cancelled", whatever the result says.
         cancelled: bool,
     },
@@ -487,13 +487,11 @@ impl Core {
         let Some(run) = s.running.take() else {
             return;
         };
-        let reserve_next = self.phase == Phase::Running && s.pipe && !s.retired && !self.paused;
         let retired = s.retired;
         out.push_back(Action::Record {
             worker,
             job: run.job,
             result,
-            reserve_next,
             cancelled: run.cancel.is_some(),
         });
         if self.phase != Phase::Running || retired {
@@ -523,7 +521,6 @@ impl Core {
                     worker,
                     job: run.job,
                     result: RunResult::without_output(Outcome::WorkerLost),
-                    reserve_next: false,
                     cancelled: run.cancel.is_some(),
                 });
             }
@@ -582,7 +579,6 @@ impl Core {
                         worker,
                         job: run.job,
                         result: RunResult::without_output(Outcome::Signaled(9)),
-                        reserve_next: false,
                         cancelled: true,
                     });
                 } else {
@@ -725,15 +721,14 @@ mod tests {
         worker as u64 + 1
     }
 
-    fn record_of(a: &Action) -> (usize, &str, &Outcome, bool) {
+    fn record_of(a: &Action) -> (usize, &str, &Outcome) {
         match a {
             Action::Record {
                 worker,
                 job,
                 result,
-                reserve_next,
                 ..
-            } => (*worker, job.id.as_str(), &result.outcome, *reserve_next),
+            } => (*worker, job.id.as_str(), &result.outcome),
             other => panic!("expected a record, got {other:?}"),
         }
     }
@@ -793,12 +788,18 @@ mod tests {
         t.run(0, "a");
         let actions = t.on(finished(0, 1, "a", Outcome::Exited(0)));
         assert_eq!(actions.len(), 1);
-        assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0), true));
+        assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0)));
         assert_eq!(t.core.busy(), 0);
+        assert_eq!(
+            t.core.idle_worker(0),
+            Some(0),
+            "it takes its next job this turn"
+        );
         // A failure is recorded the same way: the retry rule is the store's.
         t.run(1, "b");
         let actions = t.on(finished(1, 2, "b", Outcome::Exited(3)));
-        assert_eq!(record_of(&actions[0]), (1, "b", &Outcome::Exited(3), true));
+        assert_eq!(record_of(&actions[0]), (1, "b", &Outcome::Exited(3)));
+        assert_eq!(t.core.idle_worker(1), Some(1));
     }
 
     #[test]
@@ -829,10 +830,7 @@ mod tests {
                 job_id: "a".into()
             })
         );
-        assert_eq!(
-            record_of(&actions[3]),
-            (0, "a", &Outcome::WorkerLost, false)
-        );
+        assert_eq!(record_of(&actions[3]), (0, "a", &Outcome::WorkerLost));
         assert_eq!(actions[4], Action::Spawn { worker: 0 });
         assert_eq!(actions.len(), 5);
         assert!(t.core.all_gone());
@@ -915,7 +913,8 @@ mod tests {
         );
         assert_eq!(t.core.idle_worker(0), None, "nothing is dispatched");
         let actions = t.on(finished(1, 2, "a", Outcome::Exited(0)));
-        assert_eq!(record_of(&actions[0]), (1, "a", &Outcome::Exited(0), false));
+        assert_eq!(record_of(&actions[0]), (1, "a", &Outcome::Exited(0)));
+        assert_eq!(t.core.idle_worker(0), None, "it takes no next job");
         assert_eq!(actions[1], Action::Shutdown { worker: 1 });
         // A worker restarted meanwhile is told to exit as soon as it is ready; one that dies
         // is not restarted.
@@ -1081,17 +1080,13 @@ mod tests {
         t.core.scale(0, &mut out);
         assert!(out.is_empty(), "it is busy");
         let actions = t.on(finished(0, gen(0), "b", Outcome::Exited(0)));
-        assert!(
-            matches!(
-                &actions[0],
-                Action::Record {
-                    reserve_next: false,
-                    ..
-                }
-            ),
-            "{actions:?}"
-        );
+        assert!(matches!(&actions[0], Action::Record { .. }), "{actions:?}");
         assert_eq!(actions[1], Action::Shutdown { worker: 0 });
+        assert_eq!(
+            t.core.idle_worker(0),
+            None,
+            "a worker let go takes no next job"
+        );
     }
 
     #[test]

@@ -280,6 +280,9 @@ struct Supervisor {
     full: Option<Full>,
     /// Ends of runs not stored because the disk is full, oldest first.
     held: Vec<Unstored>,
+    /// Ends of runs reported during this turn of the event loop, stored at its end (see
+    /// [`Supervisor::settle`]).
+    ended: Vec<Unstored>,
     /// The bulk enqueue being stored (or the last one stored).
     bulk: Option<BulkRun>,
 }
@@ -540,6 +543,7 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         journal: VecDeque::new(),
         full: None,
         held: Vec::new(),
+        ended: Vec::new(),
         bulk: None,
     };
     for i in 0..count as usize {
@@ -909,8 +913,8 @@ impl Supervisor {
             }
             self.try_resume();
             self.drop_abandoned_waits();
+            self.settle();
             if self.core.phase() == Phase::Running {
-                self.dispatch();
                 self.retention_step();
             } else if self.core.all_gone() {
                 break;
@@ -923,6 +927,7 @@ impl Supervisor {
     /// process until it is let go (when the supervisor is dropped), so `worker stop` waits until
     /// the store is really free.
     fn finish(&mut self, pid: u32) -> Result<(), SupervisorError> {
+        self.settle();
         if let Some(bulk) = &mut self.bulk {
             bulk.stop();
         }
@@ -1159,19 +1164,11 @@ impl Supervisor {
                 }
             }
             Action::Record {
-                worker,
                 job,
                 result,
-                reserve_next,
                 cancelled,
-            } => {
-                let next = self.record(job, result, reserve_next.then_some(worker), cancelled);
-                if let Some(next) = next {
-                    self.core
-                        .handle(Event::Reserved { worker, job: next }, &mut self.actions);
-                }
-                self.answer_waits();
-            }
+                ..
+            } => self.end_run(job, result, cancelled),
             Action::Release { job } => self.release(job),
             Action::RecordPgid { worker, pgid } => {
                 // On a full disk the attempt record (see `worker::attempt`) is what a new
@@ -1394,13 +1391,9 @@ impl Supervisor {
     /// reserved for that worker in the same transaction and returned. A `cancelled` run
     /// ends the job as cancelled. On a full disk the end is kept in memory instead (see
     /// [`Supervisor::try_resume`]).
-    fn record(
-        &mut self,
-        job: Job,
-        result: RunResult,
-        next_for: Option<usize>,
-        cancelled: bool,
-    ) -> Option<Job> {
+    /// Takes the end of a run as the worker reported it: the live output files go (the stored
+    /// output replaces them) and the end waits for the end of the loop turn to be stored.
+    fn end_run(&mut self, job: Job, result: RunResult, cancelled: bool) {
         let now = now_ms();
         let success = result.outcome.is_success() && !cancelled;
         let error = if success {
@@ -1425,7 +1418,7 @@ impl Supervisor {
             }
         }
         self.seq += 1;
-        let run = Unstored {
+        self.ended.push(Unstored {
             seq: self.seq,
             job,
             cancelled,
@@ -1433,58 +1426,150 @@ impl Supervisor {
             error,
             duration_ms,
             output,
-        };
-        if self.short_of_room() {
-            tracing::info!(
-                "Job {} ended; its result is kept in memory until the disk has room",
-                run.job.id
-            );
-            self.held.push(run);
-            return None;
+        });
+    }
+
+    /// The end of a loop turn: stores the ends of the runs reported during it and reserves the
+    /// next due job for every idle worker, in one step of the store
+    /// ([`JobStore::finish_and_reserve_batch`]: one transaction, on PostgreSQL one commit, for
+    /// the whole turn), then hands the reserved jobs out. An end the store refuses (another
+    /// supervisor reaped the attempt) is logged. When the whole step fails: a full disk keeps
+    /// the ends in memory; a lost connection to a shared queue keeps them to be sent again;
+    /// otherwise each end is stored on its own and the idle workers reserve one by one.
+    fn settle(&mut self) {
+        if self.ended.is_empty() && self.core.idle_worker(0).is_none() {
+            return;
         }
-        let worker = next_for.map(|i| self.workers[i].name.as_str());
-        let recorded = store_run(
-            &*self.owner.store,
-            &run,
-            worker,
-            self.config.backoff_base,
-            now,
-        );
-        let next = match recorded {
+        let ended = std::mem::take(&mut self.ended);
+        if self.short_of_room() {
+            for run in ended {
+                tracing::info!(
+                    "Job {} ended; its result is kept in memory until the disk has room",
+                    run.job.id
+                );
+                self.held.push(run);
+            }
+            self.answer_waits();
+            return;
+        }
+        let now = now_ms();
+        let store = Arc::clone(&self.owner.store);
+        for run in &ended {
+            if store_output(&*store, run).is_err() {
+                self.held.extend(ended);
+                self.enter_full(true);
+                return;
+            }
+        }
+        let mut idle = Vec::new();
+        let mut from = 0;
+        while let Some(i) = self.core.idle_worker(from) {
+            idle.push(i);
+            from = i + 1;
+        }
+        let names: Vec<&str> = idle
+            .iter()
+            .map(|&i| self.workers[i].name.as_str())
+            .collect();
+        let base = self.config.backoff_base;
+        let ends: Vec<(&str, RunEnd<'_>)> = ended
+            .iter()
+            .map(|run| (run.job.id.as_str(), run.end(base)))
+            .collect();
+        let res = store.finish_and_reserve_batch(&ends, &names, now);
+        drop(ends);
+        match res {
+            Ok((done, taken)) => {
+                for (run, done) in ended.into_iter().zip(done) {
+                    match done {
+                        Ok(done) => {
+                            log_end(&run, &done);
+                            self.stored(run);
+                        }
+                        // Another supervisor reaped the attempt, which counted it.
+                        Err(e) => tracing::error!("cannot record the end of job {}: {e}", run.job.id),
+                    }
+                }
+                if !taken.is_empty() {
+                    self.mark_dirty();
+                }
+                for job in taken {
+                    let worker = idle
+                        .iter()
+                        .copied()
+                        .find(|&i| job.locked_by.as_deref() == Some(self.workers[i].name.as_str()));
+                    match worker {
+                        Some(worker) => self.apply(Event::Reserved { worker, job }),
+                        None => self.release(job),
+                    }
+                }
+            }
+            Err(StoreError::NoSpace) => {
+                self.held.extend(ended);
+                self.enter_full(true);
+            }
+            Err(e) => {
+                tracing::debug!("cannot store the turn's ends in one step: {e}");
+                let lost = !e.is_user_error() && self.leases.is_some();
+                for run in ended {
+                    if lost {
+                        self.record_later(run);
+                    } else {
+                        self.record(run, now);
+                    }
+                }
+                if !lost {
+                    self.dispatch();
+                }
+            }
+        }
+        self.answer_waits();
+    }
+
+    /// Stores the end of one run on its own (its output already stored).
+    fn record(&mut self, run: Unstored, now: u64) {
+        let end = run.end(self.config.backoff_base);
+        match self.owner.store.finish(&run.job.id, &end, now) {
+            Ok(done) => {
+                log_end(&run, &done);
+                self.stored(run);
+            }
             Err(StoreError::NoSpace) => {
                 self.held.push(run);
                 self.enter_full(true);
-                return None;
             }
             Err(e) if !e.is_user_error() && self.leases.is_some() => {
                 tracing::warn!(
                     "cannot record the end of job {} yet: {e}; trying again",
                     run.job.id
                 );
-                let end = if run.cancelled {
-                    OwnedEnd::Cancelled
-                } else if run.success {
-                    OwnedEnd::Succeeded
-                } else {
-                    OwnedEnd::Failed {
-                        error: run.error,
-                        backoff_base: self.config.backoff_base,
-                    }
-                };
-                if let Some(l) = &mut self.leases {
-                    l.unrecorded.push(Unrecorded { job: run.job, end });
-                }
-                return None;
+                self.record_later(run);
             }
-            Err(e) => {
-                tracing::error!("cannot record the end of job {}: {e}", run.job.id);
-                return None;
-            }
-            Ok((done, next)) => {
-                log_end(&run, &done);
-                next
+            Err(e) => tracing::error!("cannot record the end of job {}: {e}", run.job.id),
+        }
+    }
+
+    /// With a shared queue: keeps the end of a run to be sent again soon (the connection is
+    /// lost; the lease is kept meanwhile).
+    fn record_later(&mut self, run: Unstored) {
+        let end = if run.cancelled {
+            OwnedEnd::Cancelled
+        } else if run.success {
+            OwnedEnd::Succeeded
+        } else {
+            OwnedEnd::Failed {
+                error: run.error,
+                backoff_base: self.config.backoff_base,
             }
         };
+        if let Some(l) = &mut self.leases {
+            l.unrecorded.push(Unrecorded { job: run.job, end });
+        }
+    }
+
+    /// Notes an end written to the store: it stays in the journal until a flush made it
+    /// durable (a full disk may lose what is not).
+    fn stored(&mut self, run: Unstored) {
         self.marks.written.store(run.seq, Ordering::Release);
         self.mark_dirty();
         let durable = self.marks.durable.load(Ordering::Acquire);
@@ -1492,7 +1577,6 @@ impl Supervisor {
             self.journal.pop_front();
         }
         self.journal.push_back(run);
-        next
     }
 
     /// Whether the disk is too full to write to the store (entering the full state when it
@@ -1703,8 +1787,8 @@ impl Supervisor {
                     break;
                 }
             }
-            match store_run(&*store, &run, None, self.config.backoff_base, now) {
-                Ok((done, _)) => {
+            match store_run(&*store, &run, self.config.backoff_base, now) {
+                Ok(done) => {
                     log_end(&run, &done);
                     stored.push(run);
                 }
@@ -1784,15 +1868,9 @@ impl Supervisor {
 /// How [`Supervisor::resume`] says the store could not be opened again.
 const STUCK: &str = "stuck";
 
-/// Stores the end of `run` (its output, then the job's new state, reserving the next job for
-/// `worker` in the same step when given).
-fn store_run(
-    store: &dyn JobStore,
-    run: &Unstored,
-    worker: Option<&str>,
-    backoff_base: u64,
-    now: u64,
-) -> Result<(FailOrDone, Option<Job>), StoreError> {
+/// Stores the output of `run`, if it has one to keep. Only a full disk is an error (the end
+/// is then kept in memory); any other failure is logged and the end is stored without it.
+fn store_output(store: &dyn JobStore, run: &Unstored) -> Result<(), StoreError> {
     if let Some(output) = &run.output {
         match store.put_output(&run.job.id, output) {
             Ok(()) => {}
@@ -1800,14 +1878,18 @@ fn store_run(
             Err(e) => tracing::warn!("cannot store the output of job {}: {e}", run.job.id),
         }
     }
-    let end = run.end(backoff_base);
-    match worker {
-        // Scheduled jobs that fell due are taken by the reserve itself.
-        Some(w) => store.finish_and_reserve(&run.job.id, &end, w, now),
-        None => store
-            .finish(&run.job.id, &end, now)
-            .map(|done| (done, None)),
-    }
+    Ok(())
+}
+
+/// Stores the end of `run` on its own: its output, then the job's new state.
+fn store_run(
+    store: &dyn JobStore,
+    run: &Unstored,
+    backoff_base: u64,
+    now: u64,
+) -> Result<FailOrDone, StoreError> {
+    store_output(store, run)?;
+    store.finish(&run.job.id, &run.end(backoff_base), now)
 }
 
 /// Whether the store has `job`'s run (`job.runs`) under way, taking the job again when the

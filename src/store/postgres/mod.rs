@@ -766,97 +766,6 @@ impl PgStore {
             .collect()
     }
 
-    /// [`JobStore::finish_and_reserve`] for a whole turn of the supervisor's loop: ends every
-    /// attempt of `ends` and reserves a due job for each of `workers` (in order; fewer when
-    /// fewer are due), in one statement and one commit. A job ended here is not reserved again
-    /// even if due. When an end is refused nothing changes (`NotFound` for the first refused).
-    /// Returns the ends' results in order and the jobs reserved.
-    ///
-    /// Measured by `benches/reserve.rs` (`postgres/batched-*`): one commit (one wait for the
-    /// disk) for many jobs instead of one each.
-    pub fn finish_and_reserve_batch(
-        &self,
-        ends: &[(&str, RunEnd<'_>)],
-        workers: &[&str],
-        now: Millis,
-    ) -> Result<(Vec<FailOrDone>, Vec<Job>), StoreError> {
-        let ids: Vec<&str> = ends.iter().map(|(id, _)| *id).collect();
-        let params: Vec<_> = ends.iter().map(|(_, end)| end_params(end)).collect();
-        let modes: Vec<&str> = params.iter().map(|p| p.0).collect();
-        let errors: Vec<Option<&str>> = params.iter().map(|p| p.1).collect();
-        let bases: Vec<i64> = params.iter().map(|p| p.2).collect();
-        let runs: Vec<Option<i64>> = ids.iter().map(|id| self.run_of(id)).collect();
-        let now = self.now(now);
-        let lease = self.lease();
-        let res = self.attempt(|c| {
-            let batch = c.statement(SQL_FINISH_AND_RESERVE_BATCH)?;
-            let mut tx = c.client.transaction()?;
-            let rows = tx.query(
-                &batch,
-                &[
-                    &ids,
-                    &modes,
-                    &errors,
-                    &runs,
-                    &bases,
-                    &now,
-                    &self.owner,
-                    &workers,
-                    &lease,
-                ],
-            )?;
-            let ended: HashMap<String, Job> = rows
-                .iter()
-                .filter(|r| r.try_get::<_, i32>("k").is_ok_and(|k| k == 0))
-                .map(|r| job_from_row(r).map(|j| (j.id.clone(), j)))
-                .collect::<Result<_, StoreError>>()?;
-            if let Some(missing) = ids.iter().find(|id| !ended.contains_key(**id)) {
-                return Err(StoreError::NotFound(missing.to_string()));
-            }
-            let taken = rows
-                .iter()
-                .filter(|r| r.try_get::<_, i32>("k").is_ok_and(|k| k == 1))
-                .map(job_from_row)
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            tx.commit()?;
-            Ok((ended, taken))
-        });
-        let (mut ended, taken) = match res {
-            Ok(v) => v,
-            Err((e, lost)) => {
-                if lost {
-                    let mut uncertain = self.uncertain.lock().unwrap_or_else(|p| p.into_inner());
-                    uncertain.extend(ids.iter().map(|id| id.to_string()));
-                }
-                return Err(e);
-            }
-        };
-        let mut results = Vec::with_capacity(ends.len());
-        let mut retried = false;
-        for (id, end) in ends {
-            let job = ended
-                .remove(*id)
-                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-            self.let_go(id);
-            let result = self.done_or_failed(job, end);
-            retried |= matches!(
-                &result,
-                FailOrDone::Failed(FailResult {
-                    decision: RetryDecision::Retry { .. },
-                    ..
-                })
-            );
-            results.push(result);
-        }
-        for job in &taken {
-            self.hold(job);
-        }
-        if retried {
-            self.announce_jobs();
-        }
-        Ok((results, taken))
-    }
-
     /// The jobs this owner holds in `processing`.
     pub fn own_running(&self) -> Result<Vec<Job>, StoreError> {
         let rows = self.with(|c| c.query(SQL_OWN_RUNNING, &[&self.owner]))?;
@@ -1380,6 +1289,82 @@ impl JobStore for PgStore {
         now: Millis,
     ) -> Result<(FailOrDone, Option<Job>), StoreError> {
         self.end_attempt(id, end, now, Some((worker, self.lease())))
+    }
+
+    /// One statement, committed on its own (one wait for the disk for the whole turn).
+    fn finish_and_reserve_batch(
+        &self,
+        ends: &[(&str, RunEnd<'_>)],
+        workers: &[&str],
+        now: Millis,
+    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
+        let ids: Vec<&str> = ends.iter().map(|(id, _)| *id).collect();
+        let params: Vec<_> = ends.iter().map(|(_, end)| end_params(end)).collect();
+        let modes: Vec<&str> = params.iter().map(|p| p.0).collect();
+        let errors: Vec<Option<&str>> = params.iter().map(|p| p.1).collect();
+        let bases: Vec<i64> = params.iter().map(|p| p.2).collect();
+        let runs: Vec<Option<i64>> = ids.iter().map(|id| self.run_of(id)).collect();
+        let now = self.now(now);
+        let lease = self.lease();
+        let res = self.attempt(|c| {
+            c.query(
+                SQL_FINISH_AND_RESERVE_BATCH,
+                &[
+                    &ids,
+                    &modes,
+                    &errors,
+                    &runs,
+                    &bases,
+                    &now,
+                    &self.owner,
+                    &workers,
+                    &lease,
+                ],
+            )
+        });
+        let rows = match res {
+            Ok(rows) => rows,
+            Err((e, lost)) => {
+                if lost {
+                    let mut uncertain = self.uncertain.lock().unwrap_or_else(|p| p.into_inner());
+                    uncertain.extend(ids.iter().map(|id| id.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        let mut ended = HashMap::with_capacity(ends.len());
+        let mut taken = Vec::with_capacity(workers.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            if row.try_get::<_, i32>("k")? == 0 {
+                ended.insert(job.id.clone(), job);
+            } else {
+                self.hold(&job);
+                taken.push(job);
+            }
+        }
+        let mut results = Vec::with_capacity(ends.len());
+        let mut retried = false;
+        for (id, end) in ends {
+            let Some(job) = ended.remove(*id) else {
+                results.push(Err(StoreError::NotFound(id.to_string())));
+                continue;
+            };
+            self.let_go(id);
+            let result = self.done_or_failed(job, end);
+            retried |= matches!(
+                &result,
+                FailOrDone::Failed(FailResult {
+                    decision: RetryDecision::Retry { .. },
+                    ..
+                })
+            );
+            results.push(Ok(result));
+        }
+        if retried {
+            self.announce_jobs();
+        }
+        Ok((results, taken))
     }
 
     fn finish(&self, id: &str, end: &RunEnd<'_>, now: Millis) -> Result<FailOrDone, StoreError> {

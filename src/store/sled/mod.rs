@@ -676,56 +676,6 @@ impl SledStore {
         }
     }
 
-    /// [`JobStore::finish_and_reserve`] for a whole turn of the supervisor's loop: ends every
-    /// attempt of `ends` and reserves a due job for each of `workers` (in order; fewer when
-    /// fewer are due), all in one transaction. A job ended here is not reserved again even if
-    /// it is due. Returns the ends' results in order and the jobs reserved.
-    ///
-    /// Measured by `benches/reserve.rs` (`sled/batched-*`) against one transaction per job;
-    /// the supervisor does not use it (see the bench for why).
-    pub fn finish_and_reserve_batch(
-        &self,
-        ends: &[(&str, RunEnd<'_>)],
-        workers: &[&str],
-        now: Millis,
-    ) -> Result<(Vec<FailOrDone>, Vec<Job>), StoreError> {
-        self.promote_due(now)?;
-        let ended: HashSet<&str> = ends.iter().map(|(id, _)| *id).collect();
-        let mut next = Vec::with_capacity(workers.len());
-        for item in self.due.iter() {
-            if next.len() == workers.len() {
-                break;
-            }
-            let (key, value) = item?;
-            if let Some((state, id)) = keys::decode_index_value(&value) {
-                if !ended.contains(id) {
-                    next.push(DueEntry {
-                        id: id.to_string(),
-                        key,
-                        state,
-                    });
-                }
-            }
-        }
-        let (done, taken) = self.tx(|t| {
-            let mut done = Vec::with_capacity(ends.len());
-            for (id, end) in ends {
-                done.push(t.finish(id, end, now)?);
-            }
-            let mut taken = Vec::with_capacity(next.len());
-            for (entry, worker) in next.iter().zip(workers) {
-                taken.push(t.take_due(entry, worker, now)?);
-            }
-            Ok((done, taken))
-        })?;
-        let jobs = taken
-            .into_iter()
-            .zip(&next)
-            .filter_map(|(taken, entry)| self.taken(taken, entry))
-            .collect();
-        Ok((done, jobs))
-    }
-
     /// A processing job finished successfully.
     pub fn complete(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
         match self.finish(id, &RunEnd::Succeeded, now)? {
@@ -1203,6 +1153,60 @@ impl JobStore for SledStore {
             crate::crashpoint::hit("after-reserve");
         }
         Ok((done, taken))
+    }
+
+    /// One transaction; the due jobs are picked before it (this owner is the only writer).
+    fn finish_and_reserve_batch(
+        &self,
+        ends: &[(&str, RunEnd<'_>)],
+        workers: &[&str],
+        now: Millis,
+    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
+        self.promote_due(now)?;
+        let ended: HashSet<&str> = ends.iter().map(|(id, _)| *id).collect();
+        let mut next = Vec::with_capacity(workers.len());
+        for item in self.due.iter() {
+            if next.len() == workers.len() {
+                break;
+            }
+            let (key, value) = item?;
+            if let Some((state, id)) = keys::decode_index_value(&value) {
+                if !ended.contains(id) {
+                    next.push(DueEntry {
+                        id: id.to_string(),
+                        key,
+                        state,
+                    });
+                }
+            }
+        }
+        let (done, taken) = self.tx(|t| {
+            let mut done = Vec::with_capacity(ends.len());
+            for (id, end) in ends {
+                // A refused end wrote nothing (its job was not processing): the others go on.
+                done.push(match t.finish(id, end, now) {
+                    Ok(done) => Ok(done),
+                    Err(ConflictableTransactionError::Abort(e @ StoreError::NotFound(_))) => {
+                        Err(e)
+                    }
+                    Err(e) => return Err(e),
+                });
+            }
+            let mut taken = Vec::with_capacity(next.len());
+            for (entry, worker) in next.iter().zip(workers) {
+                taken.push(t.take_due(entry, worker, now)?);
+            }
+            Ok((done, taken))
+        })?;
+        let jobs = taken
+            .into_iter()
+            .zip(&next)
+            .filter_map(|(taken, entry)| self.taken(taken, entry))
+            .collect::<Vec<_>>();
+        if !jobs.is_empty() {
+            crate::crashpoint::hit("after-reserve");
+        }
+        Ok((done, jobs))
     }
 
     /// Ends an attempt without reserving anything.

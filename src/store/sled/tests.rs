@@ -278,48 +278,6 @@ fn a_publication_cut_short_by_a_crash_is_finished_by_the_next_open() {
     assert_eq!(s.reserve("w", 5).unwrap().unwrap().id, "j000000");
 }
 
-#[test]
-fn a_batch_ends_and_reserves_in_one_step() {
-    let dir = TempDir::new().unwrap();
-    let s = SledStore::open(&dir.path().join("db")).unwrap();
-    let cfg = Config::default();
-    let jobs: Vec<NewJob> = (0..6).map(|i| new_job(&format!("b{i}"))).collect();
-    s.enqueue(&jobs, &cfg, 0, None).unwrap();
-    let (done, first) = s.finish_and_reserve_batch(&[], &["w1", "w2"], 1).unwrap();
-    assert!(done.is_empty());
-    assert_eq!(ids(&first), ["b0", "b1"]);
-    assert_eq!(first[1].locked_by.as_deref(), Some("w2"));
-    // b0 succeeds; b1 fails and is due again at once (backoff 0 s): it is not taken again.
-    let ends = [
-        ("b0", RunEnd::Succeeded),
-        (
-            "b1",
-            RunEnd::Failed {
-                error: "exit code 1",
-                backoff_base: 0,
-            },
-        ),
-    ];
-    let (done, next) = s
-        .finish_and_reserve_batch(&ends, &["w1", "w2", "w3"], 2)
-        .unwrap();
-    assert!(matches!(&done[0], FailOrDone::Done(j) if j.id == "b0"));
-    assert!(matches!(&done[1], FailOrDone::Failed(r) if r.job.id == "b1"));
-    assert_eq!(ids(&next), ["b2", "b3", "b4"]);
-    // A refused end changes nothing and reserves nothing.
-    let err = s
-        .finish_and_reserve_batch(&[("b0", RunEnd::Succeeded)], &["w1"], 3)
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
-    assert_eq!(s.counts().unwrap().get(JobState::Processing), 3);
-    let report = s.verify().unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-}
-
-fn ids(jobs: &[Job]) -> Vec<&str> {
-    jobs.iter().map(|j| j.id.as_str()).collect()
-}
-
 /// A bulk enqueue stored by a second thread (as a supervisor does) while the owner's thread
 /// enqueues jobs with the same ids: each id ends up in the store once, whoever took it first.
 #[test]
