@@ -24,7 +24,8 @@
 //!   work per job (one completed, one reserved) in one commit instead of two.
 //! - `sled/batched4-unflushed`, `sled/batched4-flushed`: one turn of a supervisor loop with 4
 //!   workers batched: the 4 running jobs end and 4 are reserved in one transaction
-//!   (`SledStore::finish_and_reserve_batch`); the time is per job (a quarter of a turn).
+//!   (`JobStore::finish_and_reserve_batch`, what the supervisor does at the end of each turn of
+//!   its loop); the time is per job (a quarter of a turn).
 //! - `sqlite_nodejs/(a)`: the Node.js queuectl's storage: index `(state, available_at)`, WAL,
 //!   `synchronous=NORMAL`. `BEGIN IMMEDIATE; SELECT id ... WHERE state='pending' AND
 //!   available_at <= now ORDER BY priority DESC, available_at LIMIT 1; UPDATE ... 'processing';
@@ -43,7 +44,7 @@
 //!   with `QUEUECTL_PG_DURABLE=1 .ci/postgres.sh start DIR` for PostgreSQL's durable defaults
 //!   (`synchronous_commit=on`, `fsync=on`), the setting the figures are quoted for.
 //! - `postgres/batched-4`, `-16`, `-64`: a turn of a supervisor's loop with that many
-//!   workers in one statement (`PgStore::finish_and_reserve_batch`): every worker's job ends
+//!   workers in one statement (`JobStore::finish_and_reserve_batch`): every worker's job ends
 //!   and each gets the next, one commit for all of them (one cycle counted per job).
 //!
 //! Equal durability: `sled/flushed` ≈ `(b)-full` (each cycle is on disk when it returns).
@@ -304,10 +305,11 @@ impl Queue for SledQueue {
                 .iter()
                 .map(|id| (id.as_str(), RunEnd::Succeeded))
                 .collect();
-            let (_, jobs) = self
+            let (done, jobs) = self
                 .store
                 .finish_and_reserve_batch(&ends, &workers, NOW)
                 .unwrap();
+            assert!(done.iter().all(Result::is_ok), "an end was refused");
             assert_eq!(jobs.len(), self.batch, "the queue ran dry");
             self.batch_running = jobs.into_iter().map(|j| j.id).collect();
         } else if self.fused {
@@ -343,7 +345,7 @@ struct PgQueue {
     fused: bool,
     running: Option<String>,
     /// Batched variant: this many workers, their jobs ended and the next reserved in one
-    /// statement (`PgStore::finish_and_reserve_batch`) every that many cycles.
+    /// statement (`JobStore::finish_and_reserve_batch`) every that many cycles.
     batch: Option<Vec<String>>,
     batch_running: Vec<String>,
     cycles_due: usize,
@@ -408,10 +410,11 @@ impl Queue for PgQueue {
                 .map(|id| (id.as_str(), RunEnd::Succeeded))
                 .collect();
             let names: Vec<&str> = workers.iter().map(String::as_str).collect();
-            let (_, next) = self
+            let (done, next) = self
                 .store
                 .finish_and_reserve_batch(&ends, &names, NOW)
                 .unwrap();
+            assert!(done.iter().all(Result::is_ok), "an end was refused");
             assert_eq!(next.len(), names.len(), "the queue ran dry");
             self.batch_running = next.into_iter().map(|j| j.id).collect();
         } else if self.fused {

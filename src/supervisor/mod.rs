@@ -1487,7 +1487,9 @@ impl Supervisor {
                             self.stored(run);
                         }
                         // Another supervisor reaped the attempt, which counted it.
-                        Err(e) => tracing::error!("cannot record the end of job {}: {e}", run.job.id),
+                        Err(e) => {
+                            tracing::error!("cannot record the end of job {}: {e}", run.job.id)
+                        }
                     }
                 }
                 if !taken.is_empty() {

@@ -1186,9 +1186,7 @@ impl JobStore for SledStore {
                 // A refused end wrote nothing (its job was not processing): the others go on.
                 done.push(match t.finish(id, end, now) {
                     Ok(done) => Ok(done),
-                    Err(ConflictableTransactionError::Abort(e @ StoreError::NotFound(_))) => {
-                        Err(e)
-                    }
+                    Err(ConflictableTransactionError::Abort(e @ StoreError::NotFound(_))) => Err(e),
                     Err(e) => return Err(e),
                 });
             }
