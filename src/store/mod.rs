@@ -291,7 +291,9 @@ pub trait JobStore: Send + Sync {
     fn set_pgid(&self, id: &str, pgid: i32) -> Result<(), StoreError>;
 
     /// Returns processing job `id` to `pending` without counting an attempt (a forced stop):
-    /// unlocked, `available_at = min(available_at, now)` so it keeps its place.
+    /// unlocked, `available_at = min(available_at, now)` so it keeps its place. A store that
+    /// keeps cancels of running jobs (PostgreSQL: asked for from any host) ends a job whose
+    /// cancel was asked for as [`cancel`](JobStore::cancel) would, instead: it is returned dead.
     /// `NotFound` when no processing job has that id.
     fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError>;
 

@@ -1822,6 +1822,9 @@ impl Supervisor {
             None => self.owner.store.release(&job.id, now_ms()),
         };
         match res {
+            Ok(j) if j.state == JobState::Dead => {
+                tracing::info!("Job {} cancelled (asked for while it ran)", job.id)
+            }
             Ok(_) => tracing::info!("Job {} returned to pending (forced stop)", job.id),
             Err(StoreError::NoSpace) => {
                 tracing::warn!(

@@ -263,15 +263,19 @@ const SQL_FINISH_AND_RESERVE: &str = concat!(
 const SQL_SET_PGID: &str = "UPDATE jobs SET pgid = $2 WHERE id = $1 AND state = 'processing' \
      AND owner = $3 AND ($4::bigint IS NULL OR runs = $4::bigint)";
 
+/// Returns a processing job to pending; one whose cancel was asked for (from any host) ends
+/// cancelled instead (`$5`): the cancel is not lost with the run.
 const SQL_RELEASE: &str = concat!(
-    "UPDATE jobs SET state = 'pending', locked_by = NULL, locked_at = NULL, pgid = NULL, \
+    "UPDATE jobs SET state = (CASE WHEN cancel_requested THEN 'dead' ELSE 'pending' END)\
+     ::queuectl_state, last_error = (CASE WHEN cancel_requested THEN $5::text \
+     ELSE last_error END), locked_by = NULL, locked_at = NULL, pgid = NULL, \
      owner = NULL, lease_until = NULL, cancel_requested = false, updated_at = ",
     now!("$2"),
-    ", available_at = LEAST(COALESCE(available_at, ",
+    ", available_at = (CASE WHEN cancel_requested THEN NULL ELSE LEAST(COALESCE(available_at, ",
     now!("$2"),
     "), ",
     now!("$2"),
-    ") WHERE id = $1 AND state = 'processing' AND owner = $3 \
+    ") END) WHERE id = $1 AND state = 'processing' AND owner = $3 \
      AND ($4::bigint IS NULL OR runs = $4::bigint) RETURNING ",
     job_cols!()
 );
@@ -1383,12 +1387,20 @@ impl JobStore for PgStore {
     fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
         let now = self.now(now);
         let run = self.run_of(id);
-        let rows = self.with(|c| c.query(SQL_RELEASE, &[&id, &now, &self.owner, &run]))?;
+        let rows = self.with(|c| {
+            c.query(
+                SQL_RELEASE,
+                &[&id, &now, &self.owner, &run, &crate::store::CANCELLED],
+            )
+        })?;
         match rows.first() {
             Some(row) => {
                 self.let_go(id);
-                self.announce_jobs();
-                job_from_row(row)
+                let job = job_from_row(row)?;
+                if job.state == JobState::Pending {
+                    self.announce_jobs();
+                }
+                Ok(job)
             }
             None => Err(StoreError::NotFound(id.to_string())),
         }

@@ -352,6 +352,33 @@ fn a_cancel_of_a_running_job_is_kept_until_its_supervisor_ends_it() {
     assert!(other.request_cancel("r").unwrap().is_none());
 }
 
+/// A running job whose cancel was asked for from another host, then returned by its supervisor
+/// (a forced stop before the news arrived), ends cancelled: it does not run again.
+#[test]
+fn a_release_keeps_a_cancel_asked_for_meanwhile() {
+    let Some(db) = TestDb::create() else { return };
+    let host = db.store("host-a");
+    let other = db.store("command");
+    host.enqueue(&[new_job("r"), new_job("s")], &CFG, 0, None)
+        .unwrap();
+    host.reserve("w1", 0).unwrap().unwrap();
+    host.reserve("w2", 0).unwrap().unwrap();
+    other.request_cancel("r").unwrap().expect("running");
+    let r = host.release("r", 5).unwrap();
+    assert_eq!(
+        (r.state, r.attempts, r.last_error.as_deref(), r.available_at),
+        (JobState::Dead, 0, Some(crate::store::CANCELLED), None)
+    );
+    let s = host.release("s", 5).unwrap();
+    assert_eq!((s.state, s.available_at), (JobState::Pending, Some(0)));
+    let next = host.reserve("w1", 6).unwrap().expect("s is waiting");
+    assert_eq!(next.id, "s");
+    assert!(
+        host.reserve("w2", 6).unwrap().is_none(),
+        "r is never run again"
+    );
+}
+
 /// Ends every other session on the test's database.
 fn terminate_others(db: &TestDb) {
     let mut c = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
