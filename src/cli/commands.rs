@@ -467,15 +467,25 @@ fn wait(
     };
     let deadline = limit.map(|l| Instant::now() + l);
     let ids = if all {
+        // Page by page: a large queue never travels as one reply.
         let mut ids = Vec::new();
-        for state in [JobState::Pending, JobState::Processing, JobState::Failed] {
-            let req = Request::List {
-                state: Some(state),
-                offset: 0,
-                limit: usize::MAX,
+        let mut session = client::Session::open(dir)?;
+        let mut after = None;
+        loop {
+            let req = Request::ListPage {
+                states: vec![JobState::Pending, JobState::Processing, JobState::Failed],
+                order: ListOrder::Id,
+                after: after.take(),
+                limit: request::PAGE_MAX,
             };
-            match call(dir, &req)? {
-                Reply::Jobs(jobs) => ids.extend(jobs.into_iter().map(|j| j.id)),
+            match error_reply(session.call(&req, reply_timeout())?)? {
+                Reply::Page { jobs, next } => {
+                    ids.extend(jobs.into_iter().map(|j| j.id));
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
                 other => return unexpected(other),
             }
         }

@@ -257,7 +257,7 @@ struct Supervisor {
     root: PathBuf,
     config: Config,
     /// `queuectl wait` requests left unanswered until their jobs are finished.
-    waits: Vec<(PendingRequest, Vec<String>)>,
+    waits: Vec<Wait>,
     /// When `waits` was last checked for commands that are gone.
     waits_checked: Instant,
     core: Core,
@@ -322,6 +322,16 @@ impl Unstored {
             }
         }
     }
+}
+
+/// A `queuectl wait` left unanswered until its jobs are finished.
+struct Wait {
+    req: PendingRequest,
+    ids: Vec<String>,
+    /// The ids not seen finished yet. The ends of a turn's runs are taken off as they are
+    /// stored, so that a wait costs the supervisor nothing per turn until this is empty, and
+    /// then one read per id to answer (not one per id and turn).
+    open: HashSet<String>,
 }
 
 /// The disk is full: nothing is reserved, the ends of runs wait in memory, the store is tried
@@ -1276,14 +1286,18 @@ impl Supervisor {
                 Handled::Reply(Box::new(Reply::Each(results)))
             }
             Request::Wait { ids } => {
-                if waits.iter().any(|(w, _)| w.id == req.id) {
+                if waits.iter().any(|w| w.req.id == req.id) {
                     return Handled::Defer;
                 }
                 let now = wait_results(&**store, ids);
                 if request::all_finished(&now) {
                     Handled::Reply(Box::new(Reply::Each(now)))
                 } else {
-                    waits.push((req.clone(), ids.clone()));
+                    waits.push(Wait {
+                        req: req.clone(),
+                        ids: ids.clone(),
+                        open: unfinished(&now),
+                    });
                     Handled::Defer
                 }
             }
@@ -1338,7 +1352,7 @@ impl Supervisor {
                     Err(e) => tracing::error!("cannot read the config: {e}"),
                 }
                 // A cancel (or rm, or retry) may have finished what a wait waits for.
-                self.answer_waits();
+                self.recheck_waits();
             }
             Ok(_) => {}
             Err(e) => tracing::error!("cannot apply requests: {e}"),
@@ -1353,16 +1367,38 @@ impl Supervisor {
         }
         self.waits_checked = Instant::now();
         let spool = &self.owner.spool;
-        self.waits.retain(|(req, _)| {
-            if !spool.client_gone(&req.id) {
+        self.waits.retain(|w| {
+            if !spool.client_gone(&w.req.id) {
                 return true;
             }
-            tracing::debug!("request {} dropped: nobody waits for its answer", req.id);
-            if let Err(e) = spool.finish(req) {
-                tracing::warn!("could not remove request {}: {e}", req.id);
+            tracing::debug!("request {} dropped: nobody waits for its answer", w.req.id);
+            if let Err(e) = spool.finish(&w.req) {
+                tracing::warn!("could not remove request {}: {e}", w.req.id);
             }
             false
         });
+    }
+
+    /// Takes job `id`, just finished (completed or dead), off what every wait waits for.
+    fn finished_id(&mut self, id: &str) {
+        for w in &mut self.waits {
+            w.open.remove(id);
+        }
+    }
+
+    /// Looks again at every job the waits wait for (after a request that may have finished
+    /// some: a cancel, a removal; or after ends stored late), then answers.
+    fn recheck_waits(&mut self) {
+        let store = &self.owner.store;
+        for w in &mut self.waits {
+            w.open.retain(|id| match store.get(id) {
+                Ok(Some(j)) => !matches!(j.state, JobState::Completed | JobState::Dead),
+                // Removed: the answer says there is no such job.
+                Ok(None) => false,
+                Err(_) => true,
+            });
+        }
+        self.answer_waits();
     }
 
     /// Answers each waiting `queuectl wait` whose jobs are all finished.
@@ -1372,9 +1408,14 @@ impl Supervisor {
         }
         let store = &self.owner.store;
         let spool = &self.owner.spool;
-        self.waits.retain(|(req, ids)| {
-            let results = wait_results(&**store, ids);
+        self.waits.retain_mut(|w| {
+            if !w.open.is_empty() {
+                return true;
+            }
+            let results = wait_results(&**store, &w.ids);
             if !request::all_finished(&results) {
+                // One went back to waiting (a dead job retried) meanwhile.
+                w.open = unfinished(&results);
                 return true;
             }
             // What the answer reports must be durable first.
@@ -1382,15 +1423,11 @@ impl Supervisor {
                 tracing::error!("cannot flush the store: {e}");
                 return true;
             }
-            request::answer(spool, req, &Reply::Each(results));
+            request::answer(spool, &w.req, &Reply::Each(results));
             false
         });
     }
 
-    /// Stores the end of a run and logs it. With `next_for`, the next due job is
-    /// reserved for that worker in the same transaction and returned. A `cancelled` run
-    /// ends the job as cancelled. On a full disk the end is kept in memory instead (see
-    /// [`Supervisor::try_resume`]).
     /// Takes the end of a run as the worker reported it: the live output files go (the stored
     /// output replaces them) and the end waits for the end of the loop turn to be stored.
     fn end_run(&mut self, job: Job, result: RunResult, cancelled: bool) {
@@ -1449,7 +1486,6 @@ impl Supervisor {
                 );
                 self.held.push(run);
             }
-            self.answer_waits();
             return;
         }
         let now = now_ms();
@@ -1484,6 +1520,9 @@ impl Supervisor {
                     match done {
                         Ok(done) => {
                             log_end(&run, &done);
+                            if finished(&done) {
+                                self.finished_id(&run.job.id);
+                            }
                             self.stored(run);
                         }
                         // Another supervisor reaped the attempt, which counted it.
@@ -1534,6 +1573,9 @@ impl Supervisor {
         match self.owner.store.finish(&run.job.id, &end, now) {
             Ok(done) => {
                 log_end(&run, &done);
+                if finished(&done) {
+                    self.finished_id(&run.job.id);
+                }
                 self.stored(run);
             }
             Err(StoreError::NoSpace) => {
@@ -1653,7 +1695,7 @@ impl Supervisor {
                     "the disk has room again after {:.1}s: stored {stored} results kept in memory; jobs start again",
                     since.elapsed().as_secs_f64()
                 );
-                self.answer_waits();
+                self.recheck_waits();
             }
             Err(why) => {
                 tracing::debug!("the store cannot be written yet: {why}");
@@ -1714,7 +1756,7 @@ impl Supervisor {
             l.unrecorded.extend(kept);
         }
         if recorded {
-            self.answer_waits();
+            self.recheck_waits();
         }
     }
 
@@ -1939,6 +1981,26 @@ fn log_end(run: &Unstored, done: &FailOrDone) {
 }
 
 /// The jobs a `queuectl wait` asks about, as they are now (an unknown id is an error).
+/// Whether a run's end finished its job (completed or dead, not waiting for a retry).
+fn finished(done: &FailOrDone) -> bool {
+    match done {
+        FailOrDone::Done(_) => true,
+        FailOrDone::Failed(r) => r.job.state == JobState::Dead,
+    }
+}
+
+/// The ids of `results` whose jobs are not finished.
+fn unfinished(results: &[(String, Result<Job, String>)]) -> HashSet<String> {
+    results
+        .iter()
+        .filter(|(_, r)| {
+            r.as_ref()
+                .is_ok_and(|j| !matches!(j.state, JobState::Completed | JobState::Dead))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 fn wait_results(store: &dyn JobStore, ids: &[String]) -> Vec<(String, Result<Job, String>)> {
     ids.iter()
         .map(|id| {
