@@ -101,6 +101,9 @@ pub enum Action {
     },
     /// Return a job that is not running (any more) to pending, without counting an run.
     Release { job: Job },
+    /// Return a job reserved ahead for a worker, never started, to where it was: as
+    /// [`Action::Release`], and its run is not counted either.
+    Unreserve { job: Job },
     /// Write the process group of the worker's running job to the store.
     RecordPgid { worker: usize, pgid: i32 },
     /// Start a new process for the worker; report [`Event::Spawned`] or
@@ -134,6 +137,8 @@ pub struct Run {
     pgid_unrecorded_since: Option<Instant>,
     /// When `queuectl cancel` asked for it to stop, and whether SIGKILL was sent.
     cancel: Option<(Instant, bool)>,
+    /// When the worker said it started.
+    started_at: Option<Instant>,
 }
 
 /// What the core knows of one worker.
@@ -146,6 +151,8 @@ struct WorkerState {
     pipe: bool,
     ready: bool,
     running: Option<Run>,
+    /// Its next job, reserved while it runs `running` (see [`Core::reserve_ahead`]).
+    ahead: Option<Job>,
     /// Let go by `worker scale`: it exits once idle and is not restarted.
     retired: bool,
 }
@@ -159,6 +166,9 @@ pub struct Core {
     spawn_failures: u32,
     /// `worker pause`: no job is given out until `worker resume`.
     paused: bool,
+    /// With [`Core::reserve_ahead`]: how long a run may last and its worker still hold its
+    /// next job.
+    ahead_keep: Option<Duration>,
 }
 
 impl Core {
@@ -170,6 +180,52 @@ impl Core {
             signals: 0,
             spawn_failures: 0,
             paused: false,
+            ahead_keep: None,
+        }
+    }
+
+    /// Lets a busy worker hold its next job, reserved while it runs the current one, so that it
+    /// starts it as soon as it reports the end of the current one, without waiting for the
+    /// store (a shared queue, where each step waits for the database's commit). A next job is
+    /// held only while the current run is younger than `keep`, then given back (it would wait
+    /// for a long run, where another worker or host could run it).
+    pub fn reserve_ahead(&mut self, keep: Duration) {
+        self.ahead_keep = Some(keep);
+    }
+
+    /// Whether busy `worker` should be given its next job now (see [`Core::reserve_ahead`]).
+    pub fn wants_ahead(&self, worker: usize, now: Instant) -> bool {
+        let Some(keep) = self.ahead_keep else {
+            return false;
+        };
+        let s = &self.workers[worker];
+        self.phase == Phase::Running
+            && !self.paused
+            && s.pipe
+            && !s.retired
+            && s.ahead.is_none()
+            && s.running.as_ref().is_some_and(|r| {
+                r.cancel.is_none()
+                    && r.started_at
+                        .is_none_or(|at| now.saturating_duration_since(at) < keep)
+            })
+    }
+
+    /// The jobs reserved ahead, not started yet.
+    pub fn ahead(&self) -> impl Iterator<Item = &Job> {
+        self.workers.iter().filter_map(|s| s.ahead.as_ref())
+    }
+
+    /// Forgets the jobs reserved ahead (`id`: that one only), without a word to the store:
+    /// they may not be this supervisor's any more (its leases were not renewed in time).
+    pub fn drop_ahead(&mut self, id: Option<&str>) {
+        for s in &mut self.workers {
+            if s.ahead
+                .as_ref()
+                .is_some_and(|j| id.is_none_or(|id| j.id == id))
+            {
+                s.ahead = None;
+            }
         }
     }
 
@@ -281,8 +337,8 @@ impl Core {
     }
 
     /// How long the event loop may sleep: until the next scheduled job is due (not once a stop
-    /// began) or the next process group is to be written, and never longer than the poll
-    /// interval.
+    /// began), the next process group is to be written or a next job held ahead is to be given
+    /// back, and never longer than the poll interval.
     pub fn sleep_for(
         &self,
         now_ms: Millis,
@@ -300,10 +356,25 @@ impl Core {
             Some(due) => wait.min(due),
             None => wait,
         };
+        let wait = match self.ahead_due_in(now) {
+            Some(due) => wait.min(due),
+            None => wait,
+        };
         match self.kill_due_in(now) {
             Some(due) => wait.min(due),
             None => wait,
         }
+    }
+
+    /// How soon a next job held ahead is to be given back (its worker's run grew long).
+    fn ahead_due_in(&self, now: Instant) -> Option<Duration> {
+        let keep = self.ahead_keep?;
+        self.workers
+            .iter()
+            .filter(|s| s.ahead.is_some())
+            .filter_map(|s| s.running.as_ref()?.started_at)
+            .map(|at| keep.saturating_sub(now.saturating_duration_since(at)))
+            .min()
     }
 
     /// How soon a cancelled job's grace ends, if any is waiting for it.
@@ -328,6 +399,23 @@ impl Core {
         now: Instant,
         out: &mut VecDeque<Action>,
     ) -> Option<Job> {
+        if let Some(worker) = self
+            .workers
+            .iter()
+            .position(|s| s.ahead.as_ref().is_some_and(|j| j.id == job_id))
+        {
+            // Not started: it ends cancelled at once.
+            let job = self.workers[worker].ahead.take()?;
+            out.push_back(Action::Record {
+                worker,
+                job: job.clone(),
+                result: RunResult::without_output(Outcome::SpawnFailed(
+                    "cancelled before it started".into(),
+                )),
+                cancelled: true,
+            });
+            return Some(job);
+        }
         let run = self
             .workers
             .iter_mut()
@@ -363,6 +451,7 @@ impl Core {
                     pipe: true,
                     ready: false,
                     running: None,
+                    ahead: None,
                     retired: false,
                 };
             }
@@ -384,6 +473,7 @@ impl Core {
                 if let Some(run) = self.workers[worker].running.as_mut() {
                     if run.job.id == job_id {
                         run.pgid = Some(pgid);
+                        run.started_at = Some(at);
                         run.pgid_unrecorded_since = Some(at);
                         if run.cancel.is_some() {
                             // Cancelled before it started: stop it now.
@@ -412,6 +502,9 @@ impl Core {
                 if let Some(run) = s.running.take() {
                     out.push_back(Action::Release { job: run.job });
                 }
+                if let Some(job) = s.ahead.take() {
+                    out.push_back(Action::Unreserve { job });
+                }
             }
             Event::Signal => {
                 self.signals += 1;
@@ -422,6 +515,18 @@ impl Core {
                 }
             }
             Event::Timer { now } => {
+                let keep = self.ahead_keep.unwrap_or(Duration::MAX);
+                for s in &mut self.workers {
+                    let long = s.running.as_ref().is_some_and(|r| {
+                        r.started_at
+                            .is_some_and(|at| now.saturating_duration_since(at) >= keep)
+                    });
+                    if long {
+                        if let Some(job) = s.ahead.take() {
+                            out.push_back(Action::Unreserve { job });
+                        }
+                    }
+                }
                 for (worker, s) in self.workers.iter_mut().enumerate() {
                     let Some(run) = s.running.as_mut() else {
                         continue;
@@ -450,9 +555,18 @@ impl Core {
 
     /// Hands a reserved job to the worker, or back if the worker cannot take it.
     fn assign(&mut self, worker: usize, job: Job, out: &mut VecDeque<Action>) {
+        let ahead_ok = self.ahead_keep.is_some() && self.phase == Phase::Running && !self.paused;
         let s = &mut self.workers[worker];
+        if s.pipe && s.running.is_some() && s.ahead.is_none() && !s.retired && ahead_ok {
+            s.ahead = Some(job);
+            return;
+        }
         if !s.pipe || s.running.is_some() {
-            out.push_back(Action::Release { job });
+            out.push_back(if self.ahead_keep.is_some() {
+                Action::Unreserve { job }
+            } else {
+                Action::Release { job }
+            });
             return;
         }
         let run = RunJob {
@@ -469,6 +583,7 @@ impl Core {
             pgid: None,
             pgid_unrecorded_since: None,
             cancel: None,
+            started_at: None,
         });
         out.push_back(Action::Run { worker, job: run });
     }
@@ -488,12 +603,21 @@ impl Core {
             return;
         };
         let retired = s.retired;
+        let next = s.ahead.take();
         out.push_back(Action::Record {
             worker,
             job: run.job,
             result,
             cancelled: run.cancel.is_some(),
         });
+        if let Some(job) = next {
+            // Started at once, before anything is stored; or given back.
+            if self.phase == Phase::Running && !retired && !self.paused {
+                self.assign(worker, job, out);
+            } else {
+                out.push_back(Action::Unreserve { job });
+            }
+        }
         if self.phase != Phase::Running || retired {
             self.shut_down(worker, out);
         }
@@ -505,6 +629,9 @@ impl Core {
         s.alive = false;
         out.push_back(Action::Reap { worker });
         let was_ready = std::mem::take(&mut s.ready);
+        if let Some(job) = s.ahead.take() {
+            out.push_back(Action::Unreserve { job });
+        }
         if let Some(run) = s.running.take() {
             // The command may outlive its worker: kill its group before the job can run again.
             if let Some(pgid) = run.pgid {
@@ -556,6 +683,11 @@ impl Core {
         }
         self.phase = Phase::Stopping;
         out.push_back(Action::Note(Note::Stopping { busy: self.busy() }));
+        for s in &mut self.workers {
+            if let Some(job) = s.ahead.take() {
+                out.push_back(Action::Unreserve { job });
+            }
+        }
         for worker in 0..self.workers.len() {
             if self.workers[worker].running.is_none() {
                 self.shut_down(worker, out);
@@ -569,6 +701,9 @@ impl Core {
         self.phase = Phase::Forced;
         out.push_back(Action::Note(Note::Forced));
         for (worker, s) in self.workers.iter_mut().enumerate() {
+            if let Some(job) = s.ahead.take() {
+                out.push_back(Action::Unreserve { job });
+            }
             if let Some(run) = s.running.take() {
                 if let Some(pgid) = run.pgid {
                     out.push_back(Action::KillGroup { pgid });
@@ -780,6 +915,192 @@ mod tests {
             job: job("c"),
         });
         assert_eq!(released(&actions[0]), "c", "no pipe");
+    }
+
+    fn unreserved(a: &Action) -> &str {
+        match a {
+            Action::Unreserve { job } => &job.id,
+            other => panic!("expected a job given back unstarted, got {other:?}"),
+        }
+    }
+
+    fn run_of(a: &Action) -> (usize, &str) {
+        match a {
+            Action::Run { worker, job } => (*worker, job.job_id.as_str()),
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    const KEEP: Duration = Duration::from_millis(100);
+
+    /// `n` ready workers that may hold their next job ahead.
+    fn ahead(n: usize) -> T {
+        let mut t = T::ready(n);
+        t.core.reserve_ahead(KEEP);
+        t
+    }
+
+    #[test]
+    fn a_busy_worker_holds_its_next_job_and_starts_it_with_its_report() {
+        let mut t = ahead(1);
+        assert!(
+            !t.core.wants_ahead(0, t.t0),
+            "idle: it gets a job to run, not ahead"
+        );
+        t.run(0, "a");
+        assert!(t.core.wants_ahead(0, t.t0), "not started yet");
+        t.started(0, "a", 40);
+        assert!(t.core.wants_ahead(0, t.t0 + KEEP / 2));
+        assert!(
+            !t.core.wants_ahead(0, t.t0 + KEEP),
+            "a long run holds nothing ahead"
+        );
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        assert_eq!(
+            t.core.ahead().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert!(!t.core.wants_ahead(0, t.t0), "one ahead at most");
+        // A second one goes back, its run uncounted.
+        let actions = t.on(Event::Reserved {
+            worker: 0,
+            job: job("c"),
+        });
+        assert_eq!(unreserved(&actions[0]), "c");
+        // The report of a's end starts b at once, in the same step as a's record.
+        let actions = t.on(finished(0, gen(0), "a", Outcome::Exited(0)));
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0)));
+        assert_eq!(run_of(&actions[1]), (0, "b"));
+        assert_eq!(t.core.running(0).map(|r| r.job.id.as_str()), Some("b"));
+        assert_eq!(t.core.ahead().count(), 0);
+        // Without `reserve_ahead` (one machine), a busy worker holds nothing.
+        let mut t = T::ready(1);
+        t.run(0, "a");
+        assert!(!t.core.wants_ahead(0, t.t0));
+    }
+
+    #[test]
+    fn a_job_held_ahead_goes_back_unstarted_when_it_cannot_start() {
+        // Its worker's run grows long.
+        let mut t = ahead(1);
+        t.run(0, "a");
+        t.started(0, "a", 40);
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        // (the process group is written first)
+        let actions = t.on(Event::Timer {
+            now: t.t0 + PGID_RECORD_AFTER,
+        });
+        assert!(
+            matches!(&actions[..], [Action::RecordPgid { .. }]),
+            "{actions:?}"
+        );
+        let ten = Duration::from_millis(10);
+        assert_eq!(t.core.sleep_for(0, None, 1000, t.t0 + ten), KEEP - ten);
+        let actions = t.on(Event::Timer { now: t.t0 + KEEP });
+        assert_eq!(unreserved(&actions[0]), "b");
+        // Paused meanwhile: a's end does not start it.
+        let mut t = ahead(1);
+        t.run(0, "a");
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        t.core.set_paused(true);
+        let actions = t.on(finished(0, gen(0), "a", Outcome::Exited(0)));
+        assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0)));
+        assert_eq!(unreserved(&actions[1]), "b");
+        // A stop.
+        let mut t = ahead(1);
+        t.run(0, "a");
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        let actions = t.on(Event::Signal);
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Unreserve { job } if job.id == "b")));
+        assert!(t.core.running(0).is_some(), "a goes on");
+        // Its worker dies, or its pipe breaks.
+        let mut t = ahead(2);
+        t.run(0, "a");
+        t.run(1, "c");
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        assert!(t
+            .on(Event::Reserved {
+                worker: 1,
+                job: job("d")
+            })
+            .is_empty());
+        let actions = t.on(Event::Gone {
+            worker: 0,
+            gen: gen(0),
+        });
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Unreserve { job } if job.id == "b")));
+        let actions = t.on(Event::SendFailed { worker: 1 });
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Unreserve { job } if job.id == "d")));
+        // Forgotten without a word when this supervisor's leases may have lapsed.
+        let mut t = ahead(1);
+        t.run(0, "a");
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        t.core.drop_ahead(None);
+        let actions = t.on(finished(0, gen(0), "a", Outcome::Exited(0)));
+        assert_eq!(actions.len(), 1, "only a's record: {actions:?}");
+    }
+
+    #[test]
+    fn a_cancel_of_a_job_held_ahead_ends_it_cancelled_at_once() {
+        let mut t = ahead(1);
+        t.run(0, "a");
+        assert!(t
+            .on(Event::Reserved {
+                worker: 0,
+                job: job("b")
+            })
+            .is_empty());
+        let mut out = VecDeque::new();
+        let job = t.core.cancel("b", t.t0, &mut out).expect("held here");
+        assert_eq!(job.id, "b");
+        let out: Vec<Action> = out.into();
+        assert!(
+            matches!(&out[..], [Action::Record { job, cancelled: true, .. }] if job.id == "b"),
+            "{out:?}"
+        );
+        assert_eq!(t.core.ahead().count(), 0);
+        assert_eq!(
+            t.core.running(0).map(|r| r.job.id.as_str()),
+            Some("a"),
+            "a goes on"
+        );
     }
 
     #[test]

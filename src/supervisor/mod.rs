@@ -421,6 +421,17 @@ struct Leases {
     /// Ends of runs not recorded yet (the database could not be reached): sent again until
     /// they are. Their jobs stay this supervisor's, their leases renewed, meanwhile.
     unrecorded: Vec<Unrecorded>,
+    /// The last look found fewer jobs than it asked for: busy workers get no next job ahead
+    /// until a notice says jobs came, or a poll interval passed.
+    dry: bool,
+}
+
+impl Leases {
+    /// Whether the leases may have expired already: no renewal for two thirds of a lease
+    /// (what the workers fence themselves at).
+    fn stale(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.renewed) >= Duration::from_millis(self.lease_ms * 2 / 3)
+    }
 }
 
 /// The end of a run still to be recorded.
@@ -454,6 +465,9 @@ impl OwnedEnd {
 
 /// How often ends of runs that could not be recorded are sent again.
 const RECORD_RETRY: Duration = Duration::from_millis(200);
+/// With a shared queue, a busy worker's next job is reserved while its run is younger than
+/// this, and given back once the run is older (see `Core::reserve_ahead`).
+const AHEAD_KEEP: Duration = Duration::from_millis(100);
 
 /// Where the sweeps of retention are (completed, then dead jobs), and when the next step is.
 struct Retention {
@@ -574,7 +588,9 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
             fenced: false,
             _listener: listener,
             unrecorded: Vec::new(),
+            dry: false,
         });
+        sup.core.reserve_ahead(AHEAD_KEEP);
     }
     // Requests that arrived while we were starting.
     sup.drain_spool();
@@ -902,7 +918,11 @@ impl Supervisor {
                         self.drain_spool();
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(l) = &mut self.leases {
+                        l.dry = false;
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if !announced && self.core.all_ready() {
@@ -1003,14 +1023,16 @@ impl Supervisor {
                 for (id, _) in held.iter().filter(|(_, cancel)| **cancel) {
                     self.cancel_here(id);
                 }
-                // Held but neither running nor waiting to be recorded: reserved by a statement
-                // whose answer was lost with the connection; it never started, so it goes back.
-                let unrecorded: HashSet<&str> =
+                // Held but neither running, held ahead nor waiting to be recorded: reserved by
+                // a statement whose answer was lost with the connection; it never started, so
+                // it goes back.
+                let mut known: HashSet<&str> =
                     self.leases.as_ref().map_or_else(HashSet::new, |l| {
                         l.unrecorded.iter().map(|u| u.job.id.as_str()).collect()
                     });
+                known.extend(self.core.ahead().map(|j| j.id.as_str()));
                 for id in held.keys() {
-                    if running.iter().any(|(r, _)| r == id) || unrecorded.contains(id.as_str()) {
+                    if running.iter().any(|(r, _)| r == id) || known.contains(id.as_str()) {
                         continue;
                     }
                     match pg.release(id, now_ms()) {
@@ -1029,6 +1051,16 @@ impl Supervisor {
                         l.fenced = false;
                     }
                 }
+                // Held ahead but taken over: never started here.
+                let lost: Vec<String> = self
+                    .core
+                    .ahead()
+                    .filter(|j| !held.contains_key(&j.id))
+                    .map(|j| j.id.clone())
+                    .collect();
+                for id in &lost {
+                    self.core.drop_ahead(Some(id));
+                }
                 for (id, pgid) in running.iter().filter(|(id, _)| !held.contains_key(id)) {
                     tracing::warn!(
                         "job {id} was taken over by another supervisor: killing it here"
@@ -1046,6 +1078,7 @@ impl Supervisor {
                 let silent = now.saturating_duration_since(l.renewed);
                 if !l.fenced && silent >= Duration::from_millis(lease_ms * 2 / 3) {
                     l.fenced = true;
+                    self.core.drop_ahead(None);
                     tracing::error!(
                         "no lease renewed for {}ms: killing the {} running jobs before another \
                          supervisor takes them over",
@@ -1084,12 +1117,24 @@ impl Supervisor {
                     pgid,
                     at: Instant::now(),
                 },
-                FromWorker::Finished { job_id, result } => Event::Finished {
-                    worker,
-                    gen,
-                    job_id,
-                    result,
-                },
+                FromWorker::Finished { job_id, result } => {
+                    // A next job reserved ahead starts with the report: not when this
+                    // supervisor's leases may have lapsed (it was stopped or hung), as another
+                    // host may have taken it over.
+                    if self
+                        .leases
+                        .as_ref()
+                        .is_some_and(|l| l.stale(Instant::now()))
+                    {
+                        self.core.drop_ahead(None);
+                    }
+                    Event::Finished {
+                        worker,
+                        gen,
+                        job_id,
+                        result,
+                    }
+                }
             },
             Input::WorkerGone { worker, gen } => Event::Gone { worker, gen },
             Input::Spool => return true,
@@ -1097,7 +1142,11 @@ impl Supervisor {
             Input::Db(notice) => {
                 match notice {
                     // Jobs are looked for after every turn.
-                    Notice::Jobs => {}
+                    Notice::Jobs => {
+                        if let Some(l) = &mut self.leases {
+                            l.dry = false;
+                        }
+                    }
                     // Notices may have been missed: renew (which brings missed cancels) now.
                     Notice::Listening => {
                         if let Some(l) = &mut self.leases {
@@ -1180,6 +1229,7 @@ impl Supervisor {
                 ..
             } => self.end_run(job, result, cancelled),
             Action::Release { job } => self.release(job),
+            Action::Unreserve { job } => self.unreserve(job),
             Action::RecordPgid { worker, pgid } => {
                 // On a full disk the attempt record (see `worker::attempt`) is what a new
                 // owner kills by.
@@ -1474,7 +1524,15 @@ impl Supervisor {
     /// the ends in memory; a lost connection to a shared queue keeps them to be sent again;
     /// otherwise each end is stored on its own and the idle workers reserve one by one.
     fn settle(&mut self) {
-        if self.ended.is_empty() && self.core.idle_worker(0).is_none() {
+        let now_at = Instant::now();
+        let ahead: Vec<usize> = if self.leases.as_ref().is_some_and(|l| !l.dry) {
+            (0..self.workers.len())
+                .filter(|&w| self.core.wants_ahead(w, now_at))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if self.ended.is_empty() && self.core.idle_worker(0).is_none() && ahead.is_empty() {
             return;
         }
         let ended = std::mem::take(&mut self.ended);
@@ -1497,12 +1555,14 @@ impl Supervisor {
                 return;
             }
         }
+        // Idle workers first: the jobs due now go to them before any is held ahead.
         let mut idle = Vec::new();
         let mut from = 0;
         while let Some(i) = self.core.idle_worker(from) {
             idle.push(i);
             from = i + 1;
         }
+        idle.extend(ahead);
         let names: Vec<&str> = idle
             .iter()
             .map(|&i| self.workers[i].name.as_str())
@@ -1513,6 +1573,7 @@ impl Supervisor {
             .map(|run| (run.job.id.as_str(), run.end(base)))
             .collect();
         let res = store.finish_and_reserve_batch(&ends, &names, now);
+        let names_len = names.len();
         drop(ends);
         match res {
             Ok((done, taken)) => {
@@ -1533,6 +1594,9 @@ impl Supervisor {
                 }
                 if !taken.is_empty() {
                     self.mark_dirty();
+                }
+                if let Some(l) = &mut self.leases {
+                    l.dry = taken.len() < names_len;
                 }
                 for job in taken {
                     let worker = idle
@@ -1878,6 +1942,24 @@ impl Supervisor {
             Err(e) => tracing::error!("cannot return job {} to pending: {e}", job.id),
         }
         self.mark_dirty();
+    }
+
+    /// Gives back a job reserved ahead for a worker that will not start it (a stop, its run
+    /// grew long, the worker died): pending again, neither its run nor an attempt counted.
+    fn unreserve(&mut self, job: Job) {
+        let Some(l) = &self.leases else {
+            self.release(job);
+            return;
+        };
+        match l.pg.unreserve(&job.id, now_ms()) {
+            Ok(j) if j.state == JobState::Dead => {
+                tracing::info!("Job {} cancelled (asked for before it started)", job.id)
+            }
+            Ok(_) => tracing::debug!("job {} reserved ahead goes back to the queue", job.id),
+            // Taken over (this host's leases lapsed) or the database is out of reach: the
+            // next renewal gives back what is still held here.
+            Err(e) => tracing::debug!("cannot give job {} back yet: {e}", job.id),
+        }
     }
 
     /// Gives every idle worker the next due job.

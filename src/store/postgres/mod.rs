@@ -264,11 +264,13 @@ const SQL_SET_PGID: &str = "UPDATE jobs SET pgid = $2 WHERE id = $1 AND state = 
      AND owner = $3 AND ($4::bigint IS NULL OR runs = $4::bigint)";
 
 /// Returns a processing job to pending; one whose cancel was asked for (from any host) ends
-/// cancelled instead (`$5`): the cancel is not lost with the run.
+/// cancelled instead (`$5`): the cancel is not lost with the run. `$6`: whether the run
+/// started (a job reserved ahead and never started has its run uncounted).
 const SQL_RELEASE: &str = concat!(
     "UPDATE jobs SET state = (CASE WHEN cancel_requested THEN 'dead' ELSE 'pending' END)\
      ::queuectl_state, last_error = (CASE WHEN cancel_requested THEN $5::text \
-     ELSE last_error END), locked_by = NULL, locked_at = NULL, pgid = NULL, \
+     ELSE last_error END), runs = (CASE WHEN $6::boolean THEN runs ELSE runs - 1 END), \
+     locked_by = NULL, locked_at = NULL, pgid = NULL, \
      owner = NULL, lease_until = NULL, cancel_requested = false, updated_at = ",
     now!("$2"),
     ", available_at = (CASE WHEN cancel_requested THEN NULL ELSE LEAST(COALESCE(available_at, ",
@@ -768,6 +770,42 @@ impl PgStore {
         rows.iter()
             .map(|r| Ok(self.fail_result(job_from_row(r)?, backoff_base)))
             .collect()
+    }
+
+    /// Returns job `id`, reserved by this owner ahead of time and never started, to the queue
+    /// as [`JobStore::release`] does, and uncounts its run (`runs - 1`): as if it had not been
+    /// reserved. A cancel asked for meanwhile ends it cancelled.
+    pub fn unreserve(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
+        self.give_back(id, now, false)
+    }
+
+    fn give_back(&self, id: &str, now: Millis, started: bool) -> Result<Job, StoreError> {
+        let now = self.now(now);
+        let run = self.run_of(id);
+        let rows = self.with(|c| {
+            c.query(
+                SQL_RELEASE,
+                &[
+                    &id,
+                    &now,
+                    &self.owner,
+                    &run,
+                    &crate::store::CANCELLED,
+                    &started,
+                ],
+            )
+        })?;
+        match rows.first() {
+            Some(row) => {
+                self.let_go(id);
+                let job = job_from_row(row)?;
+                if job.state == JobState::Pending {
+                    self.announce_jobs();
+                }
+                Ok(job)
+            }
+            None => Err(StoreError::NotFound(id.to_string())),
+        }
     }
 
     /// The jobs this owner holds in `processing`.
@@ -1385,25 +1423,7 @@ impl JobStore for PgStore {
     }
 
     fn release(&self, id: &str, now: Millis) -> Result<Job, StoreError> {
-        let now = self.now(now);
-        let run = self.run_of(id);
-        let rows = self.with(|c| {
-            c.query(
-                SQL_RELEASE,
-                &[&id, &now, &self.owner, &run, &crate::store::CANCELLED],
-            )
-        })?;
-        match rows.first() {
-            Some(row) => {
-                self.let_go(id);
-                let job = job_from_row(row)?;
-                if job.state == JobState::Pending {
-                    self.announce_jobs();
-                }
-                Ok(job)
-            }
-            None => Err(StoreError::NotFound(id.to_string())),
-        }
+        self.give_back(id, now, true)
     }
 
     fn dlq_retry(&self, id: &str, now: Millis, request: Option<&str>) -> Result<Job, StoreError> {

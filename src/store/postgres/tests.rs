@@ -432,3 +432,42 @@ fn batches_of_gone_commands_are_dropped_by_any_owner() {
     // Its ids are free again.
     sup.enqueue(&[new_job("y1")], &CFG, 0, None).unwrap();
 }
+
+/// A job reserved ahead and given back unstarted is as it was: pending, in its place, its run
+/// uncounted; one whose cancel was asked for meanwhile ends cancelled.
+#[test]
+fn unreserve_gives_a_job_back_as_if_never_reserved() {
+    let Some(db) = TestDb::create() else { return };
+    let host = db.store("host-a");
+    let other = db.store("command");
+    host.enqueue(&[new_job("a"), new_job("b"), new_job("c")], &CFG, 0, None)
+        .unwrap();
+    assert_eq!(host.reserve("w1", 1).unwrap().unwrap().id, "a");
+    let a = host.unreserve("a", 2).unwrap();
+    assert_eq!(
+        (
+            a.state,
+            a.runs,
+            a.attempts,
+            a.locked_by.as_deref(),
+            a.available_at
+        ),
+        (JobState::Pending, 0, 0, None, Some(0))
+    );
+    assert_eq!(
+        host.reserve("w1", 3).unwrap().unwrap().id,
+        "a",
+        "first again"
+    );
+    assert_eq!(host.reserve("w2", 3).unwrap().unwrap().id, "b");
+    other.request_cancel("b").unwrap().expect("held");
+    let b = host.unreserve("b", 4).unwrap();
+    assert_eq!(
+        (b.state, b.runs, b.last_error.as_deref()),
+        (JobState::Dead, 0, Some(crate::store::CANCELLED))
+    );
+    assert!(
+        matches!(host.unreserve("c", 5), Err(StoreError::NotFound(_))),
+        "not reserved"
+    );
+}
