@@ -358,6 +358,54 @@ fn a_cancel_reaches_the_host_running_the_job() {
     assert_eq!(job["attempts"], 0, "{job}");
 }
 
+/// A busy worker's next job is reserved while its run is young and given back once the run
+/// grows long, its run uncounted, for any host to take: an idle host runs it while the long run
+/// goes on.
+#[test]
+fn a_next_job_reserved_ahead_goes_back_when_the_run_grows_long() {
+    let Some(admin) = server() else { return };
+    let db = ScratchDatabase::create(&admin).expect("database");
+    let a = Host::quiet(&db);
+    let b = Host::quiet(&db);
+    let gate = a.env.file("gate");
+    let long = format!(
+        r#"{{"id":"long","command":"while [ ! -e {} ]; do sleep 0.05; done"}}"#,
+        gate.display()
+    );
+    a.ok(&["enqueue", &long]);
+    a.ok(&["enqueue", r#"{"id":"next","command":"true"}"#]);
+    a.start(1);
+    wait_until_for("the long run to start", LONG, &mut || {
+        a.show("long")["state"] == "processing"
+    });
+    // Reserved ahead, then given back: waiting again, never run, but changed since enqueued.
+    wait_until_for(
+        "the next job to be reserved and given back",
+        LONG,
+        &mut || {
+            let next = a.show("next");
+            next["state"] == "pending"
+                && next["runs"] == 0
+                && next["updated_at"] != next["created_at"]
+        },
+    );
+    b.start(1);
+    wait_until_for("host b to run the next job", LONG, &mut || {
+        b.show("next")["state"] == "completed"
+    });
+    assert_eq!(
+        a.show("long")["state"],
+        "processing",
+        "the long run goes on"
+    );
+    assert_eq!(b.show("next")["runs"], 1, "one run: the one on host b");
+    std::fs::write(&gate, "").unwrap();
+    wait_until_for("the long run to complete", LONG, &mut || {
+        a.show("long")["state"] == "completed"
+    });
+    assert_eq!(a.show("long")["runs"], 1);
+}
+
 /// `wait` on a host without a supervisor sees jobs other hosts run end; pause and scale
 /// reach this host's own supervisor.
 #[test]
