@@ -838,6 +838,16 @@ mod tests {
             );
         }
 
+        /// Gives busy `worker` job `id` to hold ahead, and checks it is only held.
+        fn hold(&mut self, worker: usize, id: &str) {
+            assert!(self
+                .on(Event::Reserved {
+                    worker,
+                    job: job(id),
+                })
+                .is_empty());
+        }
+
         fn started(&mut self, worker: usize, id: &str, pgid: i32) {
             let at = self.t0;
             assert!(self
@@ -955,12 +965,7 @@ mod tests {
             !t.core.wants_ahead(0, t.t0 + KEEP),
             "a long run holds nothing ahead"
         );
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
+        t.hold(0, "b");
         assert_eq!(
             t.core.ahead().map(|j| j.id.as_str()).collect::<Vec<_>>(),
             ["b"]
@@ -991,12 +996,7 @@ mod tests {
         let mut t = ahead(1);
         t.run(0, "a");
         t.started(0, "a", 40);
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
+        t.hold(0, "b");
         // (the process group is written first)
         let actions = t.on(Event::Timer {
             now: t.t0 + PGID_RECORD_AFTER,
@@ -1012,12 +1012,7 @@ mod tests {
         // Paused meanwhile: a's end does not start it.
         let mut t = ahead(1);
         t.run(0, "a");
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
+        t.hold(0, "b");
         t.core.set_paused(true);
         let actions = t.on(finished(0, gen(0), "a", Outcome::Exited(0)));
         assert_eq!(record_of(&actions[0]), (0, "a", &Outcome::Exited(0)));
@@ -1025,12 +1020,7 @@ mod tests {
         // A stop.
         let mut t = ahead(1);
         t.run(0, "a");
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
+        t.hold(0, "b");
         let actions = t.on(Event::Signal);
         assert!(actions
             .iter()
@@ -1040,18 +1030,8 @@ mod tests {
         let mut t = ahead(2);
         t.run(0, "a");
         t.run(1, "c");
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
-        assert!(t
-            .on(Event::Reserved {
-                worker: 1,
-                job: job("d")
-            })
-            .is_empty());
+        t.hold(0, "b");
+        t.hold(1, "d");
         let actions = t.on(Event::Gone {
             worker: 0,
             gen: gen(0),
@@ -1066,12 +1046,7 @@ mod tests {
         // Forgotten without a word when this supervisor's leases may have lapsed.
         let mut t = ahead(1);
         t.run(0, "a");
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
+        t.hold(0, "b");
         t.core.drop_ahead(None);
         let actions = t.on(finished(0, gen(0), "a", Outcome::Exited(0)));
         assert_eq!(actions.len(), 1, "only a's record: {actions:?}");
@@ -1081,12 +1056,7 @@ mod tests {
     fn a_cancel_of_a_job_held_ahead_ends_it_cancelled_at_once() {
         let mut t = ahead(1);
         t.run(0, "a");
-        assert!(t
-            .on(Event::Reserved {
-                worker: 0,
-                job: job("b")
-            })
-            .is_empty());
+        t.hold(0, "b");
         let mut out = VecDeque::new();
         let job = t.core.cancel("b", t.t0, &mut out).expect("held here");
         assert_eq!(job.id, "b");

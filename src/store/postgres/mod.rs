@@ -969,6 +969,12 @@ impl PgStore {
             .copied()
     }
 
+    /// The ends of `ids` were sent on a connection lost on the way: applied or not, unknown.
+    fn mark_uncertain(&self, ids: &[&str]) {
+        let mut uncertain = self.uncertain.lock().unwrap_or_else(|p| p.into_inner());
+        uncertain.extend(ids.iter().map(|id| id.to_string()));
+    }
+
     fn hold(&self, job: &Job) {
         self.runs
             .lock()
@@ -1025,10 +1031,7 @@ impl PgStore {
             Ok(rows) => rows,
             Err((e, lost)) => {
                 if lost {
-                    self.uncertain
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.to_string());
+                    self.mark_uncertain(&[id]);
                 }
                 return Err(e);
             }
@@ -1368,8 +1371,7 @@ impl JobStore for PgStore {
             Ok(rows) => rows,
             Err((e, lost)) => {
                 if lost {
-                    let mut uncertain = self.uncertain.lock().unwrap_or_else(|p| p.into_inner());
-                    uncertain.extend(ids.iter().map(|id| id.to_string()));
+                    self.mark_uncertain(&ids);
                 }
                 return Err(e);
             }
