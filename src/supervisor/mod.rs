@@ -1607,7 +1607,7 @@ impl Supervisor {
                         .find(|&i| job.locked_by.as_deref() == Some(self.workers[i].name.as_str()));
                     match worker {
                         Some(worker) => self.apply(Event::Reserved { worker, job }),
-                        None => self.release(job),
+                        None => self.unreserve(job),
                     }
                 }
             }
@@ -1946,8 +1946,9 @@ impl Supervisor {
         self.mark_dirty();
     }
 
-    /// Gives back a job reserved ahead for a worker that will not start it (a stop, its run
-    /// grew long, the worker died): pending again, neither its run nor an attempt counted.
+    /// Gives back a job reserved for a worker that will not start it (held ahead: a stop, its
+    /// run grew long, the worker died): pending again, neither its run nor an attempt counted.
+    /// Only a shared queue reserves ahead; the embedded store returns it as a forced stop does.
     fn unreserve(&mut self, job: Job) {
         let Some(l) = &self.leases else {
             self.release(job);
