@@ -754,6 +754,52 @@ fn cancel_of_a_running_job_stops_its_processes_and_never_retries_it() {
     sup.stop();
 }
 
+/// `wait --all` on more jobs than one request carries: waited for part by part, every job
+/// answered once, in order.
+#[test]
+fn wait_all_waits_for_more_jobs_than_one_request_carries() {
+    let env = Env::new();
+    let file = env.path().join("jobs.jsonl");
+    let lines: String = (0..1_205)
+        .map(|i| format!("{{\"id\":\"j{i:05}\",\"command\":\"true\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    env.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    // Waiting before any supervisor runs, so that every job is unfinished when it looks.
+    let mut waiter = std::process::Command::new(assert_cmd::cargo::cargo_bin("queuectl"))
+        .arg("--data-dir")
+        .arg(env.path())
+        .args(["wait", "--all"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = waiter.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(err), &mut line);
+        let _ = tx.send(line);
+    });
+    // (Env kills the waiter when dropped, also if this fails.)
+    let said = rx.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(
+        said.as_deref()
+            .is_ok_and(|l| l.contains("no supervisor is running")),
+        "{said:?}"
+    );
+    let sup = env.start(4);
+    let status = waiter.wait().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert_eq!(status.code(), Some(0));
+    let expected: String = (0..1_205)
+        .map(|i| format!("j{i:05}: completed\n"))
+        .collect();
+    assert_eq!(text, expected);
+    sup.stop();
+}
+
 #[test]
 fn wait_exits_0_1_or_124_with_a_line_per_job() {
     let env = Env::new();

@@ -493,10 +493,43 @@ fn wait(
     } else {
         ids
     };
-    if ids.is_empty() {
-        return print_waited(&[], json, out);
-    }
+    // A part at a time, so that neither a request nor its answer grows with the queue: the
+    // parts are waited for in turn, and the later ones are usually finished by then.
     let mut told = false;
+    let mut results = Vec::with_capacity(ids.len());
+    for (k, part) in ids.chunks(request::PAGE_MAX).enumerate() {
+        match wait_part(dir, part, deadline, &mut told)? {
+            Some(done) => results.extend(done),
+            None => {
+                // Timed out: say where every job stands.
+                let mut now = results;
+                for id in ids.iter().skip(k * request::PAGE_MAX) {
+                    if let Reply::Job(job) = call(dir, &Request::Show { id: id.clone() })? {
+                        now.push((id.clone(), Ok(job)));
+                    }
+                }
+                print_waited(&now, json, out)?;
+                let open = now
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.as_ref()
+                            .is_ok_and(|j| !matches!(j.state, JobState::Completed | JobState::Dead))
+                    })
+                    .count();
+                return Err(CommandError::WaitTimeout(timeout.unwrap_or_default(), open));
+            }
+        }
+    }
+    print_waited(&results, json, out)
+}
+
+/// Waits until every job of `ids` is finished: their states then, or `None` at `deadline`.
+fn wait_part(
+    dir: &DataDir,
+    ids: &[String],
+    deadline: Option<Instant>,
+    told: &mut bool,
+) -> Result<Option<Vec<(String, Result<Job, String>)>>> {
     // A shared queue answers at once, whichever host runs the jobs: look again, less and less
     // often (one read each time).
     let mut pause = Duration::from_millis(50);
@@ -505,7 +538,7 @@ fn wait(
         let left = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(10 * 365 * 24 * 3600));
-        let results = match client::call(dir, &Request::Wait { ids: ids.clone() }, left) {
+        let results = match client::call(dir, &Request::Wait { ids: ids.to_vec() }, left) {
             Ok(Reply::Each(results)) => results,
             Ok(other) => return unexpected(other),
             Err(ClientError::NoAnswer { .. }) => Vec::new(),
@@ -519,24 +552,10 @@ fn wait(
             return Err(CommandError::Invalid((*e).clone()));
         }
         if !results.is_empty() && crate::spool::request::all_finished(&results) {
-            return print_waited(&results, json, out);
+            return Ok(Some(results));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            let mut now = Vec::with_capacity(ids.len());
-            for id in &ids {
-                if let Reply::Job(job) = call(dir, &Request::Show { id: id.clone() })? {
-                    now.push((id.clone(), Ok(job)));
-                }
-            }
-            print_waited(&now, json, out)?;
-            let open = now
-                .iter()
-                .filter(|(_, r)| {
-                    r.as_ref()
-                        .is_ok_and(|j| !matches!(j.state, JobState::Completed | JobState::Dead))
-                })
-                .count();
-            return Err(CommandError::WaitTimeout(timeout.unwrap_or_default(), open));
+            return Ok(None);
         }
         if dir.database_url().is_some() {
             std::thread::sleep(deadline.map_or(pause, |d| {
@@ -547,11 +566,11 @@ fn wait(
         }
         // Answered without waiting: nobody runs the jobs (or the supervisor is stopping).
         if !matches!(dir.holder(), Ok(Holder::Supervisor(_))) {
-            if !told {
+            if !*told {
                 eprintln!(
                     "queuectl: no supervisor is running; waiting for one to start (`queuectl worker start`)"
                 );
-                told = true;
+                *told = true;
             }
             while !matches!(dir.holder(), Ok(Holder::Supervisor(_)))
                 && deadline.is_none_or(|d| Instant::now() < d)
