@@ -523,13 +523,16 @@ fn wait(
     print_waited(&results, json, out)
 }
 
+/// Each job's state (or why it has none), as `wait` answers.
+type Answers = Vec<(String, Result<Job, String>)>;
+
 /// Waits until every job of `ids` is finished: their states then, or `None` at `deadline`.
 fn wait_part(
     dir: &DataDir,
     ids: &[String],
     deadline: Option<Instant>,
     told: &mut bool,
-) -> Result<Option<Vec<(String, Result<Job, String>)>>> {
+) -> Result<Option<Answers>> {
     // A shared queue answers at once, whichever host runs the jobs: look again, less and less
     // often (one read each time).
     let mut pause = Duration::from_millis(50);
