@@ -64,6 +64,11 @@ impl JobState {
         JobState::Dead,
     ];
 
+    /// Completed or dead: nothing more happens to the job unless someone retries it.
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Dead)
+    }
+
     /// The lower-case name used on the command line, in JSON and in SQLite.
     pub fn as_str(self) -> &'static str {
         match self {

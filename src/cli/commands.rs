@@ -511,10 +511,7 @@ fn wait(
                 print_waited(&now, json, out)?;
                 let open = now
                     .iter()
-                    .filter(|(_, r)| {
-                        r.as_ref()
-                            .is_ok_and(|j| !matches!(j.state, JobState::Completed | JobState::Dead))
-                    })
+                    .filter(|(_, r)| r.as_ref().is_ok_and(|j| !j.state.is_finished()))
                     .count();
                 return Err(CommandError::WaitTimeout(timeout.unwrap_or_default(), open));
             }
@@ -611,11 +608,7 @@ fn print_waited(
         }
     }
     let dead = jobs.iter().filter(|j| j.state == JobState::Dead).count();
-    if dead > 0
-        && jobs
-            .iter()
-            .all(|j| matches!(j.state, JobState::Completed | JobState::Dead))
-    {
+    if dead > 0 && jobs.iter().all(|j| j.state.is_finished()) {
         return Err(CommandError::Dead {
             dead,
             total: jobs.len(),

@@ -401,7 +401,7 @@ pub fn cancel_one(store: &dyn JobStore, id: &str, now: Millis) -> Result<Job, St
 /// is nothing to wait for).
 pub fn all_finished(results: &[(String, Result<Job, String>)]) -> bool {
     results.iter().all(|(_, r)| match r {
-        Ok(job) => matches!(job.state, JobState::Completed | JobState::Dead),
+        Ok(job) => job.state.is_finished(),
         Err(_) => true,
     })
 }

@@ -99,12 +99,13 @@ pub struct FailResult {
 }
 
 /// The lease length on a shared store: the `lease_ms` setting, unless the environment's
-/// `QUEUECTL_LEASE_MS` overrides it (for one host; the tests shorten leases with it).
+/// `QUEUECTL_LEASE_MS` overrides it (for one host; the tests shorten leases with it; 100 ms to
+/// one hour, another value is ignored).
 pub fn lease_ms(config: &Config) -> u64 {
     std::env::var("QUEUECTL_LEASE_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| *ms >= 100)
+        .filter(|ms| (100..=3_600_000).contains(ms))
         .unwrap_or(config.lease_ms)
 }
 

@@ -432,7 +432,11 @@ impl Leases {
     /// Whether the leases may have expired already: no renewal for two thirds of a lease
     /// (what the workers fence themselves at).
     fn stale(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.renewed) >= Duration::from_millis(self.lease_ms * 2 / 3)
+        now.saturating_duration_since(self.renewed) >= self.fence_after()
+    }
+
+    fn fence_after(&self) -> Duration {
+        crate::worker::fence::fence_after(self.lease_ms)
     }
 }
 
@@ -535,7 +539,9 @@ fn run(dir: &DataDir, count: u32, console: bool, ready: Ready) -> Result<(), Sup
         ));
         worker_env.push((
             crate::worker::fence::MS_ENV,
-            (lease_ms(&config) * 2 / 3).to_string(),
+            crate::worker::fence::fence_after(lease_ms(&config))
+                .as_millis()
+                .to_string(),
         ));
     }
     let mut sup = Supervisor {
@@ -1078,7 +1084,7 @@ impl Supervisor {
                     return;
                 };
                 let silent = now.saturating_duration_since(l.renewed);
-                if !l.fenced && silent >= Duration::from_millis(lease_ms * 2 / 3) {
+                if !l.fenced && l.stale(now) {
                     l.fenced = true;
                     self.core.drop_ahead(None);
                     tracing::error!(
@@ -1334,7 +1340,15 @@ impl Supervisor {
                         };
                         (id.clone(), result.map_err(|e| e.to_string()))
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                // A waiting job cancelled here is finished for every wait at once.
+                for (id, r) in &results {
+                    if r.as_ref().is_ok_and(|j| j.state.is_finished()) {
+                        for w in waits.iter_mut() {
+                            w.open.remove(id);
+                        }
+                    }
+                }
                 Handled::Reply(Box::new(Reply::Each(results)))
             }
             Request::Wait { ids } => {
@@ -1403,8 +1417,8 @@ impl Supervisor {
                     Ok(c) => self.config = c,
                     Err(e) => tracing::error!("cannot read the config: {e}"),
                 }
-                // A cancel (or rm, or retry) may have finished what a wait waits for.
-                self.recheck_waits();
+                // A cancel may have finished what a wait waits for (taken off above).
+                self.answer_waits();
             }
             Ok(_) => {}
             Err(e) => tracing::error!("cannot apply requests: {e}"),
@@ -1438,13 +1452,13 @@ impl Supervisor {
         }
     }
 
-    /// Looks again at every job the waits wait for (after a request that may have finished
-    /// some: a cancel, a removal; or after ends stored late), then answers.
+    /// Looks again at every job the waits wait for (after ends stored late: a full disk, a
+    /// lost connection), then answers.
     fn recheck_waits(&mut self) {
         let store = &self.owner.store;
         for w in &mut self.waits {
             w.open.retain(|id| match store.get(id) {
-                Ok(Some(j)) => !matches!(j.state, JobState::Completed | JobState::Dead),
+                Ok(Some(j)) => !j.state.is_finished(),
                 // Removed: the answer says there is no such job.
                 Ok(None) => false,
                 Err(_) => true,
@@ -1558,14 +1572,14 @@ impl Supervisor {
             }
         }
         // Idle workers first: the jobs due now go to them before any is held ahead.
-        let mut idle = Vec::new();
+        let mut takers = Vec::new();
         let mut from = 0;
         while let Some(i) = self.core.idle_worker(from) {
-            idle.push(i);
+            takers.push(i);
             from = i + 1;
         }
-        idle.extend(ahead);
-        let names: Vec<&str> = idle
+        takers.extend(ahead);
+        let names: Vec<&str> = takers
             .iter()
             .map(|&i| self.workers[i].name.as_str())
             .collect();
@@ -1601,7 +1615,7 @@ impl Supervisor {
                     l.dry = taken.len() < names_len;
                 }
                 for job in taken {
-                    let worker = idle
+                    let worker = takers
                         .iter()
                         .copied()
                         .find(|&i| job.locked_by.as_deref() == Some(self.workers[i].name.as_str()));
@@ -2078,10 +2092,7 @@ fn finished(done: &FailOrDone) -> bool {
 fn unfinished(results: &[(String, Result<Job, String>)]) -> HashSet<String> {
     results
         .iter()
-        .filter(|(_, r)| {
-            r.as_ref()
-                .is_ok_and(|j| !matches!(j.state, JobState::Completed | JobState::Dead))
-        })
+        .filter(|(_, r)| r.as_ref().is_ok_and(|j| !j.state.is_finished()))
         .map(|(id, _)| id.clone())
         .collect()
 }

@@ -20,6 +20,12 @@ pub const FILE_ENV: &str = "QUEUECTL_FENCE_FILE";
 /// The environment giving the fence interval in milliseconds.
 pub const MS_ENV: &str = "QUEUECTL_FENCE_MS";
 
+/// How long without a renewal before a job is killed: two thirds of a lease of `lease_ms`,
+/// leaving a third for the kill to happen before another host may take the job over.
+pub fn fence_after(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms.saturating_mul(2) / 3)
+}
+
 /// How often the watchdog looks.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 

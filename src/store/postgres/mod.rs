@@ -1763,7 +1763,7 @@ impl JobStore for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<PurgeStep, StoreError> {
-        if !matches!(state, JobState::Completed | JobState::Dead) || limit == 0 {
+        if !state.is_finished() || limit == 0 {
             return Ok(PurgeStep::default());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -1163,7 +1163,8 @@ impl JobStore for SledStore {
         now: Millis,
     ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
         self.promote_due(now)?;
-        let ended: HashSet<&str> = ends.iter().map(|(id, _)| *id).collect();
+        // Picked before the ends are recorded: a job ended here (processing until then) is
+        // not among them even if its retry is due at once.
         let mut next = Vec::with_capacity(workers.len());
         for item in self.due.iter() {
             if next.len() == workers.len() {
@@ -1171,13 +1172,11 @@ impl JobStore for SledStore {
             }
             let (key, value) = item?;
             if let Some((state, id)) = keys::decode_index_value(&value) {
-                if !ended.contains(id) {
-                    next.push(DueEntry {
-                        id: id.to_string(),
-                        key,
-                        state,
-                    });
-                }
+                next.push(DueEntry {
+                    id: id.to_string(),
+                    key,
+                    state,
+                });
             }
         }
         let (done, taken) = self.tx(|t| {
@@ -1503,7 +1502,7 @@ impl JobStore for SledStore {
         let job = self
             .get(id)?
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        if !matches!(job.state, JobState::Completed | JobState::Dead) {
+        if !job.state.is_finished() {
             return Err(StoreError::NotFinished {
                 id: id.to_string(),
                 state: job.state,
@@ -1536,7 +1535,7 @@ impl JobStore for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<PurgeStep, StoreError> {
-        if !matches!(state, JobState::Completed | JobState::Dead) || limit == 0 {
+        if !state.is_finished() || limit == 0 {
             return Ok(PurgeStep::default());
         }
         let range = match after {
