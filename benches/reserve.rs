@@ -19,9 +19,10 @@
 //!   background; a crash may lose the last moments).
 //! - `sled/flushed`: the same plus `Store::flush()` every cycle, so the completion is on disk
 //!   when the cycle ends.
-//! - `sled/fused-unflushed`, `sled/fused-flushed`: the supervisor's own cycle: the running job
-//!   ends and the next is reserved in one transaction (`Store::finish_and_reserve`), the same
-//!   work per job (one completed, one reserved) in one commit instead of two.
+//! - `sled/fused-unflushed`, `sled/fused-flushed`: a supervisor's turn with one run ended: the
+//!   running job ends and the next is reserved in one transaction
+//!   (`JobStore::finish_and_reserve`), the same work per job (one completed, one reserved) in
+//!   one commit instead of two.
 //! - `sled/batched4-unflushed`, `sled/batched4-flushed`: one turn of a supervisor loop with 4
 //!   workers batched: the 4 running jobs end and 4 are reserved in one transaction
 //!   (`JobStore::finish_and_reserve_batch`, what the supervisor does at the end of each turn of
@@ -38,7 +39,7 @@
 //!
 //! - `postgres/fused`, `postgres/reserve+finish`: the PostgreSQL store (`--database-url`) on the
 //!   server named by `QUEUECTL_TEST_DATABASE_URL` (skipped, saying so, without one), in a
-//!   database of its own: the supervisor's one-statement finish-and-reserve, and the two
+//!   database of its own: one job ended and the next reserved in one statement, and the two
 //!   statements separately. Every statement commits before it returns; whether that commit
 //!   waits for the disk is the server's `synchronous_commit` (and `fsync`): start the server
 //!   with `QUEUECTL_PG_DURABLE=1 .ci/postgres.sh start DIR` for PostgreSQL's durable defaults
@@ -228,8 +229,8 @@ impl<Q: Queue> Fed<Q> {
 struct SledQueue {
     store: Store,
     flush: bool,
-    /// Cycle as the supervisor does: end the running job and reserve the next in one
-    /// transaction (`Store::finish_and_reserve`), instead of two calls.
+    /// End the running job and reserve the next in one transaction
+    /// (`JobStore::finish_and_reserve`), instead of two calls.
     fused: bool,
     /// The job reserved by the previous cycle (fused variant only).
     running: Option<String>,

@@ -257,7 +257,9 @@ pub trait JobStore: Send + Sync {
 
     /// [`finish`](JobStore::finish) of job `id` and [`reserve`](JobStore::reserve) for
     /// `worker` in one atomic step (the ended job itself is not reserved again even if due).
-    /// When the finish is refused, nothing changes and nothing is reserved.
+    /// When the finish is refused, nothing changes and nothing is reserved. The supervisor ends
+    /// a turn with [`finish_and_reserve_batch`](JobStore::finish_and_reserve_batch) instead;
+    /// this is the one-job cycle `benches/reserve.rs` measures it against.
     fn finish_and_reserve(
         &self,
         id: &str,
