@@ -10,11 +10,14 @@
 #   - direct: `status`, `list --limit 50` and `show ID` with no supervisor, median of 7 runs (ms);
 #   - supervisor: the same three with a supervisor (4 workers, paused so the queue stays N) running;
 #   - export: `export --sqlite` of the N jobs without, then with the supervisor running (s);
-#   - RSS: the supervisor's RSS once started, then after another N-line file went through it (MiB);
+#   - RSS of a supervisor holding N jobs (MiB): started on the store of the first enqueue; and
+#     one started on an empty store, after the N-line file went through it (the bulk enqueue
+#     with a supervisor running; its wall time is in the same column);
 #   - disk: the data directory after the first enqueue (MiB), and per million jobs.
 # Then the drain rate of `true` jobs with 4 workers: the supervisor is resumed with 1,000 queued,
 # and with 1,000,000 queued (the largest size's store; when smaller than that, its N), and the
-# time for 1,000 jobs to complete is measured from the resume (polling `status` every 50 ms).
+# time for 1,000 jobs to complete is measured from the resume (polling `status` every 50 ms);
+# three drains at each size, one after the other, the median of each and their ratio.
 #
 # Environment: QUEUECTL (the binary, default target/release/queuectl), QUEUECTL_BENCH_DIR (the
 # data directories, default target/scale-bench; keep them off tmpfs). Each size's directory is
@@ -40,7 +43,7 @@ rss_mib() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$1/status"; }
 completed() { "$Q" --data-dir "$1" status --json | sed -n 's/.*"completed": *\([0-9]*\).*/\1/p'; }
 sup_pid() { "$Q" --data-dir "$1" status --json | sed -n 's/.*"supervisor_pid": *\([0-9]*\).*/\1/p'; }
 # Resumes the paused supervisor of $1; prints the rate (jobs/s) at which $DRAIN jobs complete.
-drain() {
+drain_once() {
   local d=$1 c0 s
   c0=$(completed "$d")
   s=$(date +%s%N)
@@ -49,9 +52,20 @@ drain() {
   awk -v n=$DRAIN -v ns=$(( $(date +%s%N) - s )) 'BEGIN { printf "%.0f", n / (ns / 1e9) }'
   "$Q" --data-dir "$d" worker pause >/dev/null
 }
+# Three drains of $DRAIN jobs from the paused supervisor of $1 (each after running `$2`, which
+# tops the queue up when it is the small one); prints "median (all three)".
+drain() {
+  local rates=() r
+  for _ in 1 2 3; do
+    [ -n "${2:-}" ] && $2
+    rates+=("$(drain_once "$1")")
+  done
+  r=$(printf '%s\n' "${rates[@]}" | median)
+  echo "$r (${rates[*]})"
+}
 start_paused() { "$Q" --data-dir "$1" worker start --count 4 >/dev/null; "$Q" --data-dir "$1" worker pause >/dev/null; }
 
-echo "| jobs | bulk enqueue | its peak RSS | status / list 50 / show, direct | the same, supervisor running | export direct / supervisor running | supervisor RSS started / after N more through it | disk (per million) |"
+echo "| jobs | bulk enqueue | its peak RSS | status / list 50 / show, direct | the same, supervisor running | export direct / supervisor running | supervisor RSS holding N: started on them / after they went through it (that enqueue's time) | disk (per million) |"
 echo "|---|---|---|---|---|---|---|---|"
 largest=0; rate_large=""
 for n in "${SIZES[@]}"; do
@@ -70,20 +84,24 @@ for n in "${SIZES[@]}"; do
   ssh=$(lat "$Q" --data-dir "$d" show "$id")
   s=$(date +%s%N); "$Q" --data-dir "$d" export --sqlite "$BASE/n$n.db" --force >/dev/null; exp_s=$(secs_since "$s")
   if [ "$n" -ge "$largest" ]; then largest=$n; rate_large=$(drain "$d"); fi
-  "$Q" --data-dir "$d" enqueue --file "$f" >/dev/null 2>&1   # N more, through the supervisor
-  rss1=$(rss_mib "$pid")
   "$Q" --data-dir "$d" worker stop >/dev/null
+  # The same N lines through a supervisor started on an empty store.
+  e="$BASE/e$n"; rm -rf "$e"; start_paused "$e"; epid=$(sup_pid "$e")
+  s=$(date +%s%N); "$Q" --data-dir "$e" enqueue --file "$f" >/dev/null 2>&1; enq_sup=$(secs_since "$s")
+  rss1=$(rss_mib "$epid")
+  "$Q" --data-dir "$e" worker stop >/dev/null; rm -rf "$e"
   per_m=$(awk -v m="$disk" -v n="$n" 'BEGIN { printf "%.0f", m * 1e6 / n }')
-  printf '| %s | %s s | %s MiB | %s / %s / %s ms | %s / %s / %s ms | %s / %s s | %s / %s MiB | %s MiB (%s MiB) |\n' \
-    "$n" "$enq_s" "$enq_mib" "$st" "$li" "$sh" "$sst" "$sli" "$ssh" "$exp_d" "$exp_s" "$rss0" "$rss1" "$disk" "$per_m"
+  printf '| %s | %s s | %s MiB | %s / %s / %s ms | %s / %s / %s ms | %s / %s s | %s / %s MiB (%s s) | %s MiB (%s MiB) |\n' \
+    "$n" "$enq_s" "$enq_mib" "$st" "$li" "$sh" "$sst" "$sli" "$ssh" "$exp_d" "$exp_s" "$rss0" "$rss1" "$enq_sup" "$disk" "$per_m"
   rm -rf "$d" "$BASE/n$n.db"
 done
 
 # The drain rate with a small queue, measured the same way.
 d="$BASE/drain$DRAIN"; rm -rf "$d"
 start_paused "$d"
-lines "$DRAIN" | "$Q" --data-dir "$d" enqueue --file - >/dev/null 2>&1
-rate_small=$(drain "$d")
+top_up() { lines "$DRAIN" | "$Q" --data-dir "$d" enqueue --file - >/dev/null 2>&1; }
+rate_small=$(drain "$d" top_up)
 "$Q" --data-dir "$d" worker stop >/dev/null; rm -rf "$d"
 echo
-echo "Drain of $DRAIN \`true\` jobs with 4 workers: $rate_small jobs/s with $DRAIN queued, $rate_large jobs/s with $largest queued."
+ratio=$(awk -v a="${rate_large%% *}" -v b="${rate_small%% *}" 'BEGIN { printf "%.2f", a / b }')
+echo "Drain of $DRAIN \`true\` jobs with 4 workers, median (three runs): $rate_small jobs/s with $DRAIN queued, $rate_large jobs/s with $largest queued: $ratio of the small queue's rate."
