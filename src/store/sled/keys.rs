@@ -25,7 +25,12 @@
 //! counts        key = state name (UTF-8)       value = u64: how many jobs are in that state,
 //!                                                changed in the transaction of every transition
 //!
-//! staged        jobs of a bulk enqueue not yet published (invisible to reads and reservation)
+//! staged_chunks the jobs of a bulk enqueue not yet moved to `pending` (invisible to reads and
+//!               reservation), one entry per chunk staged
+//!               key   = [0] batch id length (u8)  [1..1+len) batch id  [1+len..+4) chunk number (u32)
+//!               value = per job: [0..4) record length (u32)  [4..4+len) Job record
+//!
+//! staged        (version 2 only; emptied by the upgrade to 3) one entry per staged job
 //!               key   = job id (UTF-8)
 //!               value = [0] batch id length (u8)  [1..1+len) batch id  [1+len..) Job record
 //!
@@ -43,6 +48,7 @@ pub const DUE: &str = "due";
 pub const SCHEDULED: &str = "scheduled";
 pub const COUNTS: &str = "counts";
 pub const STAGED: &str = "staged";
+pub const CHUNKS: &str = "staged_chunks";
 pub const BATCHES: &str = "batches";
 
 /// `batches` value: jobs are still being staged.
@@ -61,7 +67,9 @@ pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// - 1: the state trees, `due`, `scheduled`, `output`, `config`, `meta`, `applied`.
 /// - 2: adds `counts`, `staged` and `batches`; Job records may end with `cwd` and `env` (version 1 records, without
 ///   them, still decode). Opening a version 1 store counts its jobs once and writes version 2.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: a bulk enqueue stages its jobs in `staged_chunks`, one entry per chunk, instead of one
+///   `staged` entry per job. Opening a version 2 store moves what `staged` holds into chunks.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The tree that holds jobs in `state`.
 pub fn state_tree_name(state: JobState) -> &'static str {
@@ -93,6 +101,58 @@ pub fn decode_staged_value(v: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = v.split_first()?;
     let len = usize::from(*len);
     (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The key prefix of every chunk of `batch` in `staged_chunks` (a batch id is 1 to 255 bytes).
+pub fn chunk_prefix(batch: &str) -> Vec<u8> {
+    let len = u8::try_from(batch.len()).unwrap_or(u8::MAX);
+    let mut k = Vec::with_capacity(1 + batch.len() + 4);
+    k.push(len);
+    k.extend_from_slice(&batch.as_bytes()[..usize::from(len)]);
+    k
+}
+
+/// Key of chunk `n` of `batch`: chunks sort in the order they were staged.
+pub fn chunk_key(batch: &str, n: u32) -> Vec<u8> {
+    let mut k = chunk_prefix(batch);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The chunk number a chunk key ends with; `None` if it is malformed.
+pub fn chunk_number(key: &[u8]) -> Option<u32> {
+    let tail = key.len().checked_sub(4).map(|at| &key[at..])?;
+    Some(u32::from_be_bytes(tail.try_into().ok()?))
+}
+
+/// Value of a chunk: every record, each after its length.
+pub fn chunk_value<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut v = Vec::new();
+    for r in records {
+        let len = u32::try_from(r.len()).unwrap_or(u32::MAX);
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&r[..len as usize]);
+    }
+    v
+}
+
+/// The records of a chunk value; `None` if it is malformed.
+pub fn decode_chunk_value(mut v: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut records = Vec::new();
+    while !v.is_empty() {
+        let len = read_u32(v)? as usize;
+        let rest = &v[4..];
+        if rest.len() < len {
+            return None;
+        }
+        records.push(&rest[..len]);
+        v = &rest[len..];
+    }
+    Some(records)
+}
+
+fn read_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
 }
 
 /// The tag that names the state tree of an indexed job.
@@ -193,6 +253,19 @@ mod tests {
             prop_assert_eq!(scheduled_key(a.0, a.1).cmp(&scheduled_key(b.0, b.1)), a.cmp(&b));
             prop_assert_eq!(scheduled_at(&scheduled_key(a.0, a.1)), Some(a.0));
         }
+    }
+
+    #[test]
+    fn chunks_round_trip_and_sort_in_staging_order() {
+        let records: [&[u8]; 3] = [b"one", b"", b"three"];
+        let v = chunk_value(records);
+        assert_eq!(decode_chunk_value(&v).unwrap(), records);
+        assert_eq!(decode_chunk_value(&v[..v.len() - 1]), None, "cut short");
+        assert_eq!(decode_chunk_value(&[]).unwrap(), Vec::<&[u8]>::new());
+        let (k2, k10) = (chunk_key("B", 2), chunk_key("B", 10));
+        assert!(k2 < k10 && k2.starts_with(&chunk_prefix("B")));
+        assert_eq!(chunk_number(&k10), Some(10));
+        assert!(!chunk_key("BB", 0).starts_with(&chunk_prefix("B")));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 pub mod keys;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -168,7 +168,9 @@ pub struct SledStore {
     scheduled: Tree,
     counts: Tree,
     applied: Tree,
+    /// Version 2's one entry per staged job: read only by the upgrade to version 3.
     staged: Tree,
+    chunks: Tree,
     batches: Tree,
     output: Tree,
     config: Tree,
@@ -180,12 +182,43 @@ pub struct SledStore {
     gate: Arc<RwLock<()>>,
     /// Held by every write that adds jobs, from its look for taken ids to its commit: a bulk
     /// enqueue stored by a thread beside the owner's own (see the supervisor) must not let an
-    /// id in twice. Nothing else takes it.
-    adding: Arc<Mutex<()>>,
+    /// id in twice. It guards the ids staged and not yet moved, which such a look includes.
+    adding: Arc<Mutex<Staging>>,
 }
 
-/// Takes the lock of writes that add jobs (a poisoned lock guards nothing but `()`).
-fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+/// The ids of the jobs of every bulk enqueue staged and not yet moved to `pending`, by batch:
+/// what keeps an id out twice while its job is staged (a chunk is one entry, not one per id,
+/// so the tree cannot be asked). In memory only, and that is enough: the owner is the only
+/// writer; after a crash, `open` finishes moving the published batches before anything can add
+/// a job, and a new owner drops the unpublished ones (`discard_unpublished`) before it takes
+/// any request; a batch staged again after its owner died starts with `discard`.
+///
+/// An id is kept as a 64-bit hash (a million-job batch holds 16 MiB of them, not 70 MiB of
+/// strings); a hash found is confirmed by reading the batch's chunks, which only an id given
+/// twice (or one chance in 2^64 per batch and id) costs. The hash is keyed at random per
+/// process, so ids cannot be chosen to collide.
+#[derive(Default)]
+struct Staging {
+    hasher: std::collections::hash_map::RandomState,
+    batches: HashMap<String, StagedBatch>,
+}
+
+#[derive(Default)]
+struct StagedBatch {
+    ids: HashSet<u64>,
+    /// The number of the batch's next chunk.
+    next_chunk: u32,
+}
+
+impl Staging {
+    fn hash(&self, id: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, id)
+    }
+}
+
+/// Takes the lock of writes that add jobs (a poisoned lock guards only ids, which are still
+/// right: every change to them is made after the write it follows succeeded).
+fn hold(lock: &Mutex<Staging>) -> MutexGuard<'_, Staging> {
     lock.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -195,13 +228,7 @@ const TX_DUE: usize = 5;
 const TX_SCHEDULED: usize = 6;
 const TX_COUNTS: usize = 7;
 const TX_APPLIED: usize = 8;
-const TX_STAGED: usize = 9;
-
-/// Staged jobs moved to `pending` (or dropped) per transaction. Small: sled's commit holds a
-/// lock that every read and write of the store waits for, so a supervisor storing a bulk
-/// enqueue beside its event loop holds the loop up for at most one chunk (8,192: up to 1.3 s for
-/// a `status` on a busy machine; 1,024: as fast overall).
-const BATCH_MOVE_CHUNK: usize = 1_024;
+const TX_CHUNKS: usize = 9;
 
 fn state_index(state: JobState) -> usize {
     match state {
@@ -233,8 +260,8 @@ impl Tx<'_> {
         &self.0[TX_APPLIED]
     }
 
-    fn staged(&self) -> &TransactionalTree {
-        &self.0[TX_STAGED]
+    fn chunks(&self) -> &TransactionalTree {
+        &self.0[TX_CHUNKS]
     }
 
     /// Adds `delta` to the counter of `state`.
@@ -438,6 +465,7 @@ impl SledStore {
             counts: tree(keys::COUNTS)?,
             applied: tree(keys::APPLIED)?,
             staged: tree(keys::STAGED)?,
+            chunks: tree(keys::CHUNKS)?,
             batches: tree(keys::BATCHES)?,
             output: tree(keys::OUTPUT)?,
             config: tree(keys::CONFIG)?,
@@ -469,8 +497,9 @@ impl SledStore {
         let found = self.schema_version()?;
         match found {
             Some(keys::SCHEMA_VERSION) => Ok(()),
-            // Version 1 (and a new, empty store): no counters yet.
-            None | Some(1) => self.upgrade_to_2(),
+            // Version 1 (and a new, empty store): no counters yet, nothing staged.
+            None | Some(1) => self.upgrade_to_2().and_then(|()| self.upgrade_to_3()),
+            Some(2) => self.upgrade_to_3(),
             Some(found) => Err(StoreError::Schema {
                 found,
                 expected: keys::SCHEMA_VERSION,
@@ -491,10 +520,7 @@ impl SledStore {
             for st in JobState::ALL {
                 t[0].insert(keys::count_key(st), &counts.get(st).to_be_bytes())?;
             }
-            t[1].insert(
-                keys::SCHEMA_VERSION_KEY,
-                &keys::SCHEMA_VERSION.to_be_bytes(),
-            )?;
+            t[1].insert(keys::SCHEMA_VERSION_KEY, &2u32.to_be_bytes())?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })?;
         if counts.total() > 0 {
@@ -504,6 +530,75 @@ impl SledStore {
             );
         }
         Ok(())
+    }
+
+    /// Version 3 stages a bulk enqueue's jobs in chunks: what version 2 staged one entry per job
+    /// (a batch cut short by a crash) moves into chunks of its batch, `CHUNK_JOBS` entries per
+    /// transaction, so a crash here leaves each entry in one of the two; then the version.
+    fn upgrade_to_3(&self) -> Result<(), StoreError> {
+        const CHUNK_JOBS: usize = 1_000;
+        let mut moved = 0usize;
+        loop {
+            // The first batch still in `staged`, and up to CHUNK_JOBS of its entries.
+            let mut batch: Option<String> = None;
+            let mut entries = Vec::new();
+            for item in self.staged.iter() {
+                let (k, v) = item?;
+                let Some((b, _)) = keys::decode_staged_value(&v) else {
+                    return Err(StoreError::Corrupt {
+                        tree: keys::STAGED,
+                        detail: "short entry".into(),
+                    });
+                };
+                let b = String::from_utf8_lossy(b).into_owned();
+                if batch.get_or_insert_with(|| b.clone()) == &b {
+                    entries.push((k, v));
+                    if entries.len() == CHUNK_JOBS {
+                        break;
+                    }
+                }
+            }
+            let Some(batch) = batch else { break };
+            let next = self.next_chunk(&batch)?;
+            let value = keys::chunk_value(
+                entries
+                    .iter()
+                    .filter_map(|(_, v)| keys::decode_staged_value(v).map(|(_, r)| r)),
+            );
+            let trees = [&self.staged, &self.chunks];
+            trees[..].transaction(|t| {
+                for (k, _) in &entries {
+                    t[0].remove(k)?;
+                }
+                t[1].insert(keys::chunk_key(&batch, next), value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+            moved += entries.len();
+        }
+        self.meta
+            .insert(keys::SCHEMA_VERSION_KEY, &3u32.to_be_bytes())?;
+        if moved > 0 {
+            tracing::info!(
+                jobs = moved,
+                "upgraded the store to format version 3 (staged jobs in chunks)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The number the next chunk of `batch` takes: one more than its last on disk.
+    fn next_chunk(&self, batch: &str) -> Result<u32, StoreError> {
+        let last = self
+            .chunks
+            .scan_prefix(keys::chunk_prefix(batch))
+            .next_back();
+        Ok(match last {
+            None => 0,
+            Some(item) => {
+                let (k, _) = item?;
+                keys::chunk_number(&k).map_or(0, |n| n.saturating_add(1))
+            }
+        })
     }
 
     /// The gate, for a transaction that moves jobs (a poisoned lock guards nothing: no data
@@ -635,7 +730,7 @@ impl SledStore {
             &self.scheduled,
             &self.counts,
             &self.applied,
-            &self.staged,
+            &self.chunks,
         ];
         trees[..].transaction(|t| f(&Tx(t)))
     }
@@ -767,94 +862,69 @@ impl SledStore {
         Ok(self.batches.get(batch)?.and_then(|v| v.first().copied()))
     }
 
-    /// Up to `BATCH_MOVE_CHUNK` staged entries of `batch` after key `after` (from the first
-    /// when `None`): callers go on from the last key of the previous chunk, so that a whole
-    /// batch is one pass over the tree, not one per chunk.
-    fn staged_chunk(
-        &self,
-        batch: &str,
-        after: Option<&sled::IVec>,
-    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
-        let range = match after {
-            Some(a) => self
-                .staged
-                .range::<&[u8], _>((Bound::Excluded(a.as_ref()), Bound::Unbounded)),
-            None => self.staged.iter(),
-        };
-        let mut chunk = Vec::new();
-        for item in range {
-            let (k, v) = item?;
-            if keys::decode_staged_value(&v).is_some_and(|(b, _)| b == batch.as_bytes()) {
-                chunk.push((k, v));
-                if chunk.len() == BATCH_MOVE_CHUNK {
-                    break;
-                }
-            }
-        }
-        Ok(chunk)
+    /// The keys of every chunk `batch` staged, in staging order.
+    fn chunk_keys(&self, batch: &str) -> Result<Vec<sled::IVec>, StoreError> {
+        self.chunks
+            .scan_prefix(keys::chunk_prefix(batch))
+            .keys()
+            .map(|k| k.map_err(StoreError::from))
+            .collect()
     }
 
     /// Moves every staged job of published batch `batch` to `pending`, chunk by chunk, then
-    /// forgets the batch. Each chunk is one transaction, so a crash leaves the batch published
-    /// with some jobs moved, and `open` moves the rest.
+    /// forgets the batch. Each chunk is one transaction (the chunk goes, its jobs arrive), so a
+    /// crash leaves the batch published with some chunks moved, and `open` moves the rest.
     fn move_published(&self, batch: &str, now: Millis) -> Result<u64, StoreError> {
         let mut moved = 0u64;
-        let mut after = None;
-        loop {
-            let chunk = self.staged_chunk(batch, after.as_ref())?;
-            let Some((last, _)) = chunk.last() else {
-                break;
-            };
-            after = Some(last.clone());
+        for key in self.chunk_keys(batch)? {
             let _adding = hold(&self.adding);
             moved += self.tx(|t| {
-                let mut n = 0i64;
-                for (key, value) in &chunk {
-                    if t.staged().remove(key)?.is_none() {
-                        continue;
-                    }
-                    let Some((_, record)) = keys::decode_staged_value(value) else {
-                        return abort(StoreError::Corrupt {
-                            tree: keys::STAGED,
-                            detail: "short entry".into(),
-                        });
-                    };
-                    let job: Job = decode(keys::STAGED, record)
+                let Some(value) = t.chunks().remove(&key)? else {
+                    return Ok(0);
+                };
+                let Some(records) = keys::decode_chunk_value(&value) else {
+                    return abort(StoreError::Corrupt {
+                        tree: keys::CHUNKS,
+                        detail: "a chunk cut short".into(),
+                    });
+                };
+                for record in &records {
+                    let job: Job = decode(keys::CHUNKS, record)
                         .map_err(ConflictableTransactionError::Abort)?;
-                    t.state(JobState::Pending).insert(key, record)?;
+                    t.state(JobState::Pending)
+                        .insert(job.id.as_bytes(), *record)?;
                     t.index(&job, now)?;
-                    n += 1;
                 }
+                let n = records.len() as u64;
                 if n > 0 {
-                    t.count(JobState::Pending, n)?;
+                    t.count(JobState::Pending, i64::try_from(n).unwrap_or(i64::MAX))?;
                 }
-                Ok(n.unsigned_abs())
+                Ok(n)
             })?;
             crate::crashpoint::hit("enqueue-publish");
         }
-        self.batches.remove(batch)?;
+        self.forget_batch(batch)?;
         Ok(moved)
     }
 
-    /// Drops every staged job of `batch`, chunk by chunk, then the batch.
+    /// Drops every staged job of `batch`, then the batch.
     fn drop_staged(&self, batch: &str) -> Result<u64, StoreError> {
         let mut dropped = 0u64;
-        let mut after = None;
-        loop {
-            let chunk = self.staged_chunk(batch, after.as_ref())?;
-            let Some((last, _)) = chunk.last() else {
-                break;
-            };
-            after = Some(last.clone());
-            let mut b = sled::Batch::default();
-            for (key, _) in &chunk {
-                b.remove(key);
+        for key in self.chunk_keys(batch)? {
+            if let Some(value) = self.chunks.remove(&key)? {
+                dropped += keys::decode_chunk_value(&value).map_or(0, |r| r.len() as u64);
             }
-            self.staged.apply_batch(b)?;
-            dropped += chunk.len() as u64;
         }
-        self.batches.remove(batch)?;
+        self.forget_batch(batch)?;
         Ok(dropped)
+    }
+
+    /// Forgets `batch` once none of its jobs is staged any more: its marker, and its ids.
+    fn forget_batch(&self, batch: &str) -> Result<(), StoreError> {
+        let mut staging = hold(&self.adding);
+        self.batches.remove(batch)?;
+        staging.batches.remove(batch);
+        Ok(())
     }
 
     /// Finishes the publication of every batch published before a crash.
@@ -884,9 +954,10 @@ impl SledStore {
     /// jobs due by then go to `due`, later ones to `scheduled`; `reserve` promotes the rest.
     fn staged_now(&self, batch: &str) -> Result<Millis, StoreError> {
         let mut latest = 0;
-        for (_, v) in self.staged_chunk(batch, None)? {
-            if let Some((_, record)) = keys::decode_staged_value(&v) {
-                let job: Job = decode(keys::STAGED, record)?;
+        for item in self.chunks.scan_prefix(keys::chunk_prefix(batch)) {
+            let (_, v) = item?;
+            for record in keys::decode_chunk_value(&v).unwrap_or_default() {
+                let job: Job = decode(keys::CHUNKS, record)?;
                 latest = latest.max(job.created_at);
             }
         }
@@ -900,9 +971,34 @@ impl SledStore {
         Ok(!self.due.is_empty())
     }
 
-    /// Whether `id` is taken: a job in any state, or staged.
-    fn exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.in_a_state(id)? || self.staged.contains_key(id.as_bytes())?)
+    /// Whether `id` is taken: a job in any state, or staged (`staging`: the ids staged, held).
+    fn exists(&self, staging: &Staging, id: &str) -> Result<bool, StoreError> {
+        Ok(self.in_a_state(id)? || self.staged_by(staging, id)?.is_some())
+    }
+
+    /// The batch that staged `id`, if one did.
+    fn staged_by(&self, staging: &Staging, id: &str) -> Result<Option<String>, StoreError> {
+        let h = staging.hash(id);
+        for (batch, staged) in &staging.batches {
+            if staged.ids.contains(&h) && self.batch_holds(batch, id)? {
+                return Ok(Some(batch.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a chunk of `batch` holds a job `id` (reads every chunk of the batch).
+    fn batch_holds(&self, batch: &str, id: &str) -> Result<bool, StoreError> {
+        for item in self.chunks.scan_prefix(keys::chunk_prefix(batch)) {
+            let (_, v) = item?;
+            for record in keys::decode_chunk_value(&v).unwrap_or_default() {
+                let job: Job = decode(keys::CHUNKS, record)?;
+                if job.id == id {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether a job `id` is in one of the state trees.
@@ -966,12 +1062,12 @@ impl JobStore for SledStore {
                 return Ok(());
             }
         }
-        let _adding = hold(&self.adding);
+        let staging = hold(&self.adding);
         // Duplicates are looked for before the transaction, holding `adding`, so nothing can
         // add an id in between (the owner is the only writer), and plain reads cost a fraction of
         // transactional ones (this halves the time of a 100,000-job batch).
         for j in jobs {
-            if self.exists(&j.id)? {
+            if self.exists(&staging, &j.id)? {
                 return Err(StoreError::Duplicate(j.id.clone()));
             }
         }
@@ -1021,32 +1117,38 @@ impl JobStore for SledStore {
             }
         }
         // Checked before the write, as in `enqueue`.
-        let _adding = hold(&self.adding);
+        let mut staging = hold(&self.adding);
         for j in jobs {
-            if let Some(v) = self.staged.get(j.id.as_bytes())? {
-                let ours =
-                    keys::decode_staged_value(&v).is_some_and(|(b, _)| b == batch.as_bytes());
-                return Err(if ours {
-                    StoreError::DuplicateInBatch(j.id.clone())
-                } else {
-                    StoreError::Duplicate(j.id.clone())
-                });
+            match self.staged_by(&staging, &j.id)? {
+                Some(b) if b == batch => return Err(StoreError::DuplicateInBatch(j.id.clone())),
+                Some(_) => return Err(StoreError::Duplicate(j.id.clone())),
+                None => {}
             }
             if self.in_a_state(&j.id)? {
                 return Err(StoreError::Duplicate(j.id.clone()));
             }
         }
-        let mut b = sled::Batch::default();
+        let mut records = Vec::with_capacity(jobs.len());
         for j in jobs {
-            let job = new_record(j, config, now, self.db.generate_id()?);
-            b.insert(j.id.as_bytes(), keys::staged_value(batch, &encode(&job)?));
+            records.push(encode(&new_record(j, config, now, self.db.generate_id()?))?);
         }
-        // The batch is registered first: staged entries without it would be dropped by
-        // nobody (`discard_unpublished` goes by `batches`).
+        // The batch is registered first: chunks without it would be dropped by nobody
+        // (`discard_unpublished` goes by `batches`).
         if self.batch_state(batch)?.is_none() {
             self.batches.insert(batch, &[keys::BATCH_STAGING])?;
         }
-        self.staged.apply_batch(b)?;
+        let n = match staging.batches.get(batch) {
+            Some(b) => b.next_chunk,
+            // Chunks left by an earlier owner of this batch, if any: go on after them.
+            None => self.next_chunk(batch)?,
+        };
+        let value = keys::chunk_value(records.iter().map(Vec::as_slice));
+        self.chunks.insert(keys::chunk_key(batch, n), value)?;
+        let hashes: Vec<u64> = jobs.iter().map(|j| staging.hash(&j.id)).collect();
+        let staged = staging.batches.entry(batch.to_string()).or_default();
+        staged.ids.extend(hashes);
+        staged.next_chunk = n.saturating_add(1);
+        drop(staging);
         crate::crashpoint::hit("enqueue-chunk");
         Ok(())
     }
@@ -1623,14 +1725,31 @@ impl JobStore for SledStore {
                 }
             }
         }
-        for item in self.staged.iter() {
-            let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k);
-            if let Some(st) = where_.get(id.as_ref()) {
-                report
-                    .problems
-                    .push(format!("job {id} is staged and also {st}"));
+        let mut staged_ids = HashSet::new();
+        for item in self.chunks.iter() {
+            let (_, v) = item?;
+            let Some(records) = keys::decode_chunk_value(&v) else {
+                report.problems.push("a staged chunk is cut short".into());
+                continue;
+            };
+            for record in records {
+                let job: Job = decode(keys::CHUNKS, record)?;
+                if let Some(st) = where_.get(&job.id) {
+                    report
+                        .problems
+                        .push(format!("job {} is staged and also {st}", job.id));
+                }
+                if !staged_ids.insert(job.id.clone()) {
+                    report
+                        .problems
+                        .push(format!("job {} is staged twice", job.id));
+                }
             }
+        }
+        if !self.staged.is_empty() {
+            report
+                .problems
+                .push("jobs staged one by one (format version 2) are left".into());
         }
         let stored = self.stored_counts()?;
         for st in JobState::ALL {

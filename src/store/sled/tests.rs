@@ -242,7 +242,7 @@ fn verify_finds_a_counter_that_disagrees() {
 fn a_publication_cut_short_by_a_crash_is_finished_by_the_next_open() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("db");
-    let n = BATCH_MOVE_CHUNK + 10;
+    let n = 1_010;
     {
         let s = SledStore::open(&path).unwrap();
         let jobs: Vec<NewJob> = (0..n).map(|i| new_job(&format!("j{i:06}"))).collect();
@@ -252,17 +252,18 @@ fn a_publication_cut_short_by_a_crash_is_finished_by_the_next_open() {
         // What `publish` does, up to one chunk moved: then the process dies.
         s.batches.insert("REQ", &[keys::BATCH_PUBLISHED]).unwrap();
         s.applied.insert("REQ", &[]).unwrap();
-        let first = s.staged_chunk("REQ", None).unwrap();
-        assert_eq!(first.len(), BATCH_MOVE_CHUNK);
+        let chunks = s.chunk_keys("REQ").unwrap();
+        assert_eq!(chunks.len(), 2);
         s.tx(|t| {
-            for (k, v) in &first {
-                t.staged().remove(k)?;
-                let (_, record) = keys::decode_staged_value(v).unwrap();
-                let job: Job = decode(keys::STAGED, record).unwrap();
-                t.state(JobState::Pending).insert(k, record)?;
+            let value = t.chunks().remove(&chunks[0])?.unwrap();
+            let records = keys::decode_chunk_value(&value).unwrap();
+            for record in &records {
+                let job: Job = decode(keys::CHUNKS, record).unwrap();
+                t.state(JobState::Pending)
+                    .insert(job.id.as_bytes(), *record)?;
                 t.index(&job, 5)?;
             }
-            t.count(JobState::Pending, first.len() as i64)?;
+            t.count(JobState::Pending, records.len() as i64)?;
             Ok(())
         })
         .unwrap();
@@ -271,11 +272,59 @@ fn a_publication_cut_short_by_a_crash_is_finished_by_the_next_open() {
     let s = SledStore::open(&path).unwrap();
     assert_eq!(s.counts().unwrap().pending, n as u64);
     assert_eq!(s.discard_unpublished().unwrap(), 0);
-    assert!(s.batches.is_empty() && s.staged.is_empty());
+    assert!(s.batches.is_empty() && s.chunks.is_empty());
     let report = s.verify().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.jobs, n as u64);
     assert_eq!(s.reserve("w", 5).unwrap().unwrap().id, "j000000");
+}
+
+/// A version 2 store left with jobs staged one entry each (a bulk enqueue cut short) opens as
+/// version 3 with them in chunks: a published batch is then moved whole, an unpublished one
+/// dropped by the next owner, and its ids are free.
+#[test]
+fn staged_jobs_of_version_2_move_into_chunks() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(&path).unwrap();
+        s.enqueue(&[new_job("live")], &Config::default(), 0, None)
+            .unwrap();
+        let cfg = Config::default();
+        for (batch, count, state) in [
+            ("PUB", 1_500, keys::BATCH_PUBLISHED),
+            ("HALF", 3, keys::BATCH_STAGING),
+        ] {
+            for i in 0..count {
+                let job = new_record(&new_job(&format!("{batch}-{i:05}")), &cfg, 7, i);
+                let record = encode(&job).unwrap();
+                s.staged
+                    .insert(job.id.as_bytes(), keys::staged_value(batch, &record))
+                    .unwrap();
+            }
+            s.batches.insert(batch, &[state]).unwrap();
+        }
+        s.applied.insert("PUB", &[]).unwrap();
+        s.meta
+            .insert(keys::SCHEMA_VERSION_KEY, &2u32.to_be_bytes())
+            .unwrap();
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), Some(keys::SCHEMA_VERSION));
+    assert!(s.staged.is_empty());
+    assert_eq!(s.counts().unwrap().pending, 1 + 1_500);
+    assert_eq!(
+        s.get("PUB-01499").unwrap().unwrap().state,
+        JobState::Pending
+    );
+    assert!(s.get("HALF-00000").unwrap().is_none());
+    assert_eq!(s.discard_unpublished().unwrap(), 3);
+    s.enqueue(&[new_job("HALF-00000")], &Config::default(), 8, None)
+        .unwrap();
+    let report = s.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.jobs, 1 + 1_500 + 1);
 }
 
 /// A bulk enqueue stored by a second thread (as a supervisor does) while the owner's thread
