@@ -230,6 +230,12 @@ const TX_COUNTS: usize = 7;
 const TX_APPLIED: usize = 8;
 const TX_CHUNKS: usize = 9;
 
+/// Jobs per staged chunk, and so per transaction of a publication's move. sled copies a node
+/// on every write, and a leaf holds up to 16 entries: chunks of 1,000 jobs made leaves of
+/// megabytes and a supervisor storing a million-line file peaked at 164 MB; 100 keeps the
+/// copies small and the transactions short (a supervisor's loop waits for one at most).
+const CHUNK_JOBS: usize = 100;
+
 fn state_index(state: JobState) -> usize {
     match state {
         JobState::Pending => 0,
@@ -1137,17 +1143,22 @@ impl JobStore for SledStore {
         if self.batch_state(batch)?.is_none() {
             self.batches.insert(batch, &[keys::BATCH_STAGING])?;
         }
-        let n = match staging.batches.get(batch) {
+        let mut n = match staging.batches.get(batch) {
             Some(b) => b.next_chunk,
             // Chunks left by an earlier owner of this batch, if any: go on after them.
             None => self.next_chunk(batch)?,
         };
-        let value = keys::chunk_value(records.iter().map(Vec::as_slice));
-        self.chunks.insert(keys::chunk_key(batch, n), value)?;
+        let mut chunks = sled::Batch::default();
+        for part in records.chunks(CHUNK_JOBS) {
+            let value = keys::chunk_value(part.iter().map(Vec::as_slice));
+            chunks.insert(keys::chunk_key(batch, n), value);
+            n = n.saturating_add(1);
+        }
+        self.chunks.apply_batch(chunks)?;
         let hashes: Vec<u64> = jobs.iter().map(|j| staging.hash(&j.id)).collect();
         let staged = staging.batches.entry(batch.to_string()).or_default();
         staged.ids.extend(hashes);
-        staged.next_chunk = n.saturating_add(1);
+        staged.next_chunk = n;
         drop(staging);
         crate::crashpoint::hit("enqueue-chunk");
         Ok(())
