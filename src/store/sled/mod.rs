@@ -232,8 +232,9 @@ const TX_CHUNKS: usize = 9;
 
 /// Jobs per staged chunk, and so per transaction of a publication's move. sled copies a node
 /// on every write, and a leaf holds up to 16 entries: chunks of 1,000 jobs made leaves of
-/// megabytes and a supervisor storing a million-line file peaked at 164 MiB (136 MiB with 100); 100 keeps the
-/// copies small and the transactions short (a supervisor's loop waits for one at most).
+/// megabytes and a supervisor storing a million-line file peaked at 164 MiB (136 MiB with 100).
+/// 100 keeps the copies small and the transactions short (a supervisor's loop waits for one at
+/// most).
 const CHUNK_JOBS: usize = 100;
 
 fn state_index(state: JobState) -> usize {
