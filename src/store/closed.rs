@@ -4,7 +4,7 @@
 
 use super::{
     Config, ConfigKey, Counts, FailOrDone, FailResult, Job, JobState, JobStore, ListOrder,
-    ListPage, Millis, NewJob, PurgeStep, RunEnd, RunOutput, StoreError, VerifyReport,
+    ListPage, Millis, NewJob, PurgeStep, RunEnd, RunOutput, StoreError, TurnOutcome, VerifyReport,
 };
 
 /// The store while it is closed (see the module).
@@ -62,7 +62,7 @@ impl JobStore for Closed {
         _: &[(&str, RunEnd<'_>)],
         _: &[&str],
         _: Millis,
-    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
+    ) -> Result<TurnOutcome, StoreError> {
         closed()
     }
     fn finish(&self, _: &str, _: &RunEnd<'_>, _: Millis) -> Result<FailOrDone, StoreError> {

@@ -180,6 +180,10 @@ pub enum FailOrDone {
     Failed(FailResult),
 }
 
+/// What [`JobStore::finish_and_reserve_batch`] returns: the result of each end, in the order
+/// of the ends, and the jobs reserved.
+pub type TurnOutcome = (Vec<Result<FailOrDone, StoreError>>, Vec<Job>);
+
 /// The queue's durable state, as every backend offers it. The owner of the store is its only
 /// writer (one process), so implementations may check before they write; it writes from one
 /// thread, except that a bulk enqueue ([`stage`](JobStore::stage),
@@ -275,13 +279,12 @@ pub trait JobStore: Send + Sync {
     /// refused as [`finish`](JobStore::finish) would refuse it is `NotFound` in its place and
     /// changes nothing; the others are recorded) and the jobs reserved, each `locked_by` its
     /// worker. An error of the whole step changes nothing.
-    #[allow(clippy::type_complexity)]
     fn finish_and_reserve_batch(
         &self,
         ends: &[(&str, RunEnd<'_>)],
         workers: &[&str],
         now: Millis,
-    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError>;
+    ) -> Result<TurnOutcome, StoreError>;
 
     /// Ends the attempt of processing job `id`, unlocking it (`locked_by`, `locked_at`, `pgid`
     /// cleared, `updated_at = now`). Succeeded: `completed`, `available_at = None`. Failed:

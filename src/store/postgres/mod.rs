@@ -37,7 +37,7 @@ use crate::model::{
 };
 use crate::store::{
     FailOrDone, FailResult, HostInfo, JobStore, ListOrder, ListPage, PurgeStep, RunEnd, StoreError,
-    VerifyReport,
+    TurnOutcome, VerifyReport,
 };
 
 /// Times handed to the database are clamped to this (about the year 192,000), so that adding a
@@ -969,10 +969,20 @@ impl PgStore {
             .copied()
     }
 
-    /// The ends of `ids` were sent on a connection lost on the way: applied or not, unknown.
-    fn mark_uncertain(&self, ids: &[&str]) {
-        let mut uncertain = self.uncertain.lock().unwrap_or_else(|p| p.into_inner());
-        uncertain.extend(ids.iter().map(|id| id.to_string()));
+    /// [`attempt`](Self::attempt) for a statement that ends the attempts of `ids`: when the
+    /// connection is lost on the way, whether they ended is unknown, and they are marked so.
+    fn attempt_ending<T>(
+        &self,
+        ids: &[&str],
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.attempt(f).map_err(|(e, lost)| {
+            if lost {
+                let mut uncertain = self.uncertain.lock().unwrap_or_else(|p| p.into_inner());
+                uncertain.extend(ids.iter().map(|id| id.to_string()));
+            }
+            e
+        })
     }
 
     fn hold(&self, job: &Job) {
@@ -1007,7 +1017,7 @@ impl PgStore {
         let (mode, error, base) = end_params(end);
         let now = self.now(now);
         let run = self.run_of(id);
-        let res = self.attempt(|c| match next {
+        let rows = self.attempt_ending(&[id], |c| match next {
             None => c.query(
                 SQL_FINISH,
                 &[&id, &mode, &error, &base, &now, &self.owner, &run],
@@ -1026,16 +1036,7 @@ impl PgStore {
                     &run,
                 ],
             ),
-        });
-        let rows = match res {
-            Ok(rows) => rows,
-            Err((e, lost)) => {
-                if lost {
-                    self.mark_uncertain(&[id]);
-                }
-                return Err(e);
-            }
-        };
+        })?;
         let was_uncertain = self
             .uncertain
             .lock()
@@ -1342,7 +1343,7 @@ impl JobStore for PgStore {
         ends: &[(&str, RunEnd<'_>)],
         workers: &[&str],
         now: Millis,
-    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
+    ) -> Result<TurnOutcome, StoreError> {
         let ids: Vec<&str> = ends.iter().map(|(id, _)| *id).collect();
         let params: Vec<_> = ends.iter().map(|(_, end)| end_params(end)).collect();
         let modes: Vec<&str> = params.iter().map(|p| p.0).collect();
@@ -1351,7 +1352,7 @@ impl JobStore for PgStore {
         let runs: Vec<Option<i64>> = ids.iter().map(|id| self.run_of(id)).collect();
         let now = self.now(now);
         let lease = self.lease();
-        let res = self.attempt(|c| {
+        let rows = self.attempt_ending(&ids, |c| {
             c.query(
                 SQL_FINISH_AND_RESERVE_BATCH,
                 &[
@@ -1366,16 +1367,7 @@ impl JobStore for PgStore {
                     &lease,
                 ],
             )
-        });
-        let rows = match res {
-            Ok(rows) => rows,
-            Err((e, lost)) => {
-                if lost {
-                    self.mark_uncertain(&ids);
-                }
-                return Err(e);
-            }
-        };
+        })?;
         let mut ended = HashMap::with_capacity(ends.len());
         let mut taken = Vec::with_capacity(workers.len());
         for row in &rows {

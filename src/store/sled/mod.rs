@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::store::{
     FailOrDone, FailResult, JobStore, ListOrder, ListPage, PurgeStep, RunEnd, StoreError,
-    VerifyReport,
+    TurnOutcome, VerifyReport,
 };
 
 /// sled's page cache, as sled counts it (the bytes of keys and values; the memory it takes is
@@ -961,14 +961,28 @@ impl SledStore {
     /// jobs due by then go to `due`, later ones to `scheduled`; `reserve` promotes the rest.
     fn staged_now(&self, batch: &str) -> Result<Millis, StoreError> {
         let mut latest = 0;
+        self.visit_staged(batch, |job| {
+            latest = latest.max(job.created_at);
+            true
+        })?;
+        Ok(latest)
+    }
+
+    /// Calls `f` with every job `batch` staged, in staging order, until it returns `false`.
+    fn visit_staged(&self, batch: &str, mut f: impl FnMut(Job) -> bool) -> Result<(), StoreError> {
         for item in self.chunks.scan_prefix(keys::chunk_prefix(batch)) {
             let (_, v) = item?;
-            for record in keys::decode_chunk_value(&v).unwrap_or_default() {
-                let job: Job = decode(keys::CHUNKS, record)?;
-                latest = latest.max(job.created_at);
+            let records = keys::decode_chunk_value(&v).ok_or_else(|| StoreError::Corrupt {
+                tree: keys::CHUNKS,
+                detail: "a chunk cut short".into(),
+            })?;
+            for record in records {
+                if !f(decode(keys::CHUNKS, record)?) {
+                    return Ok(());
+                }
             }
         }
-        Ok(latest)
+        Ok(())
     }
 
     // ---- reads ----------------------------------------------------------------------------
@@ -980,14 +994,18 @@ impl SledStore {
 
     /// Whether `id` is taken: a job in any state, or staged (`staging`: the ids staged, held).
     fn exists(&self, staging: &Staging, id: &str) -> Result<bool, StoreError> {
-        Ok(self.in_a_state(id)? || self.staged_by(staging, id)?.is_some())
+        Ok(self.in_a_state(id)? || self.staged_by(staging, id, staging.hash(id))?.is_some())
     }
 
-    /// The batch that staged `id`, if one did.
-    fn staged_by(&self, staging: &Staging, id: &str) -> Result<Option<String>, StoreError> {
-        let h = staging.hash(id);
+    /// The batch that staged `id` (whose hash is `hash`), if one did.
+    fn staged_by(
+        &self,
+        staging: &Staging,
+        id: &str,
+        hash: u64,
+    ) -> Result<Option<String>, StoreError> {
         for (batch, staged) in &staging.batches {
-            if staged.ids.contains(&h) && self.batch_holds(batch, id)? {
+            if staged.ids.contains(&hash) && self.batch_holds(batch, id)? {
                 return Ok(Some(batch.clone()));
             }
         }
@@ -996,16 +1014,12 @@ impl SledStore {
 
     /// Whether a chunk of `batch` holds a job `id` (reads every chunk of the batch).
     fn batch_holds(&self, batch: &str, id: &str) -> Result<bool, StoreError> {
-        for item in self.chunks.scan_prefix(keys::chunk_prefix(batch)) {
-            let (_, v) = item?;
-            for record in keys::decode_chunk_value(&v).unwrap_or_default() {
-                let job: Job = decode(keys::CHUNKS, record)?;
-                if job.id == id {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
+        let mut found = false;
+        self.visit_staged(batch, |job| {
+            found = job.id == id;
+            !found
+        })?;
+        Ok(found)
     }
 
     /// Whether a job `id` is in one of the state trees.
@@ -1125,8 +1139,9 @@ impl JobStore for SledStore {
         }
         // Checked before the write, as in `enqueue`.
         let mut staging = hold(&self.adding);
-        for j in jobs {
-            match self.staged_by(&staging, &j.id)? {
+        let hashes: Vec<u64> = jobs.iter().map(|j| staging.hash(&j.id)).collect();
+        for (j, &hash) in jobs.iter().zip(&hashes) {
+            match self.staged_by(&staging, &j.id, hash)? {
                 Some(b) if b == batch => return Err(StoreError::DuplicateInBatch(j.id.clone())),
                 Some(_) => return Err(StoreError::Duplicate(j.id.clone())),
                 None => {}
@@ -1156,7 +1171,6 @@ impl JobStore for SledStore {
             n = n.saturating_add(1);
         }
         self.chunks.apply_batch(chunks)?;
-        let hashes: Vec<u64> = jobs.iter().map(|j| staging.hash(&j.id)).collect();
         let staged = staging.batches.entry(batch.to_string()).or_default();
         staged.ids.extend(hashes);
         staged.next_chunk = n;
@@ -1275,7 +1289,7 @@ impl JobStore for SledStore {
         ends: &[(&str, RunEnd<'_>)],
         workers: &[&str],
         now: Millis,
-    ) -> Result<(Vec<Result<FailOrDone, StoreError>>, Vec<Job>), StoreError> {
+    ) -> Result<TurnOutcome, StoreError> {
         self.promote_due(now)?;
         // Picked before the ends are recorded: a job ended here (processing until then) is
         // not among them even if its retry is due at once.
